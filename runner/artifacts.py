@@ -1,0 +1,85 @@
+"""Run folders and atomic writes: nothing half-written ever looks complete.
+
+artifacts/<spec name>/<run id>/ holds spec.toml, metrics.csv, summary.json, model.pt, figures
+and status.json, whose "status" is running, complete, failed, diverged or interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+STATUS_FILE = "status.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_torch(path, obj) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_figure(path, figure) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+
+
+def new_run_dir(out: Path, spec_name: str, seed: int) -> Path:
+    """A fresh folder named by time and seed; a counter keeps two runs in one second apart."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / spec_name
+    base.mkdir(parents=True, exist_ok=True)
+    for counter in range(1000):
+        run_id = f"{stamp}-s{seed}" + (f"-{counter}" if counter else "")
+        try:
+            (base / run_id).mkdir()
+            return base / run_id
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run folder under {base}")
+
+
+def set_status(run_dir, status: str, **extra) -> None:
+    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+
+def read_status(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"status": "unknown"}
+
+
+def completed_runs(out: Path, spec_name: str) -> list[Path]:
+    """Completed runs of a spec, oldest first."""
+    base = Path(out) / spec_name
+    if not base.is_dir():
+        return []
+    return sorted(d for d in base.iterdir() if d.is_dir() and read_status(d).get("status") == "complete")

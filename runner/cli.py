@@ -1,0 +1,130 @@
+"""Command line: argument parsing only; the work happens in run.py and friends.
+
+runner SPEC... [options]      train and evaluate each spec (a folder means every spec in it)
+runner validate SPEC...       check specs without running them
+runner plugins                list every plugin, its origin and its hooks, models and transforms
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import RunnerError
+
+EXIT_CODES = """exit codes: 0 success; 1 other runner error; 2 bad spec or option; 3 data missing or corrupt;
+4 a plugin failed; 5 training diverged (NaN/inf loss); 130 interrupted"""
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner", description="Train and evaluate CIFAR-10 experiment specs (TOML).",
+        epilog="Other commands: 'runner validate SPEC...', 'runner plugins'.\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files, or folders of specs (base/ skipped)")
+    parser.add_argument("--data", metavar="PATH",
+                        help="CIFAR-10: a folder holding cifar-10-batches-py or an archive (.tar.gz/.tar.xz); "
+                             "overrides RUNNER_DATA and the spec's data.root; default: a per-user cache, "
+                             "downloaded when missing")
+    parser.add_argument("--out", metavar="DIR", default="artifacts", help="where run folders go (default: artifacts)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the spec's device")
+    parser.add_argument("--seed", type=int, help="override the spec's seed")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a spec value, e.g. --set train.lr=0.05 (value read as TOML); repeatable")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: a few iterations on a small subset (for tests and a first look)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: when stderr is a terminal)")
+    return parser
+
+
+def expand_specs(paths) -> list[Path]:
+    """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out."""
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(p for p in path.glob("*.toml"))
+        else:
+            out.append(path)
+    return out
+
+
+def cmd_run(argv) -> int:
+    from . import run, spec as spec_module
+    from .plugins import Catalogue
+
+    args = _run_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device:
+        overrides.append(f'device="{args.device}"')
+    if args.quick:
+        overrides = list(run.QUICK) + overrides
+    catalogue = Catalogue.default()
+    specs = [spec_module.load(path, catalogue, overrides) for path in expand_specs(args.specs)]
+    finished = []
+    for spec in specs:
+        result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
+                             show_progress=args.progress)
+        finished.append(result)
+    if len(finished) > 1:
+        print(f"\n{'spec':28} {'test acc':>8} {'seconds':>8} {'images/s':>9}")
+        for r in finished:
+            print(f"{r.spec.name:28} {r.results['test_accuracy']:8.4f} {r.results['seconds']:8.1f} "
+                  f"{r.results['images_per_second']:9.0f}")
+    return 0
+
+
+def cmd_validate(argv) -> int:
+    from . import spec as spec_module
+    from .plugins import Catalogue
+
+    parser = argparse.ArgumentParser(prog="runner validate", description="Check specs without running them.")
+    parser.add_argument("specs", nargs="+", metavar="SPEC")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    args = parser.parse_args(argv)
+    catalogue, failures = Catalogue.default(), 0
+    for path in expand_specs(args.specs):
+        try:
+            spec_module.load(path, catalogue, args.overrides)
+            print(f"ok    {path}")
+        except RunnerError as exc:
+            failures += 1
+            print(f"error {exc}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def cmd_plugins(argv) -> int:
+    from .plugins import Catalogue
+
+    argparse.ArgumentParser(prog="runner plugins", description="List plugins, their origin and hooks.").parse_args(argv)
+    catalogue = Catalogue.default()
+    for name, origin in catalogue.origins.items():
+        print(f"{name}  ({origin})")
+        print(f"    hooks: {', '.join(catalogue.hooks_of(name)) or '-'}")
+        settings = catalogue.settings_of(name)
+        if settings:
+            print(f"    settings: {', '.join(f'{k}={v.default!r}' for k, v in settings.items())}")
+        for kind, table in (("model", catalogue.models), ("transform", catalogue.transforms)):
+            for entry in table.values():
+                if entry.plugin == name:
+                    print(f"    {kind} {entry.name}: {entry.help}")
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    try:
+        return command(argv[1:]) if command else cmd_run(argv)
+    except RunnerError as exc:
+        print(f"runner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("runner: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,136 @@
+"""Ignite trainer and evaluator over datasets held as one tensor on the device.
+
+The training step fires `TrainEvents.BACKWARD_COMPLETED` between backward and the optimizer
+step, so plugins can read gradients (gradient magnitudes) or change them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from ignite.engine import Engine, EventEnum, Events
+from torch import nn
+
+
+class TrainEvents(EventEnum):
+    BACKWARD_COMPLETED = "backward_completed"
+
+
+class EpochBatches:
+    """Batches of (uint8 images, labels) from tensors on the device.
+
+    Shuffled: each epoch is a fresh permutation drawn from the global torch RNG (so seeding
+    makes it reproducible), cut into full batches. Not shuffled: the data in order, last batch
+    possibly short.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool):
+        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+
+    def __len__(self):
+        n = len(self.labels)
+        return max(1, n // self.batch_size) if self.shuffle else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, device="cpu").to(self.labels.device)
+            size = min(self.batch_size, n)
+            for i in range(len(self)):
+                index = order[i * size:(i + 1) * size]
+                yield self.images[index], self.labels[index]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+
+
+def prepare(x: torch.Tensor, pipeline: nn.Module, channels_last: bool) -> torch.Tensor:
+    """uint8 batch -> float pixel values 0-255 -> transforms, in the memory format the model runs in."""
+    x = pipeline(x.float())
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0, channels_last=True) -> Engine:
+    """One step: forward, loss, backward, BACKWARD_COMPLETED, optimizer and scheduler step.
+
+    The step's output keeps loss and the count of correct predictions as device tensors: no
+    host sync per step; whoever logs them decides when to read.
+    """
+
+    def step(engine, batch):
+        images, labels = batch
+        model.train()
+        pipeline.train()
+        logits = model(prepare(images, pipeline, channels_last))
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.state.loss = loss
+        engine.fire_event(TrainEvents.BACKWARD_COMPLETED)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        correct = (logits.detach().argmax(1) == labels).sum()
+        return {"loss": loss.detach(), "correct": correct, "count": len(labels)}
+
+    trainer = Engine(step)
+    trainer.register_events(*TrainEvents)
+    return trainer
+
+
+def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True) -> Engine:
+    """Evaluation: eval mode, no gradients, accuracy accumulated by torchmetrics."""
+    accuracy = None
+
+    def step(engine, batch):
+        nonlocal accuracy
+        images, labels = batch
+        if accuracy is None:
+            accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(labels.device)
+        with torch.inference_mode():
+            logits = model(prepare(images, pipeline, channels_last))
+        accuracy.update(logits, labels)
+        return logits, labels
+
+    evaluator = Engine(step)
+
+    @evaluator.on(Events.STARTED)
+    def reset(engine):
+        model.eval()
+        pipeline.eval()
+        if accuracy is not None:
+            accuracy.reset()
+
+    @evaluator.on(Events.COMPLETED)
+    def compute(engine):
+        engine.state.metrics["accuracy"] = float(accuracy.compute()) if accuracy is not None else float("nan")
+
+    return evaluator
+
+
+def make_optimizer(params, train: dict) -> torch.optim.Optimizer:
+    if train["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], nesterov=train["nesterov"],
+                               weight_decay=train["weight_decay"])
+    kind = torch.optim.Adam if train["optimizer"] == "adam" else torch.optim.AdamW
+    return kind(params, lr=train["lr"], betas=(train["momentum"], 0.999), weight_decay=train["weight_decay"])
+
+
+def lr_factor(step: int, total: int, warmup: float, shape: str) -> float:
+    """Learning-rate multiplier at a step: linear warmup, then constant, linear or cosine decay to 0."""
+    warm = int(round(warmup * total))
+    if step < warm:
+        return (step + 1) / warm
+    if shape == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    return 1.0 - progress if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer, train: dict):
+    if train["schedule"] == "constant" and train["warmup"] == 0:
+        return None
+    total, warmup, shape = train["iterations"], train["warmup"], train["schedule"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, shape))

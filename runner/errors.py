@@ -1,0 +1,45 @@
+"""The project's own errors: each carries what the user needs to fix the problem and an exit code."""
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Base of every error the command line reports without a traceback."""
+
+    exit_code = 1
+
+
+class SpecError(RunnerError):
+    """A spec file is malformed or names something that does not exist."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file=None, key: str | None = None, allowed=None, line=None, column=None):
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.allowed = list(allowed) if allowed is not None else None
+        self.line, self.column = line, column
+        where = self.file or "<spec>"
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        text = f"{where}: " + (f"{key}: " if key else "") + message
+        if self.allowed:
+            text += " (allowed: " + ", ".join(map(str, self.allowed)) + ")"
+        super().__init__(text)
+
+
+class DataError(RunnerError):
+    """CIFAR-10 data is missing, corrupt or cannot be downloaded."""
+
+    exit_code = 3
+
+
+class PluginError(RunnerError):
+    """A plugin failed; the message names the plugin and the hook."""
+
+    exit_code = 4
+
+
+class DivergedError(RunnerError):
+    """Training produced a NaN or infinite loss."""
+
+    exit_code = 5

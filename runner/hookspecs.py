@@ -1,0 +1,72 @@
+"""Every hook a runner plugin can implement: the one page a plugin author reads.
+
+A plugin is a module (or any object) with functions marked `@runner.hookimpl`, named after the
+hooks below; it takes only the arguments it needs. It may also define `SETTINGS`, a dict of
+`runner.Setting`, which declares the keys of its `[plugins.<name>]` table in a spec.
+
+Two kinds of hooks:
+- Registry hooks (`register_*`) run once for every installed plugin, whether a spec enables it
+  or not, so models and transforms from any plugin can be named in any spec.
+- Run hooks run only for the plugins a spec enables (`[plugins.<name>]`), in the order the spec
+  lists them, each receiving its own validated `settings`.
+
+Built-in plugins live in plugins/ and the runner/ modules that register core models; they
+register exactly like third-party ones, which load from the `runner.plugins` entry-point group
+or from a file a spec names (`[plugins.mine] path = "mine.py"`).
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("runner")
+hookimpl = pluggy.HookimplMarker("runner")
+
+
+@hookspec
+def register_models(register):
+    """Add models: register(name, factory, settings={key: Setting}, help="").
+
+    factory(**settings) returns an nn.Module taking float images (N, 3, 32, 32) and returning
+    logits; the keys of `settings` are the spec's `[model]` table besides `name`.
+    """
+
+
+@hookspec
+def register_transforms(register):
+    """Add batch transforms: register(name, factory, settings={...}, train_only=False, help="").
+
+    factory(settings, train_images) returns an nn.Module applied to whole float batches
+    (pixel values 0-255 before any normalization). `train_images` is the uint8 training tensor,
+    for transforms that need statistics. A spec's `data.transforms` list sets their order;
+    train_only transforms are skipped at evaluation and in the saved model.
+    """
+
+
+@hookspec
+def configure(spec, settings):
+    """Check or react to the resolved spec before any data is loaded; raise SpecError to refuse."""
+
+
+@hookspec
+def change_model(model, run, settings):
+    """Return a replacement model (or None to keep it, or change it in place).
+
+    Called after the model is built, before the optimizer sees its parameters: wrap layers into
+    residual blocks, re-initialize weights, and the like.
+    """
+
+
+@hookspec
+def attach(trainer, evaluator, run, settings):
+    """Attach Ignite event handlers to the trainer or evaluator.
+
+    Besides Ignite's events, the trainer fires `runner.TrainEvents.BACKWARD_COMPLETED` after
+    the backward pass and before the optimizer step: gradients are there to read or change.
+    `run` holds the spec, model, device, run directory and the metrics log.
+    """
+
+
+@hookspec
+def run_finished(run, results, settings):
+    """The run has trained and been evaluated; write extra artifacts or add to `results`.
+
+    `results` is the dict that becomes summary.json; keys a plugin adds appear there.
+    """

@@ -1,0 +1,101 @@
+"""Per-iteration training metrics, kept on the device and read back only when written.
+
+metrics.csv columns: iteration, loss, batch_accuracy (this step's batch), running_accuracy
+(over the last `window` steps, one epoch by default), then any column a plugin adds
+(grad_magnitude adds one per layer). Missing values (a plugin logging every k-th step) are empty.
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+import torch
+
+
+class MetricsLog:
+    def __init__(self, iterations: int, device, window: int = 100):
+        self.iterations, self.device, self.window = iterations, device, window
+        self.loss = torch.full((iterations,), float("nan"), device=device)
+        self.correct = torch.zeros(iterations, device=device)
+        self.count = torch.zeros(iterations, device=device)
+        self.columns: dict[str, torch.Tensor] = {}
+        self.done = 0  # iterations recorded so far
+
+    def record(self, iteration: int, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
+        """Store one step's results (iteration counts from 1, as Ignite's does)."""
+        i = iteration - 1
+        self.loss[i] = loss
+        self.correct[i] = correct
+        self.count[i] = count
+        self.done = max(self.done, iteration)
+
+    def add(self, name: str, iteration: int, value: torch.Tensor | float) -> None:
+        """A plugin's value for one step, in its own column."""
+        column = self.columns.get(name)
+        if column is None:
+            column = self.columns[name] = torch.full((self.iterations,), float("nan"), device=self.device)
+        column[iteration - 1] = value
+
+    def add_many(self, names: list[str], iteration: int, values: torch.Tensor) -> None:
+        """Several columns at once from one stacked tensor: one device op, not one per column."""
+        key = tuple(names)
+        block = self.columns.get(key)
+        if block is None:
+            block = self.columns[key] = torch.full((self.iterations, len(names)), float("nan"), device=self.device)
+        block[iteration - 1] = values
+
+    def running_accuracy(self) -> torch.Tensor:
+        correct = torch.cumsum(self.correct.double(), 0)
+        count = torch.cumsum(self.count.double(), 0)
+        shifted = lambda t: torch.cat([t.new_zeros(self.window), t[:-self.window]]) if len(t) > self.window else t.new_zeros(len(t))
+        return ((correct - shifted(correct)) / (count - shifted(count)).clamp(min=1)).float()
+
+    def table(self) -> dict[str, list[float]]:
+        """All columns as Python lists for the recorded iterations: one host transfer."""
+        n = self.done
+        out = {
+            "iteration": list(range(1, n + 1)),
+            "loss": self.loss[:n].tolist(),
+            "batch_accuracy": (self.correct[:n] / self.count[:n].clamp(min=1)).tolist(),
+            "running_accuracy": self.running_accuracy()[:n].tolist(),
+        }
+        for key, column in self.columns.items():
+            if isinstance(key, tuple):
+                for j, name in enumerate(key):
+                    out[name] = column[:n, j].tolist()
+            else:
+                out[key] = column[:n].tolist()
+        return out
+
+    def last(self, name: str = "loss") -> float:
+        return float(self.table_value(name, self.done))
+
+    def table_value(self, name: str, iteration: int) -> float:
+        if name == "loss":
+            return float(self.loss[iteration - 1])
+        if name == "running_accuracy":
+            return float(self.running_accuracy()[iteration - 1])
+        raise KeyError(name)
+
+    def to_csv(self) -> str:
+        table = self.table()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(list(table))
+        for row in zip(*table.values()):
+            writer.writerow([_format(v) for v in row])
+        return buffer.getvalue()
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    return str(value)
+
+
+def read_csv(path) -> dict[str, list[float]]:
+    """metrics.csv back as columns of floats (NaN where empty)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    return {name: [float(r[j]) if r[j] else float("nan") for r in body] for j, name in enumerate(header)}

@@ -1,0 +1,292 @@
+"""One run of one spec, start to finish: the flow every plugin hooks into.
+
+seed -> configure -> data -> transforms -> model (+ change_model) -> trainer/evaluator
+(+ attach) -> train -> evaluate -> run_finished -> artifacts.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from ignite.utils import manual_seed
+from torch import nn
+
+from . import artifacts, data, figures
+from .engine import EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler
+from .errors import DivergedError, RunnerError
+from .metrics import MetricsLog
+from .plugins import Catalogue, attributed
+from .spec import Spec
+
+QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4")
+
+
+@dataclass
+class Run:
+    """What plugins see of a run: read what you need, add results through `results`."""
+
+    spec: Spec
+    catalogue: Catalogue
+    device: torch.device
+    dir: Path
+    quick: bool = False
+    model: nn.Module | None = None
+    train_pipeline: nn.Module | None = None
+    eval_pipeline: nn.Module | None = None
+    optimizer: Any = None
+    trainer: Any = None
+    evaluator: Any = None
+    metrics: MetricsLog | None = None
+    train_images: torch.Tensor | None = None
+    train_labels: torch.Tensor | None = None
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    class_names: list[str] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+
+    def settings(self, plugin: str) -> dict:
+        return self.spec["plugins"][plugin]
+
+    def call_plugins(self, hook: str, **kwargs) -> list:
+        """Call `hook` on each enabled plugin in the spec's order, each with its own settings."""
+        return [self.catalogue.call(name, hook, settings=self.settings(name), **kwargs)
+                for name in self.spec.plugin_names()]
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RunnerError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def build_transforms(spec: Spec, catalogue: Catalogue, train_images: torch.Tensor):
+    """The train pipeline (every op, in spec order) and the eval pipeline (train-only ops left out)."""
+    train_ops, eval_ops = [], []
+    for name in spec["data"]["transforms"]:
+        entry = catalogue.transforms[name]
+        op = entry.factory(spec["transforms"][name], train_images)
+        train_ops.append(op)
+        if not entry.train_only:
+            eval_ops.append(op)
+    return nn.Sequential(*train_ops), nn.Sequential(*eval_ops)
+
+
+def build_model(spec: Spec, catalogue: Catalogue, run: Run | None = None) -> nn.Module:
+    """The spec's model with every enabled plugin's change_model applied in order."""
+    params = {k: v for k, v in spec["model"].items() if k != "name"}
+    model = catalogue.models[spec["model"]["name"]].factory(**params)
+    for name in spec.plugin_names():
+        changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec["plugins"][name])
+        if changed is not None:
+            model = changed
+    return model
+
+
+def load_data(spec: Spec, source: str | None, device: torch.device):
+    directory = data.locate(data.resolve_source(source, spec["data"]["root"] or None))
+    train_x, train_y = data.load_batches(directory, spec["data"]["train"])
+    test_x, test_y = data.load_batches(directory, spec["data"]["test"])
+    if spec["data"]["train_limit"]:
+        train_x, train_y = train_x[:spec["data"]["train_limit"]], train_y[:spec["data"]["train_limit"]]
+    if spec["data"]["test_limit"]:
+        test_x, test_y = test_x[:spec["data"]["test_limit"]], test_y[:spec["data"]["test_limit"]]
+    to = lambda t: t.to(device)
+    return to(train_x), to(train_y), to(test_x), to(test_y), data.class_names(directory)
+
+
+def _attach_core(run: Run, show_progress: bool) -> None:
+    trainer, metrics, log_every = run.trainer, run.metrics, run.spec["train"]["log_every"]
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine):
+        out = engine.state.output
+        metrics.record(engine.state.iteration, out["loss"], out["correct"], out["count"])
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=log_every) | Events.COMPLETED)
+    def check_and_report(engine):
+        # One host read every log_every steps instead of one per step.
+        loss = float(engine.state.output["loss"])
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss became {loss} at iteration {engine.state.iteration}; "
+                                "lower train.lr or add warmup (train.warmup)")
+        engine.state.metrics["loss"] = loss
+        engine.state.metrics["accuracy"] = metrics.table_value("running_accuracy", engine.state.iteration)
+
+    if show_progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False, desc=run.spec.name).attach(
+            trainer, metric_names=["loss", "accuracy"], event_name=Events.ITERATION_COMPLETED(every=log_every))
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def epoch_line(engine):
+        if not show_progress:
+            print(f"[{run.spec.name}] iteration {engine.state.iteration}/{run.spec['train']['iterations']} "
+                  f"loss {engine.state.metrics.get('loss', float('nan')):.3f} "
+                  f"running accuracy {engine.state.metrics.get('accuracy', float('nan')):.3f}", file=sys.stderr)
+
+
+def _attach_plugins(run: Run) -> None:
+    """Each plugin's attach hook, with every handler it adds wrapped so failures name the plugin."""
+    for name in run.spec.plugin_names():
+        engines = (run.trainer, run.evaluator)
+        originals = [engine.add_event_handler for engine in engines]
+        for engine, original in zip(engines, originals):
+            engine.add_event_handler = (lambda original: lambda event, handler, *a, **k: original(
+                event, attributed(handler, name, event), *a, **k))(original)
+        try:
+            run.catalogue.call(name, "attach", trainer=run.trainer, evaluator=run.evaluator, run=run,
+                               settings=run.settings(name))
+        finally:
+            for engine in engines:
+                del engine.add_event_handler
+
+
+def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=None, quick=False,
+            show_progress=None) -> Run:
+    """Train and evaluate one spec; returns the finished Run (its results and folder)."""
+    device = resolve_device(spec["device"])
+    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
+    run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick)
+    artifacts.write_text(run_dir / "spec.toml", spec.dumps())
+    artifacts.set_status(run_dir, "running", pid=os.getpid())
+    print(f"[{spec.name}] run folder {run_dir}", file=sys.stderr)
+    try:
+        _train_and_evaluate(run, data_source, sys.stderr.isatty() if show_progress is None else show_progress)
+    except KeyboardInterrupt:
+        _write_partial(run)
+        artifacts.set_status(run_dir, "interrupted")
+        raise
+    except DivergedError as exc:
+        _write_partial(run)
+        artifacts.set_status(run_dir, "diverged", error=str(exc))
+        raise
+    except BaseException as exc:
+        _write_partial(run)
+        artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc())
+        raise
+    artifacts.set_status(run_dir, "complete")
+    return run
+
+
+def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
+    spec, train = run.spec, run.spec["train"]
+    manual_seed(spec["seed"])
+    run.call_plugins("configure", spec=spec)
+
+    (run.train_images, run.train_labels, run.test_images, run.test_labels,
+     run.class_names) = load_data(spec, data_source, run.device)
+    run.train_pipeline, run.eval_pipeline = build_transforms(spec, run.catalogue, run.train_images)
+    run.train_pipeline.to(run.device)
+    memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
+    run.model = build_model(spec, run.catalogue, run).to(run.device, memory_format=memory_format)
+
+    run.optimizer = make_optimizer(run.model.parameters(), train)
+    scheduler = make_scheduler(run.optimizer, train)
+    run.trainer = create_trainer(run.model, run.optimizer, scheduler, run.train_pipeline,
+                                 label_smoothing=train["label_smoothing"], channels_last=train["channels_last"])
+    run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
+                                     channels_last=train["channels_last"])
+    batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True)
+    run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
+    _attach_core(run, show_progress)
+    _attach_plugins(run)
+
+    started = time.perf_counter()
+    run.trainer.run(batches, max_iters=train["iterations"])
+    _sync(run.device)
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    run.evaluator.run(EpochBatches(run.test_images, run.test_labels, spec["eval"]["batch_size"], shuffle=False))
+    eval_seconds = time.perf_counter() - started
+
+    table = run.metrics.table()
+    run.results.update({
+        "spec": spec.name,
+        "spec_file": str(spec.path),
+        "seed": spec["seed"],
+        "quick": run.quick,
+        "iterations": run.trainer.state.iteration,
+        "batch_size": train["batch_size"],
+        "test_accuracy": run.evaluator.state.metrics["accuracy"],
+        "final_running_train_accuracy": table["running_accuracy"][-1],
+        "final_loss": table["loss"][-1],
+        "seconds": round(train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "images_per_second": round(run.trainer.state.iteration * train["batch_size"] / train_seconds, 1),
+        "device": _device_name(run.device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+    })
+    run.call_plugins("run_finished", run=run, results=run.results)
+    _write_outputs(run, table)
+    print(f"[{spec.name}] test accuracy {run.results['test_accuracy']:.4f}  "
+          f"train {train_seconds:.1f}s ({run.results['images_per_second']:.0f} images/s)  -> {run.dir}",
+          file=sys.stderr)
+
+
+def _write_outputs(run: Run, table: dict) -> None:
+    artifacts.write_text(run.dir / "metrics.csv", run.metrics.to_csv())
+    artifacts.save_torch(run.dir / "model.pt", {
+        "model": run.model.state_dict(),
+        "eval_pipeline": run.eval_pipeline.state_dict(),
+        "class_names": run.class_names,
+    })
+    figure = figures.training_accuracy(table, f"{run.spec.name} (seed {run.spec['seed']})",
+                                       run.results.get("test_accuracy"))
+    artifacts.save_figure(run.dir / "training_accuracy.png", figure)
+    figures.close(figure)
+    artifacts.write_json(run.dir / "summary.json", run.results)
+
+
+def _write_partial(run: Run) -> None:
+    """Keep the metrics of a run that stopped early; never a summary, so it cannot pass as complete."""
+    if run.metrics is not None and run.metrics.done:
+        try:
+            artifacts.write_text(run.dir / "metrics.csv", run.metrics.to_csv())
+        except Exception:  # the original error matters more than this one
+            pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def load_trained(run_dir, catalogue: Catalogue | None = None, device="cpu") -> tuple[nn.Module, Spec]:
+    """A finished run's model with its evaluation transforms in front: takes pixel values 0-255."""
+    from .spec import load
+
+    run_dir = Path(run_dir)
+    catalogue = catalogue or Catalogue.default()
+    spec = load(run_dir / "spec.toml", catalogue)
+    state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+    model = build_model(spec, catalogue)
+    model.load_state_dict(state["model"])
+    # Transforms are rebuilt from placeholder statistics, then their saved buffers restore the real ones.
+    placeholder = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    placeholder[1] = 255
+    _, pipeline = build_transforms(spec, catalogue, placeholder)
+    pipeline.load_state_dict(state["eval_pipeline"])
+    return nn.Sequential(pipeline, model).to(device).eval(), spec

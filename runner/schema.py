@@ -1,0 +1,125 @@
+"""The spec schema: every key a spec may hold, its default, type and allowed values.
+
+Core sections are declared here; models, batch transforms and plugins declare their own
+tables with the same `Setting` type, so one validator gives every error the same shape:
+file, key, what is allowed.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SpecError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a spec table. The type is taken from the default unless given."""
+
+    default: Any
+    help: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    type: type | None = None
+    item: type | None = None  # element type for list settings
+
+    @property
+    def kind(self) -> type:
+        return self.type or type(self.default)
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def check_value(setting: Setting, value: Any, *, file, key: str) -> Any:
+    """Return the value (ints widened to float where a float is expected) or raise SpecError."""
+    kind = setting.kind
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise SpecError(f"expected {_type_name(kind)}, got {value!r}", file=file, key=key)
+    if kind is list and setting.item is not None:
+        for element in value:
+            if not isinstance(element, setting.item):
+                raise SpecError(f"every element must be {_type_name(setting.item)}, got {element!r}",
+                                file=file, key=key)
+    if setting.choices is not None:
+        values = value if kind is list else [value]
+        for element in values:
+            if element not in setting.choices:
+                raise SpecError(f"{element!r} is not allowed", file=file, key=key, allowed=setting.choices)
+    if setting.min is not None and value < setting.min:
+        raise SpecError(f"{value!r} is below the minimum {setting.min}", file=file, key=key)
+    if setting.max is not None and value > setting.max:
+        raise SpecError(f"{value!r} is above the maximum {setting.max}", file=file, key=key)
+    return value
+
+
+def unknown_key(key: str, allowed, *, file, prefix: str = "") -> SpecError:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"unknown key; did you mean {prefix}{close[0]!r}?" if close else "unknown key"
+    return SpecError(hint, file=file, key=prefix + key, allowed=sorted(allowed))
+
+
+def validate_table(table: Any, schema: dict[str, Setting], *, file, prefix: str) -> dict:
+    """Check a table against its schema and fill in defaults; prefix is 'train.' and the like."""
+    if not isinstance(table, dict):
+        raise SpecError(f"expected a table, got {table!r}", file=file, key=prefix.rstrip("."))
+    for key in table:
+        if key not in schema:
+            raise unknown_key(key, schema, file=file, prefix=prefix)
+    return {key: check_value(s, table[key], file=file, key=prefix + key) if key in table else s.default
+            for key, s in schema.items()}
+
+
+# ---- the core sections -------------------------------------------------------------------
+
+TOP = {
+    "name": Setting("", "run name; default the spec file's stem"),
+    "question": Setting("", "the homework question in one line, for the report"),
+    "seed": Setting(0, "random seed", min=0),
+    "device": Setting("auto", "where to run", choices=("auto", "cpu", "cuda")),
+    "requires": Setting([], "specs (paths relative to this file) whose trained models this one uses", item=str),
+}
+
+DATA = {
+    "root": Setting("", "CIFAR-10 location: folder or archive; --data and RUNNER_DATA take precedence"),
+    "train": Setting(["data_batch_1"], "training batches", item=str,
+                     choices=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)),
+    "test": Setting(["test_batch"], "evaluation batches", item=str,
+                    choices=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)),
+    "transforms": Setting([], "batch transforms in the order they apply (train-only ones skip evaluation)",
+                          item=str),
+    "train_limit": Setting(0, "use only the first N training images (0: all)", min=0),
+    "test_limit": Setting(0, "use only the first N test images (0: all)", min=0),
+}
+
+TRAIN = {
+    "iterations": Setting(2000, "optimizer steps", min=1),
+    "batch_size": Setting(100, "images per step; an epoch is a fresh permutation", min=1),
+    "optimizer": Setting("sgd", "optimizer", choices=("sgd", "adam", "adamw")),
+    "lr": Setting(0.01, "peak learning rate", min=0.0),
+    "momentum": Setting(0.9, "SGD momentum (Adam's beta1)", min=0.0, max=1.0),
+    "nesterov": Setting(False, "Nesterov momentum (SGD)"),
+    "weight_decay": Setting(0.0, "L2 weight decay", min=0.0),
+    "schedule": Setting("constant", "learning-rate shape after warmup", choices=("constant", "linear", "cosine")),
+    "warmup": Setting(0.0, "fraction of iterations with a linear warmup from 0", min=0.0, max=1.0),
+    "label_smoothing": Setting(0.0, "cross-entropy label smoothing", min=0.0, max=1.0),
+    "channels_last": Setting(True, "channels_last memory format (much faster on CPU)"),
+    "log_every": Setting(10, "iterations between progress/log updates", min=1),
+}
+
+EVAL = {
+    "batch_size": Setting(1000, "images per evaluation batch", min=1),
+}
+
+# Tables whose keys are declared elsewhere: [model] by the chosen model, [transforms.<op>] by
+# each op, [plugins.<name>] by each plugin.
+SECTIONS = {"data": DATA, "train": TRAIN, "eval": EVAL}
+OPEN_SECTIONS = ("model", "transforms", "plugins")
+RESERVED = ("extends",)

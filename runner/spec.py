@@ -1,0 +1,211 @@
+"""Load a TOML spec: follow `extends`, apply `--set` overrides, validate every key.
+
+Loading happens in two steps because a spec's model, transforms and plugins are validated
+against the plugin catalogue, which may itself grow from plugin files the spec names:
+`read()` gives the merged raw table, `validate()` checks it against the schema and catalogue.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from . import schema
+from .errors import SpecError
+
+
+@dataclass
+class Spec:
+    """A fully resolved spec: every key present, defaults filled in."""
+
+    path: Path
+    values: dict
+    chain: list[Path] = field(default_factory=list)  # the file and every file it extends
+
+    @property
+    def name(self) -> str:
+        return self.values["name"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, dotted: str, default=None) -> Any:
+        node = self.values
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def plugin_names(self) -> list[str]:
+        return [name for name, table in self.values["plugins"].items() if table.get("enabled", True)]
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.values)
+
+
+def _parse(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("spec file not found", file=path) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", file=path) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+        message = getattr(exc, "msg", str(exc))
+        raise SpecError(f"malformed TOML: {message}", file=path, line=line, column=column) from None
+    except UnicodeDecodeError:
+        raise SpecError("malformed TOML: not UTF-8 text", file=path) from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge tables; anything else (lists included) in override replaces base."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
+    path = path.resolve()
+    if path in seen:
+        cycle = " -> ".join(p.name for p in seen + (path,))
+        raise SpecError(f"circular extends: {cycle}", file=seen[-1], key="extends")
+    table = _parse(path)
+    _anchor_paths(table, path)
+    parents = table.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise SpecError("expected a path or a list of paths", file=path, key="extends")
+    merged, chain = {}, []
+    for parent in parents:
+        parent_path = path.parent / parent
+        if not parent_path.is_file():
+            raise SpecError(f"extended spec {parent!r} not found (looked for {parent_path})", file=path, key="extends")
+        parent_table, parent_chain = _resolve(parent_path, seen + (path,))
+        merged = merge(merged, parent_table)
+        chain += parent_chain
+    # `name` and `question` describe one file; they are not inherited.
+    merged.pop("name", None)
+    merged.pop("question", None)
+    return merge(merged, table), chain + [path]
+
+
+def _anchor_paths(table: dict, path: Path) -> None:
+    """Paths a spec names are relative to the file that names them, whoever extends it."""
+    for settings in (table.get("plugins") or {}).values():
+        if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]:
+            settings["path"] = str((path.parent / settings["path"]).resolve())
+    if isinstance(table.get("requires"), list):
+        table["requires"] = [str((path.parent / r).resolve()) if isinstance(r, str) else r for r in table["requires"]]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=0.1' -> (['train', 'lr'], 0.1); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def read(path, overrides=()) -> tuple[dict, list[Path]]:
+    """The merged raw table of a spec and its chain of files, overrides applied."""
+    path = Path(path)
+    table, chain = _resolve(path, ())
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = table
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {text!r}: {part!r} is not a table", file=path, key=".".join(parts))
+        node[parts[-1]] = value
+    table.setdefault("name", path.stem)
+    return table, chain
+
+
+def validate(path, table: dict, catalogue, chain=()) -> Spec:
+    """Check every key of a merged table; fill in defaults. `catalogue` knows models, ops, plugins."""
+    file = Path(path)
+    known = set(schema.TOP) | set(schema.SECTIONS) | set(schema.OPEN_SECTIONS)
+    for key in table:
+        if key not in known:
+            raise schema.unknown_key(key, known, file=file)
+    top = schema.validate_table({k: v for k, v in table.items() if k in schema.TOP}, schema.TOP, file=file, prefix="")
+    values = dict(top, name=top["name"] or file.stem)
+    for section, section_schema in schema.SECTIONS.items():
+        values[section] = schema.validate_table(table.get(section, {}), section_schema, file=file,
+                                                prefix=section + ".")
+
+    model = table.get("model")
+    if not isinstance(model, dict) or "name" not in model:
+        raise SpecError("every spec names a model", file=file, key="model.name", allowed=sorted(catalogue.models))
+    entry = catalogue.models.get(model["name"])
+    if entry is None:
+        raise SpecError(f"unknown model {model['name']!r}", file=file, key="model.name", allowed=sorted(catalogue.models))
+    params = schema.validate_table({k: v for k, v in model.items() if k != "name"}, entry.settings,
+                                   file=file, prefix="model.")
+    values["model"] = {"name": model["name"], **params}
+
+    ops = values["data"]["transforms"]
+    for op in ops:
+        if op not in catalogue.transforms:
+            raise SpecError(f"unknown transform {op!r}", file=file, key="data.transforms",
+                            allowed=sorted(catalogue.transforms))
+    if len(set(ops)) != len(ops):
+        raise SpecError("a transform is listed twice", file=file, key="data.transforms")
+    op_tables = table.get("transforms", {})
+    if not isinstance(op_tables, dict):
+        raise SpecError("expected a table of transform settings", file=file, key="transforms")
+    for op in op_tables:
+        if op not in ops:
+            raise SpecError(f"settings for {op!r}, which data.transforms does not list", file=file,
+                            key=f"transforms.{op}", allowed=ops)
+    values["transforms"] = {op: schema.validate_table(op_tables.get(op, {}), catalogue.transforms[op].settings,
+                                                      file=file, prefix=f"transforms.{op}.") for op in ops}
+
+    plugin_tables = table.get("plugins", {})
+    if not isinstance(plugin_tables, dict):
+        raise SpecError("expected a table with one table per plugin", file=file, key="plugins")
+    values["plugins"] = {}
+    for name, settings in plugin_tables.items():
+        prefix = f"plugins.{name}."
+        if not isinstance(settings, dict):
+            raise SpecError("expected a table of plugin settings (an empty one enables the plugin)",
+                            file=file, key=prefix.rstrip("."))
+        if name not in catalogue.plugins:
+            raise SpecError(f"unknown plugin {name!r}", file=file, key="plugins." + name,
+                            allowed=sorted(catalogue.plugins))
+        declared = dict(catalogue.settings_of(name))
+        declared.setdefault("enabled", schema.Setting(True, "run this plugin"))
+        declared.setdefault("path", schema.Setting("", "load the plugin from this .py file"))
+        values["plugins"][name] = schema.validate_table(settings, declared, file=file, prefix=prefix)
+    return Spec(path=file, values=values, chain=list(chain))
+
+
+def load(path, catalogue=None, overrides=()) -> Spec:
+    """Read, merge and validate a spec; plugin files it names join the catalogue first."""
+    from .plugins import Catalogue
+
+    table, chain = read(path, overrides)
+    catalogue = catalogue or Catalogue.default()
+    catalogue.add_spec_files(Path(path), table)
+    return validate(path, table, catalogue, chain)

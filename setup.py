@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cifar-runner",
+    version="0.1.0",
+    description="A plugin-based experiment runner for deep-learning studies on CIFAR-10",
+    packages=find_packages(include=["runner", "runner.*", "plugins", "plugins.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        # A range 2.13.0 satisfies: constraints.txt pins the exact build (see README).
+        "torch>=2.2",
+        "pytorch-ignite>=0.5",
+        "torchmetrics>=1.0",
+        "matplotlib>=3.7",
+        "pluggy>=1.3",
+        "tomli-w>=1.0",
+        "visdom>=0.2.4",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["runner=runner.cli:main"]},
+)
