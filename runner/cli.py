@@ -73,7 +73,7 @@ def cmd_run(argv) -> int:
         print(f"\n{'spec':28} {'test acc':>8} {'seconds':>8} {'images/s':>9}")
         for r in finished:
             print(f"{r.spec.name:28} {r.results['test_accuracy']:8.4f} {r.results['seconds']:8.1f} "
-                  f"{r.results['images_per_second']:9.0f}")
+                  f"{r.results['images_per_second'] or 0:9.0f}")
     return 0
 
 

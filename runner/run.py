@@ -204,7 +204,8 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     _attach_plugins(run)
 
     started = time.perf_counter()
-    run.trainer.run(batches, max_iters=train["iterations"])
+    if train["iterations"]:
+        run.trainer.run(batches, max_iters=train["iterations"])
     _sync(run.device)
     train_seconds = time.perf_counter() - started
 
@@ -218,14 +219,14 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "spec_file": str(spec.path),
         "seed": spec["seed"],
         "quick": run.quick,
-        "iterations": run.trainer.state.iteration,
+        "iterations": run.metrics.done,
         "batch_size": train["batch_size"],
         "test_accuracy": run.evaluator.state.metrics["accuracy"],
-        "final_running_train_accuracy": table["running_accuracy"][-1],
-        "final_loss": table["loss"][-1],
+        "final_running_train_accuracy": table["running_accuracy"][-1] if run.metrics.done else None,
+        "final_loss": table["loss"][-1] if run.metrics.done else None,
         "seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
-        "images_per_second": round(run.trainer.state.iteration * train["batch_size"] / train_seconds, 1),
+        "images_per_second": round(run.metrics.done * train["batch_size"] / train_seconds, 1) if run.metrics.done else None,
         "device": _device_name(run.device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -234,7 +235,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     run.call_plugins("run_finished", run=run, results=run.results)
     _write_outputs(run, table)
     print(f"[{spec.name}] test accuracy {run.results['test_accuracy']:.4f}  "
-          f"train {train_seconds:.1f}s ({run.results['images_per_second']:.0f} images/s)  -> {run.dir}",
+          f"train {train_seconds:.1f}s ({run.results['images_per_second'] or 0:.0f} images/s)  -> {run.dir}",
           file=sys.stderr)
 
 
@@ -245,10 +246,11 @@ def _write_outputs(run: Run, table: dict) -> None:
         "eval_pipeline": run.eval_pipeline.state_dict(),
         "class_names": run.class_names,
     })
-    figure = figures.training_accuracy(table, f"{run.spec.name} (seed {run.spec['seed']})",
-                                       run.results.get("test_accuracy"))
-    artifacts.save_figure(run.dir / "training_accuracy.png", figure)
-    figures.close(figure)
+    if run.metrics.done:
+        figure = figures.training_accuracy(table, f"{run.spec.name} (seed {run.spec['seed']})",
+                                           run.results.get("test_accuracy"))
+        artifacts.save_figure(run.dir / "training_accuracy.png", figure)
+        figures.close(figure)
     artifacts.write_json(run.dir / "summary.json", run.results)
 
 

@@ -100,7 +100,7 @@ DATA = {
 }
 
 TRAIN = {
-    "iterations": Setting(2000, "optimizer steps", min=1),
+    "iterations": Setting(2000, "optimizer steps (0: evaluate only, e.g. a trained model a plugin loads)", min=0),
     "batch_size": Setting(100, "images per step; an epoch is a fresh permutation", min=1),
     "optimizer": Setting("sgd", "optimizer", choices=("sgd", "adam", "adamw")),
     "lr": Setting(0.01, "peak learning rate", min=0.0),
