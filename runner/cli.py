@@ -29,6 +29,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", default="artifacts", help="where run folders go (default: artifacts)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the spec's device")
     parser.add_argument("--seed", type=int, help="override the spec's seed")
+    parser.add_argument("--seeds", type=_seed_list, metavar="N,N,...",
+                        help="run each spec once per seed, e.g. --seeds 0,1,2 (mean and spread printed)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a spec value, e.g. --set train.lr=0.05 (value read as TOML); repeatable")
     parser.add_argument("--quick", action="store_true",
@@ -63,18 +65,38 @@ def cmd_run(argv) -> int:
     if args.quick:
         overrides = list(run.QUICK) + overrides
     catalogue = Catalogue.default()
-    specs = [spec_module.load(path, catalogue, overrides) for path in expand_specs(args.specs)]
-    finished = []
-    for spec in specs:
-        result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
-                             show_progress=args.progress)
-        finished.append(result)
+    seeds = [[f"seed={seed}"] for seed in args.seeds] if args.seeds else [[]]
+    # Validate everything before the first run starts: a typo in the last spec fails at once.
+    specs = [spec_module.load(path, catalogue, overrides + seed)
+             for path in expand_specs(args.specs) for seed in seeds]
+    finished = [run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
+                            show_progress=args.progress) for spec in specs]
     if len(finished) > 1:
-        print(f"\n{'spec':28} {'test acc':>8} {'seconds':>8} {'images/s':>9}")
-        for r in finished:
-            print(f"{r.spec.name:28} {r.results['test_accuracy']:8.4f} {r.results['seconds']:8.1f} "
-                  f"{r.results['images_per_second'] or 0:9.0f}")
+        print_table(finished)
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
+
+
+def print_table(finished) -> None:
+    """One line per run, then mean and spread of test accuracy per spec where it ran several seeds."""
+    import statistics
+
+    print(f"\n{'spec':28} {'seed':>4} {'test acc':>8} {'seconds':>8} {'images/s':>9}")
+    by_spec: dict[str, list[float]] = {}
+    for r in finished:
+        by_spec.setdefault(r.spec.name, []).append(r.results["test_accuracy"])
+        print(f"{r.spec.name:28} {r.spec['seed']:4} {r.results['test_accuracy']:8.4f} {r.results['seconds']:8.1f} "
+              f"{r.results['images_per_second'] or 0:9.0f}")
+    for name, accuracies in by_spec.items():
+        if len(accuracies) > 1:
+            print(f"{name:28} mean {statistics.mean(accuracies):.4f} +- {statistics.stdev(accuracies):.4f} "
+                  f"(sd over {len(accuracies)} seeds)")
 
 
 def cmd_validate(argv) -> int:

@@ -82,8 +82,12 @@ class Catalogue:
             raise PluginError(f"two plugins are named {name!r}: {self.origins[name]} and {origin}")
         try:
             self.pm.register(plugin, name=name)
+            self.pm.check_pending()  # a hookimpl with no matching hookspec: a misspelled hook
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc}") from exc
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc} (a misspelled hook name? "
+                              f"hooks are listed in runner/hookspecs.py)") from exc
         self.origins[name] = origin
         self._call_registry_hooks(name, plugin)
 

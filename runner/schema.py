@@ -62,7 +62,7 @@ def check_value(setting: Setting, value: Any, *, file, key: str) -> Any:
 
 def unknown_key(key: str, allowed, *, file, prefix: str = "") -> SpecError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f"unknown key; did you mean {prefix}{close[0]!r}?" if close else "unknown key"
+    hint = f"unknown key; did you mean {prefix + close[0]!r}?" if close else "unknown key"
     return SpecError(hint, file=file, key=prefix + key, allowed=sorted(allowed))
 
 

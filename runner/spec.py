@@ -7,6 +7,7 @@ against the plugin catalogue, which may itself grow from plugin files the spec n
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,10 @@ def _parse(path: Path) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
-        message = getattr(exc, "msg", str(exc))
+        # Python 3.11's TOMLDecodeError has the position only in its text: "... (at line 3, column 7)".
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, column = (int(found[1]), int(found[2])) if found else (None, None)
+        message = str(exc)[:found.start()].strip() if found else str(exc)
         raise SpecError(f"malformed TOML: {message}", file=path, line=line, column=column) from None
     except UnicodeDecodeError:
         raise SpecError("malformed TOML: not UTF-8 text", file=path) from None
@@ -194,11 +197,21 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
         if name not in catalogue.plugins:
             raise SpecError(f"unknown plugin {name!r}", file=file, key="plugins." + name,
                             allowed=sorted(catalogue.plugins))
-        declared = dict(catalogue.settings_of(name))
-        declared.setdefault("enabled", schema.Setting(True, "run this plugin"))
-        declared.setdefault("path", schema.Setting("", "load the plugin from this .py file"))
-        values["plugins"][name] = schema.validate_table(settings, declared, file=file, prefix=prefix)
+        values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
+    # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
+    for name, plugin in catalogue.plugins.items():
+        if getattr(plugin, "DEFAULT_ENABLED", False) and name not in values["plugins"]:
+            values["plugins"][name] = schema.validate_table({}, _declared(catalogue, name), file=file,
+                                                            prefix=f"plugins.{name}.")
     return Spec(path=file, values=values, chain=list(chain))
+
+
+def _declared(catalogue, name: str) -> dict:
+    """A plugin's own settings plus the two every plugin table may hold."""
+    declared = dict(catalogue.settings_of(name))
+    declared.setdefault("enabled", schema.Setting(True, "run this plugin"))
+    declared.setdefault("path", schema.Setting("", "load the plugin from this .py file"))
+    return declared
 
 
 def load(path, catalogue=None, overrides=()) -> Spec:

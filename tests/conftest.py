@@ -9,3 +9,8 @@ def catalogue():
     from runner.plugins import Catalogue
 
     return Catalogue.default()
+
+
+def pytest_configure(config):
+    # torch 2.13 deprecates torch.jit, which ignite imports; not our code's warning.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit:DeprecationWarning")

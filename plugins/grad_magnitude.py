@@ -1,0 +1,250 @@
+"""Part 2 gradient magnitudes: G = max_i |dL/dw_i| over each layer's weight, every k-th step.
+
+Layers are taken in forward order (the order the model calls them, which need not be the
+order it registered them): the first training forward pass records it with forward-pre hooks
+that are removed right after. metrics.csv gets one column per layer, named
+`G/<kind><NN> (<module path>)`, e.g. `G/conv01 (0)` for the first conv, which is module `0`
+of a Sequential; NN counts the recorded layers from 1 in forward order (so with
+`layers = "conv"` it is the homework's conv number) and <kind> is the layer type in lower case.
+
+Recorded iterations: 1, every multiple of `every`, and the final iteration; the others stay
+empty (NaN). A layer whose weight got no gradient that step records NaN.
+
+At the end, summary.json gets `grad_magnitude` (G of the first and last conv layer at
+iterations 1, 100 and the last, and their ratio), and the run folder gets grad_first_last.png
+and grad_heatmap.png.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from runner import Setting, TrainEvents, hookimpl
+
+SETTINGS = {
+    "every": Setting(1, "record G every k-th iteration (and at iterations 1 and the last)", min=1),
+    "layers": Setting("conv", "which layers: conv layers, or every module with a weight parameter",
+                      choices=("conv", "all")),
+    "figures": Setting(True, "write grad_first_last.png and grad_heatmap.png"),
+}
+
+CHECKPOINTS = ("1", "100", "last_iteration")
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd)
+
+
+def _candidates(model: nn.Module, which: str) -> dict[nn.Module, str]:
+    """Modules to watch, mapped to their path in the model ("model" for the model itself)."""
+    out = {}
+    for path, module in model.named_modules():
+        if which == "conv" and not _is_conv(module):
+            continue
+        if isinstance(getattr(module, "weight", None), nn.Parameter) and module not in out:
+            out[module] = path or "model"
+    return out
+
+
+def _kind(module: nn.Module) -> str:
+    return "conv" if _is_conv(module) else type(module).__name__.lower()
+
+
+def column_names(layers: list[tuple[nn.Module, str]]) -> list[str]:
+    width = max(2, len(str(len(layers))))
+    return [f"G/{_kind(module)}{i:0{width}d} ({path})" for i, (module, path) in enumerate(layers, 1)]
+
+
+class GradMagnitude:
+    """The per-run state: the layers in forward order and the column names of metrics.csv."""
+
+    def __init__(self, model: nn.Module, metrics, settings: dict):
+        self.model, self.metrics, self.every = model, metrics, settings["every"]
+        self.candidates = _candidates(model, settings["layers"])
+        self.called: dict[nn.Module, None] = {}  # insertion-ordered set of modules, first call first
+        self.hooks: list = []
+        self.layers: list[tuple[nn.Module, str]] | None = None
+        self.names: list[str] = []
+        self.weights: list[nn.Parameter] = []
+
+    # -- forward order -------------------------------------------------------------------
+    def start_recording(self, engine=None) -> None:
+        if self.layers is None and not self.hooks:
+            for module in self.candidates:
+                self.hooks.append(module.register_forward_pre_hook(self._called))
+
+    def _called(self, module, args) -> None:
+        self.called.setdefault(module, None)
+
+    def stop_recording(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
+
+    def fix_order(self) -> None:
+        """Layers in the order the first forward pass called them; never-called ones after, in
+        registration order (their weights get no gradient, so they record NaN)."""
+        self.stop_recording()
+        order = list(self.called) + [m for m in self.candidates if m not in self.called]
+        self.layers = [(m, self.candidates[m]) for m in order]
+        self.names = column_names(self.layers)
+        self.weights = [m.weight for m, _ in self.layers]
+
+    # -- recording -----------------------------------------------------------------------
+    def due(self, engine) -> bool:
+        iteration = engine.state.iteration
+        last = engine.state.max_iters or (engine.state.epoch_length or 0) * (engine.state.max_epochs or 0)
+        return iteration == 1 or iteration % self.every == 0 or iteration == last
+
+    def on_backward(self, engine) -> None:
+        if self.layers is None:
+            self.fix_order()
+        if not self.weights or not self.due(engine):
+            return
+        self.metrics.add_many(self.names, engine.state.iteration, self.values())
+
+    def values(self) -> torch.Tensor:
+        """All layers' G as one tensor, computed on the device without a host sync."""
+        grads = [p.grad for p in self.weights]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if len(present) == len(grads):
+            return torch.stack(_max_abs(grads))
+        values = torch.full((len(grads),), float("nan"), device=self.metrics.device)
+        if present:
+            values[present] = torch.stack(_max_abs([grads[i] for i in present])).to(values)
+        return values
+
+
+def _max_abs(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    # The inf-norm is max |g|; _foreach_norm computes all of them in one fused op where it can.
+    try:
+        return list(torch._foreach_norm(tensors, float("inf")))
+    except (AttributeError, RuntimeError, TypeError):  # private API: fall back to one op per layer
+        return [t.detach().abs().amax() for t in tensors]
+
+
+_STATE = "_grad_magnitude"  # where the per-run state lives on the run object
+
+
+@hookimpl
+def attach(trainer, run, settings):
+    state = GradMagnitude(run.model, run.metrics, settings)
+    setattr(run, _STATE, state)
+    # Hooks go on at the start and off after the first backward: evaluation never pays for them.
+    trainer.add_event_handler(Events.STARTED, state.start_recording)
+    trainer.add_event_handler(TrainEvents.BACKWARD_COMPLETED, state.on_backward)
+    trainer.add_event_handler(Events.COMPLETED, lambda engine: state.stop_recording())
+
+
+# ---- the end of the run ----------------------------------------------------------------
+
+def _finite(value: float) -> float | None:
+    return value if value is not None and math.isfinite(value) else None  # JSON has no NaN
+
+
+def _first_last(state: GradMagnitude) -> tuple[str, str]:
+    """The first and last conv layer in forward order (any watched layer if there is no conv)."""
+    convs = [name for (module, _), name in zip(state.layers, state.names) if _is_conv(module)]
+    chosen = convs or state.names
+    return chosen[0], chosen[-1]
+
+
+def _recorded_iterations(table: dict, names: list[str]) -> list[int]:
+    """Iterations where the plugin wrote a row (at least one layer's G is not NaN)."""
+    return [it for it in table["iteration"] if any(table[n][it - 1] == table[n][it - 1] for n in names)]
+
+
+def summarize(table: dict, state: GradMagnitude) -> dict | None:
+    """G of the first and last conv at iterations 1, 100 and the last recorded (the nearest
+    recorded iteration at or before each; a checkpoint past the run's end is left out)."""
+    if not state.names or state.names[0] not in table:
+        return None
+    first, last = _first_last(state)
+    iterations = table["iteration"]
+    recorded = _recorded_iterations(table, state.names)
+    if not recorded:
+        return None
+    targets = {"1": 1, "100": 100, "last_iteration": recorded[-1]}
+    out = {"first": first, "last": last, "every": state.every, "iterations": {},
+           "first_G": {}, "last_G": {}, "ratio_first_over_last": {}}
+    for key, target in targets.items():
+        if target > iterations[-1]:
+            continue
+        at = max((it for it in recorded if it <= target), default=None)
+        if at is None:
+            continue
+        g_first, g_last = table[first][at - 1], table[last][at - 1]
+        out["iterations"][key] = at
+        out["first_G"][key] = _finite(g_first)
+        out["last_G"][key] = _finite(g_last)
+        out["ratio_first_over_last"][key] = _finite(g_first / g_last) if g_last else None
+    return out
+
+
+@hookimpl
+def run_finished(run, results, settings):
+    state: GradMagnitude | None = getattr(run, _STATE, None)
+    if state is None or state.layers is None:  # never trained (iterations = 0)
+        results["grad_magnitude"] = None
+        return
+    table = run.metrics.table()
+    summary = summarize(table, state)
+    results["grad_magnitude"] = summary
+    if summary is None or not settings["figures"]:
+        return
+    from runner import artifacts
+
+    title = getattr(getattr(run, "spec", None), "name", "")
+    for filename, make in (("grad_first_last.png", first_last_figure), ("grad_heatmap.png", heatmap_figure)):
+        figure = make(table, state, title)
+        try:
+            artifacts.save_figure(run.dir / filename, figure)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+
+def _recorded(table: dict, name: str) -> tuple[list[int], list[float]]:
+    """Recorded points of one column that a log axis can show (finite and positive)."""
+    pairs = [(it, v) for it, v in zip(table["iteration"], table[name]) if math.isfinite(v) and v > 0]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def first_last_figure(table: dict, state: GradMagnitude, title: str = ""):
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
+    import matplotlib.pyplot as plt
+
+    first, last = _first_last(state)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, label in ((first, "first conv"), (last, "last conv")):
+        x, y = _recorded(table, name)
+        axes.plot(x, y, lw=1.2, marker="." if len(x) < 50 else None, label=f"{label}: {name[2:]}")
+    axes.set_yscale("log")
+    axes.set(xlabel="iteration", ylabel="G = max |dL/dw|",
+             title=f"Gradient magnitude of the first and last conv layer{' - ' + title if title else ''}")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="best")
+    return figure
+
+
+def heatmap_figure(table: dict, state: GradMagnitude, title: str = ""):
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
+    import matplotlib.pyplot as plt
+
+    names = state.names
+    # Only recorded iterations become columns, so `every` leaves no empty stripes.
+    iterations = _recorded_iterations(table, names)
+    log_g = [[math.log10(v) if math.isfinite(v) and v > 0 else float("nan")
+              for v in (table[n][it - 1] for it in iterations)] for n in names]
+    figure, axes = plt.subplots(figsize=(8, max(3.0, 0.22 * len(names) + 1.5)))
+    mesh = axes.pcolormesh(iterations, list(range(len(names))), log_g, shading="nearest", cmap="viridis")
+    axes.set_yticks(range(len(names)), [n[2:] for n in names], fontsize=7)
+    axes.invert_yaxis()  # first layer at the top, as the forward pass reads
+    axes.set(xlabel="iteration", ylabel="layer (forward order)",
+             title=f"log10 G per layer{' - ' + title if title else ''}")
+    figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|")
+    return figure

@@ -1,0 +1,169 @@
+"""Plugin discovery (built-ins, registered objects, files, entry points), hook order and failures."""
+import re
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import runner
+from runner import PluginError, Setting, SpecError, hookimpl
+from runner.cli import main
+from runner.metrics import read_csv
+from runner.plugins import Catalogue
+from runner.run import Run, build_model
+from runner.spec import load, validate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+class Recorder:
+    """A plugin object registered by a test: records the hooks it sees."""
+
+    SETTINGS = {"tag": Setting("x", "a label")}
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def configure(self, spec, settings):
+        self.calls.append(("configure", settings["tag"]))
+
+    @hookimpl
+    def change_model(self, model, settings):
+        self.calls.append(("change_model", settings["tag"]))
+        return torch.nn.Sequential(model)
+
+    @hookimpl
+    def register_models(self, register):
+        register("tiny", lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)))
+
+
+@pytest.fixture
+def recorder(catalogue):
+    plugin = Recorder()
+    catalogue.add("recorder", plugin, "test fixture")
+    yield plugin
+    catalogue.pm.unregister(plugin)
+
+
+def test_builtins_are_listed_with_their_hooks(catalogue, capsys):
+    assert catalogue.origins["augment"] == "built-in"
+    assert "register_transforms" in catalogue.hooks_of("augment")
+    assert {"table1", "allconv"} <= set(catalogue.models)
+    assert {"normalize", "flip", "pad_crop"} <= set(catalogue.transforms)
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "augment  (built-in)" in out and "transform pad_crop" in out and "model table1" in out
+
+
+def test_registered_object_adds_a_model_and_runs_in_spec_order(catalogue, recorder):
+    assert catalogue.models["tiny"].plugin == "recorder"
+    spec = validate("t.toml", {"model": {"name": "tiny"}, "plugins": {"recorder": {"tag": "a"}}}, catalogue)
+    run = Run(spec=spec, catalogue=catalogue, device=torch.device("cpu"), dir=Path("."))
+    run.call_plugins("configure", spec=spec)
+    model = build_model(spec, catalogue, run)
+    assert recorder.calls == [("configure", "a"), ("change_model", "a")]
+    assert isinstance(model[0], torch.nn.Sequential)  # change_model's return replaced the model
+
+
+def test_disabled_plugin_is_not_called(catalogue, recorder):
+    spec = validate("t.toml", {"model": {"name": "tiny"}, "plugins": {"recorder": {"enabled": False}}}, catalogue)
+    build_model(spec, catalogue)
+    assert recorder.calls == []
+
+
+def test_plugin_settings_are_validated(catalogue, recorder):
+    with pytest.raises(SpecError) as info:
+        validate("t.toml", {"model": {"name": "tiny"}, "plugins": {"recorder": {"tga": "a"}}}, catalogue)
+    assert info.value.key == "plugins.recorder.tga" and "tag" in info.value.allowed
+
+
+def test_a_raising_plugin_is_named_with_its_hook(catalogue):
+    class Broken:
+        @hookimpl
+        def change_model(self, model):
+            raise ValueError("boom")
+
+    catalogue.add("broken", Broken(), "test")
+    spec = validate("t.toml", {"model": {"name": "table1"}, "plugins": {"broken": {}}}, catalogue)
+    with pytest.raises(PluginError, match=r"plugin 'broken' failed in hook 'change_model': ValueError: boom"):
+        build_model(spec, catalogue)
+
+
+def test_a_plugin_with_a_misspelled_hook_is_refused(catalogue):
+    class Misspelled:
+        @hookimpl
+        def atach(self, trainer):
+            pass
+
+    with pytest.raises(PluginError, match="misspelled"):
+        catalogue.add("misspelled", Misspelled(), "test")
+
+
+def test_two_plugins_registering_one_model_name(catalogue):
+    class Clash:
+        @hookimpl
+        def register_models(self, register):
+            register("table1", lambda: None)
+
+    with pytest.raises(PluginError, match="already registered by plugin 'models'"):
+        catalogue.add("clash", Clash(), "test")
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    module = types.ModuleType("fake_ep_plugin")
+    module.register_models = hookimpl(lambda register: register("ep_model", lambda: torch.nn.Identity()))
+
+    class FakeEntryPoint:
+        name, value, dist = "fake", "fake_ep_plugin", types.SimpleNamespace(name="fake-dist")
+
+        def load(self):
+            return module
+
+    monkeypatch.setattr("runner.plugins._entry_points", lambda: [FakeEntryPoint()])
+    catalogue = Catalogue.default()
+    assert catalogue.origins["fake"].startswith("entry point fake_ep_plugin (fake-dist)")
+    assert catalogue.models["ep_model"].plugin == "fake"
+
+
+def test_plugin_from_a_py_file_next_to_the_spec(tmp_path, catalogue):
+    (tmp_path / "mine.py").write_text(
+        "from runner import hookimpl, Setting\nSETTINGS = {'scale': Setting(2.0)}\n"
+        "@hookimpl\ndef change_model(model, settings):\n    model.scale_seen = settings['scale']\n")
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.mine]\npath = "mine.py"\nscale = 3.0\n')
+    spec = load(spec_path, catalogue)
+    assert catalogue.origins["mine"] == f"file {(tmp_path / 'mine.py').resolve()}"
+    assert build_model(spec, catalogue).scale_seen == 3.0
+
+
+def test_missing_plugin_file(tmp_path, catalogue):
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text('[model]\nname = "table1"\n[plugins.mine]\npath = "absent.py"\n')
+    with pytest.raises(SpecError, match="absent.py"):
+        load(spec_path, catalogue)
+
+
+def readme_plugin() -> str:
+    text = README.read_text()
+    section = text.split("## Writing a plugin", 1)[1]
+    return re.search(r"```python\n(# weight_norms.py.*?)```", section, re.S)[1]
+
+
+def test_the_readme_plugin_runs_end_to_end(tmp_path, cifar_archive):
+    (tmp_path / "weight_norms.py").write_text(readme_plugin())
+    spec_path = tmp_path / "with_norms.toml"
+    spec_path.write_text(f'extends = "{SPECS / "p1_q4_crop.toml"}"\n[plugins.weight_norms]\n'
+                         'path = "weight_norms.py"\nevery = 4\n')
+    out = tmp_path / "out"
+    assert main([str(spec_path), "--quick", "--data", str(cifar_archive), "--out", str(out)]) == 0
+    run_dir = next((out / "with_norms").iterdir())
+    metrics = read_csv(run_dir / "metrics.csv")
+    norms = [c for c in metrics if c.startswith("weight_norm/")]
+    assert len(norms) == 9  # every module with a weight: 3 convs, 4 batchnorms, 2 linears
+    recorded = [i for i, v in zip(metrics["iteration"], metrics[norms[0]]) if v == v]
+    assert recorded == [4.0, 8.0, 12.0]
+    assert (run_dir / "weight_norms.png").stat().st_size > 1000
+    assert "weight_norms_final" in (run_dir / "summary.json").read_text()

@@ -1,0 +1,182 @@
+"""Spec loading: extends, merging, --set, defaults, and every error path naming file and key."""
+from pathlib import Path
+
+import pytest
+
+from runner import SpecError
+from runner import spec as spec_module
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def load(path, catalogue, *overrides):
+    return spec_module.load(path, catalogue, overrides)
+
+
+def error(path, catalogue, *overrides) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load(path, catalogue, *overrides)
+    return info.value
+
+
+@pytest.mark.parametrize("name", ["p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop"])
+def test_part1_specs_are_the_homework_recipe(name, catalogue):
+    spec = load(SPECS / f"{name}.toml", catalogue)
+    assert spec.name == name
+    assert spec["model"] == {"name": "table1", "widths": [32, 32, 64], "hidden": 64}
+    assert spec["train"]["iterations"] == 2000 and spec["train"]["batch_size"] == 100
+    assert spec["data"]["train"] == ["data_batch_1"] and spec["data"]["test"] == ["test_batch"]
+    assert spec["question"].startswith("P1 Q")
+
+
+def test_part1_transform_order_follows_the_homework(catalogue):
+    order = {name: load(SPECS / f"{name}.toml", catalogue)["data"]["transforms"]
+             for name in ["p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop"]}
+    assert order == {"p1_q1_raw": [], "p1_q2_normalize": ["normalize"], "p1_q3_flip": ["flip", "normalize"],
+                     "p1_q4_crop": ["flip", "normalize", "pad_crop"]}
+
+
+def test_extends_merges_tables_and_replaces_lists(tmp_path, catalogue):
+    write(tmp_path, "base.toml", '[model]\nname = "table1"\n[train]\nlr = 0.3\niterations = 50\n'
+                                 '[data]\ntransforms = ["flip", "normalize"]\n')
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nlr = 0.1\n[data]\ntransforms = ["normalize"]\n')
+    spec = load(child, catalogue)
+    assert spec["train"]["lr"] == 0.1 and spec["train"]["iterations"] == 50
+    assert spec["data"]["transforms"] == ["normalize"]
+    assert spec["train"]["batch_size"] == 100  # schema default
+    assert [p.name for p in spec.chain] == ["base.toml", "child.toml"]
+
+
+def test_name_and_question_are_not_inherited(tmp_path, catalogue):
+    write(tmp_path, "base.toml", 'name = "base"\nquestion = "Q"\n[model]\nname = "table1"\n')
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n')
+    spec = load(child, catalogue)
+    assert spec.name == "child" and spec["question"] == ""
+
+
+def test_overrides_are_typed_and_win(tmp_path, catalogue):
+    path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n')
+    spec = load(path, catalogue, "train.lr=0.25", "train.nesterov=true", 'data.transforms=["normalize"]',
+                "device=cpu", "model.hidden=32")
+    assert spec["train"]["lr"] == 0.25 and spec["train"]["nesterov"] is True
+    assert spec["data"]["transforms"] == ["normalize"] and spec["device"] == "cpu"
+    assert spec["model"]["hidden"] == 32
+
+
+def test_resolved_spec_round_trips(tmp_path, catalogue):
+    spec = load(SPECS / "p1_q4_crop.toml", catalogue)
+    saved = write(tmp_path, "resolved.toml", spec.dumps())
+    again = load(saved, catalogue)
+    assert again.values == dict(spec.values, name="resolved") or again.values == spec.values
+
+
+def test_ints_widen_to_floats(tmp_path, catalogue):
+    path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n[train]\nlr = 1\n')
+    assert load(path, catalogue)["train"]["lr"] == 1.0
+
+
+# ---- errors: each names the file, the key and what is allowed --------------------------------
+
+def test_malformed_toml_gives_line_and_column(tmp_path, catalogue):
+    path = write(tmp_path, "bad.toml", '[model]\nname = "table1"\n[train\nlr = 0.1\n')
+    err = error(path, catalogue)
+    assert err.file == str(path) and err.line == 3 and "malformed TOML" in str(err)
+
+
+def test_unknown_key_suggests_the_closest(tmp_path, catalogue):
+    path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n[train]\nitertions = 10\n')
+    err = error(path, catalogue)
+    assert err.key == "train.itertions" and "did you mean 'train.iterations'" in str(err)
+    assert "iterations" in err.allowed and str(path) in str(err)
+
+
+def test_unknown_top_level_section(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[trian]\nlr = 1\n'), catalogue)
+    assert err.key == "trian" and "train" in str(err)
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    ('[train]\nlr = "fast"\n', "train.lr", "expected a number"),
+    ('[train]\niterations = 1.5\n', "train.iterations", "expected an integer"),
+    ('[train]\niterations = true\n', "train.iterations", "expected an integer"),
+    ('[train]\nbatch_size = 0\n', "train.batch_size", "below the minimum"),
+    ('[train]\noptimizer = "lbfgs"\n', "train.optimizer", "not allowed"),
+    ('device = "tpu"\n', "device", "not allowed"),
+    ('[data]\ntrain = ["data_batch_9"]\n', "data.train", "not allowed"),
+    ('[data]\ntransforms = "flip"\n', "data.transforms", "expected a list"),
+])
+def test_wrong_type_or_range(tmp_path, catalogue, text, key, fragment):
+    top, _, rest = text.partition("[")
+    path = write(tmp_path, "s.toml", top + '[model]\nname = "table1"\n' + ("[" + rest if rest else ""))
+    err = error(path, catalogue)
+    assert err.key == key and fragment in str(err)
+
+
+def test_unknown_model_lists_known_ones(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "resnet9000"\n'), catalogue)
+    assert err.key == "model.name" and "table1" in err.allowed and "allconv" in err.allowed
+
+
+def test_missing_model(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", "seed = 1\n"), catalogue)
+    assert err.key == "model.name"
+
+
+def test_unknown_model_setting(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\nwidth = 3\n'), catalogue)
+    assert err.key == "model.width" and "widths" in err.allowed
+
+
+def test_unknown_transform_and_duplicates(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[data]\ntransforms = ["flop"]\n'), catalogue)
+    assert err.key == "data.transforms" and "flip" in err.allowed
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[data]\ntransforms = ["flip", "flip"]\n'),
+                catalogue)
+    assert "twice" in str(err)
+
+
+def test_transform_settings_without_the_transform(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[transforms.pad_crop]\npad = 2\n'), catalogue)
+    assert err.key == "transforms.pad_crop"
+
+
+def test_bad_transform_setting(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[data]\ntransforms = ["flip"]\n'
+                                          '[transforms.flip]\np = 2.0\n'), catalogue)
+    assert err.key == "transforms.flip.p" and "maximum" in str(err)
+
+
+def test_unknown_plugin_lists_known_ones(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", '[model]\nname = "table1"\n[plugins.grad_magnitud]\n'), catalogue)
+    assert err.key == "plugins.grad_magnitud" and "augment" in err.allowed
+
+
+def test_missing_extends(tmp_path, catalogue):
+    err = error(write(tmp_path, "s.toml", 'extends = "nowhere.toml"\n'), catalogue)
+    assert err.key == "extends" and "nowhere.toml" in str(err)
+
+
+def test_circular_extends(tmp_path, catalogue):
+    write(tmp_path, "a.toml", 'extends = "b.toml"\n')
+    b = write(tmp_path, "b.toml", 'extends = "a.toml"\n')
+    err = error(b, catalogue)
+    assert err.key == "extends" and "circular" in str(err) and "a.toml" in str(err)
+
+
+def test_missing_spec_file(tmp_path, catalogue):
+    err = error(tmp_path / "absent.toml", catalogue)
+    assert "not found" in str(err)
+
+
+@pytest.mark.parametrize("override", ["train.lr", "=3", "train..lr=1", "seed.x=1"])
+def test_bad_overrides(tmp_path, catalogue, override):
+    path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n')
+    with pytest.raises(SpecError):
+        load(path, catalogue, override)
