@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import RunnerError
+from .visdom_server import cmd_visdom
 
 EXIT_CODES = """exit codes: 0 success; 1 other runner error; 2 bad spec or option; 3 data missing or corrupt;
 4 a plugin failed; 5 training diverged (NaN/inf loss); 130 interrupted"""
@@ -136,7 +137,7 @@ def cmd_plugins(argv) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins}
+COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "visdom": cmd_visdom}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ BUILTINS = {
     "grad_magnitude": "plugins.grad_magnitude",
     "skip": "plugins.skip",
     "init": "plugins.init",
+    "visdom": "plugins.visdom_live",
 }
 
 

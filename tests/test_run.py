@@ -1,0 +1,96 @@
+"""End-to-end quick runs on the shared CIFAR-10 copy: artifacts, determinism, reloading, CLI errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner import artifacts
+from runner.cli import main
+from runner.metrics import read_csv
+from runner.run import load_trained
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, cifar_archive):
+    out = tmp_path_factory.mktemp("out")
+    assert main([str(SPECS / "p1_q4_crop.toml"), "--quick", "--data", str(cifar_archive), "--out", str(out),
+                 "--seed", "3"]) == 0
+    (run_dir,) = (out / "p1_q4_crop").iterdir()
+    return run_dir
+
+
+def test_quick_run_writes_every_artifact(quick_run):
+    names = {p.name for p in quick_run.iterdir()}
+    assert {"spec.toml", "metrics.csv", "summary.json", "model.pt", "training_accuracy.png", "status.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert artifacts.read_status(quick_run)["status"] == "complete"
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert summary["spec"] == "p1_q4_crop" and summary["seed"] == 3 and summary["quick"] is True
+    assert summary["iterations"] == 12
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["seconds"] > 0 and summary["images_per_second"] > 0
+    # Table 1: convs and the hidden FC have no bias (BatchNorm follows); BN has weight and bias.
+    assert summary["parameters"] == 3 * 32 * 25 + 32 * 32 * 25 + 32 * 64 * 25 + 1024 * 64 + 650 + 2 * (32 + 32 + 64 + 64)
+
+
+def test_metrics_csv_has_one_row_per_iteration(quick_run):
+    metrics = read_csv(quick_run / "metrics.csv")
+    assert list(metrics)[:4] == ["iteration", "loss", "batch_accuracy", "running_accuracy"]
+    assert metrics["iteration"] == [float(i) for i in range(1, 13)]
+    assert all(0 <= a <= 1 for a in metrics["batch_accuracy"])
+    assert all(l > 0 for l in metrics["loss"])
+
+
+def test_resolved_spec_is_saved(quick_run):
+    text = (quick_run / "spec.toml").read_text()
+    assert 'transforms = [\n    "flip",\n    "normalize",\n    "pad_crop",\n]' in text or '"pad_crop"' in text
+    assert "iterations = 12" in text and "seed = 3" in text
+
+
+def test_trained_model_reloads_with_its_normalization(quick_run, cifar_dir):
+    from runner.data import load_batches
+
+    model, spec = load_trained(quick_run)
+    images, labels = load_batches(cifar_dir, ["test_batch"])
+    with torch.inference_mode():
+        accuracy = (model(images[:500].float()).argmax(1) == labels[:500]).float().mean().item()
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)  # same 500 test images
+    normalize = model[0][0]
+    assert normalize.mean.flatten()[0].item() == pytest.approx(0.4933 * 255, abs=1.0)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, cifar_archive):
+    args = [str(SPECS / "p1_q3_flip.toml"), "--quick", "--data", str(cifar_archive), "--set", "train.iterations=6"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    read = lambda d: next((tmp_path / d / "p1_q3_flip").iterdir()).joinpath("metrics.csv").read_text()
+    assert read("a") == read("b")
+
+
+def test_bad_spec_exits_2_with_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "%s"\n[train]\nlr = "fast"\n' % (SPECS / "p1_q1_raw.toml"))
+    assert main([str(bad), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "train.lr" in err and "expected a number" in err
+
+
+def test_validate_command(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nname = "nope"\n')
+    assert main(["validate", str(SPECS)]) == 0
+    assert main(["validate", str(bad)]) == 2
+    assert "model.name" in capsys.readouterr().err
+
+
+def test_missing_data_names_the_ways_to_point_at_it(tmp_path, capsys):
+    code = main([str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(tmp_path / "nothing-here"),
+                 "--out", str(tmp_path)])
+    assert code == 3
+    assert "nothing-here" in capsys.readouterr().err
+    (run_dir,) = (tmp_path / "p1_q1_raw").iterdir()
+    assert artifacts.read_status(run_dir)["status"] == "failed"
+    assert not (run_dir / "summary.json").exists()  # a failed run never looks complete
