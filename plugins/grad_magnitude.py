@@ -240,11 +240,16 @@ def heatmap_figure(table: dict, state: GradMagnitude, title: str = ""):
     iterations = _recorded_iterations(table, names)
     log_g = [[math.log10(v) if math.isfinite(v) and v > 0 else float("nan")
               for v in (table[n][it - 1] for it in iterations)] for n in names]
+    # Cell edges halfway between recorded iterations (and half a step beyond the ends).
+    middles = [(a + b) / 2 for a, b in zip(iterations, iterations[1:])]
+    x_edges = [iterations[0] - 0.5] + middles + [iterations[-1] + 0.5]
+    y_edges = [i - 0.5 for i in range(len(names) + 1)]
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # G = 0 (no log) or no gradient
     figure, axes = plt.subplots(figsize=(8, max(3.0, 0.22 * len(names) + 1.5)))
-    mesh = axes.pcolormesh(iterations, list(range(len(names))), log_g, shading="nearest", cmap="viridis")
+    mesh = axes.pcolormesh(x_edges, y_edges, log_g, shading="flat", cmap=cmap)
     axes.set_yticks(range(len(names)), [n[2:] for n in names], fontsize=7)
     axes.invert_yaxis()  # first layer at the top, as the forward pass reads
     axes.set(xlabel="iteration", ylabel="layer (forward order)",
              title=f"log10 G per layer{' - ' + title if title else ''}")
-    figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|")
+    figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|  (grey: zero or no gradient)")
     return figure

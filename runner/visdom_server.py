@@ -164,6 +164,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, env_path: str | No
     # visdom turns on Tornado's debug mode, whose autoreload restarts the server when any source
     # file changes; a setting given beforehand wins over debug's default.
     visdom_app.tornado_settings["autoreload"] = False
+    visdom_app.tornado_settings["static_handler_class"] = _static_handler()
     env_path = env_path or DEFAULT_ENV_PATH
     app = visdom_app.Application(port=port, base_url="", env_path=env_path)
     try:
@@ -176,6 +177,21 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, env_path: str | No
         ioloop.IOLoop.current().start()
     except KeyboardInterrupt:
         pass
+
+
+def _static_handler():
+    from tornado.web import StaticFileHandler
+
+    class StaticFiles(StaticFileHandler):
+        @classmethod
+        def make_static_url(cls, settings, path, include_version=True):
+            # visdom's page links its user stylesheet as ../user/style.css, outside the static
+            # folder; recent Tornado answers 403 to the whole page when asked to version it.
+            if path.startswith("../"):
+                return settings.get("static_url_prefix", "/static/") + path
+            return super().make_static_url(settings, path, include_version)
+
+    return StaticFiles
 
 
 def replay(source, server: str = "http://127.0.0.1", port: int = DEFAULT_PORT, env: str | None = None) -> tuple[int, list[str]]:

@@ -1,4 +1,12 @@
+import os
+
 import pytest
+import torch
+
+# Tests use tiny tensors: one thread avoids oversubscribing small CI machines, also for the
+# runner subprocesses some tests start (they inherit the variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 pytest_plugins = ["tests.fixtures_data"]
 

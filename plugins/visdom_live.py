@@ -1,0 +1,386 @@
+"""Live Visdom plots of a run: loss, batch/running/test accuracy, G of the first and last layer, images.
+
+On by default (DEFAULT_ENABLED); plots go to a server when one answers at the run's start,
+and every run records the same messages to visdom.jsonl in its folder either way, so
+`runner visdom replay RUN_DIR` can show a finished run later. One environment per run,
+named after the spec and run id; windows are created once and appended to.
+
+Visdom never fails or slows a run: messages are built on the training thread every
+train.log_every steps (from values already on the host or one small transfer), then handed to
+a background thread through a bounded queue and dropped when it is full; a server that does not
+answer or goes away is reported once, and the run goes on.
+
+Other plugins show image grids with `show_images(run, name, images_uint8_nchw, caption)`,
+a no-op when this plugin is off for that run.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import weakref
+from urllib.parse import quote, urlparse
+
+from ignite.engine import Events
+
+from runner import Setting, hookimpl
+
+DEFAULT_ENABLED = True
+LOG_NAME = "visdom.jsonl"  # runner/visdom_server.py's replay reads this name
+DEFAULT_SERVER = "http://localhost"
+DEFAULT_PORT = 8097
+RETRY_SECONDS = 5.0  # after losing the server, how often to try it again
+G_PREFIX = "G/"  # grad_magnitude's column prefix
+
+SETTINGS = {
+    "server": Setting("", "Visdom server URL; default $VISDOM_SERVER_URL, else http://localhost"),
+    "port": Setting(0, "server port; default $VISDOM_PORT, else the URL's port, else 8097", min=0, max=65535),
+    "env": Setting("", "environment name; default <spec name>_<run id>"),
+    "log": Setting(True, f"record every message to {LOG_NAME} in the run folder (for replay)"),
+    "queue": Setting(512, "messages waiting for the sender at most; further ones are dropped", min=1),
+    "flush_seconds": Setting(5.0, "when the run finishes, wait at most this long for queued messages", min=0.0),
+}
+
+_live: dict[int, "Live"] = {}  # id(run) -> its Live, while the run object exists
+
+
+def show_images(run, name: str, images, caption: str = "") -> None:
+    """Show a grid of images (uint8 tensor or array, N x C x H x W) in the run's environment.
+
+    One window per name, replaced on each call. Does nothing when the visdom plugin is off for
+    this run, and never raises.
+    """
+    live = _live.get(id(run))
+    if live is not None and live.run_ref() is run:
+        live.guard(live.images, name, images, caption)
+
+
+def resolve_address(settings: dict) -> tuple[str, int, bool]:
+    """(base URL without port, port, whether someone chose it): settings, then environment, then default."""
+    raw = settings.get("server") or os.environ.get("VISDOM_SERVER_URL") or ""
+    parsed = urlparse(raw if "://" in raw or not raw else f"http://{raw}")
+    host = parsed.hostname or urlparse(DEFAULT_SERVER).hostname
+    base = f"{parsed.scheme or 'http'}://{f'[{host}]' if ':' in host else host}"
+    port = settings.get("port") or _int(os.environ.get("VISDOM_PORT")) or parsed.port or DEFAULT_PORT
+    chosen = bool(raw or settings.get("port") or os.environ.get("VISDOM_PORT"))
+    return base, port, chosen
+
+
+def _int(text):
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+class _Sender(threading.Thread):
+    """Posts queued messages to the server; the training thread only ever calls offer()."""
+
+    _STOP = object()
+
+    def __init__(self, base: str, port: int, env: str, maxsize: int, say, chosen: bool):
+        super().__init__(name=f"visdom-sender-{env}", daemon=True)
+        self.url, self.env, self.say, self.chosen = f"{base}:{port}", env, say, chosen
+        self.queue: queue.Queue = queue.Queue(maxsize)
+        self.state = "connecting"  # -> live | off; live -> down -> live
+        self.stopping = False
+        self.sent = self.dropped = self.rejected = 0
+        self._warned_lost = self._warned_rejected = False
+        self._retry_at = 0.0
+        self._session = None
+
+    def offer(self, endpoint: str, msg: dict) -> None:
+        if self.state == "off" or self.stopping:
+            return
+        try:
+            self.queue.put_nowait((endpoint, msg))
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self, timeout: float) -> None:
+        """Wait until what is queued now has been handled, or timeout; returns at once unless live."""
+        if self.state not in ("live", "connecting") or not self.is_alive():
+            return
+        done = threading.Event()
+        deadline = time.monotonic() + timeout
+        try:
+            self.queue.put(done, timeout=timeout)
+        except queue.Full:
+            return
+        while not done.wait(0.05):
+            if time.monotonic() > deadline or self.state not in ("live", "connecting"):
+                return
+
+    def stop(self) -> None:
+        self.stopping = True
+        try:
+            self.queue.put_nowait(self._STOP)
+        except queue.Full:
+            pass  # run() notices `stopping` once the queue is empty
+
+    def run(self) -> None:
+        import requests
+
+        self._session = requests.Session()
+        if urlparse(self.url).hostname in ("localhost", "127.0.0.1", "::1"):
+            self._session.trust_env = False  # a proxy from the environment must not catch loopback traffic
+        if self._hello():
+            self.state = "live"
+            self.say(f"live plots at {self.url}/env/{quote(self.env, safe='')}")
+        else:
+            self.state = "off"
+            if self.chosen:
+                self.say(f"warning: no Visdom server answers at {self.url}; the run goes on without live plots")
+            else:
+                self.say(f"no Visdom server at {self.url} (start one with 'runner visdom'); no live plots")
+            self._drain()
+            return
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.stopping:
+                    return
+                continue
+            if item is self._STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._post(*item)
+
+    def _hello(self) -> bool:
+        """Create the environment; True if the server answered. Updates to an unknown one would fail there."""
+        try:
+            self._session.post(f"{self.url}/env/{quote(self.env, safe='')}", data=json.dumps({"eid": self.env}),
+                               timeout=(2, 5)).raise_for_status()
+            return True
+        except Exception:
+            return False
+
+    def _post(self, endpoint: str, msg: dict) -> None:
+        if self.state == "down":
+            now = time.monotonic()
+            if now < self._retry_at or not self._hello():
+                if now >= self._retry_at:
+                    self._retry_at = now + RETRY_SECONDS
+                self.dropped += 1
+                return
+            self.state = "live"
+            self.say(f"the Visdom server at {self.url} answers again; plots go on (points meanwhile are lost)")
+        import requests
+
+        try:
+            response = self._session.post(f"{self.url}/{endpoint}", data=json.dumps(msg), timeout=(2, 10))
+        except requests.RequestException as exc:
+            self.state, self._retry_at = "down", time.monotonic() + RETRY_SECONDS
+            self.dropped += 1
+            if not self._warned_lost:
+                self._warned_lost = True
+                self.say(f"warning: lost the Visdom server at {self.url} ({type(exc).__name__}); "
+                         f"the run goes on, its plots are still recorded to {LOG_NAME}")
+            return
+        if response.status_code >= 400:
+            self.rejected += 1
+            if not self._warned_rejected:
+                self._warned_rejected = True
+                self.say(f"warning: the Visdom server refused a plot update (HTTP {response.status_code})")
+        else:
+            self.sent += 1
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+
+
+class Live:
+    """One run's Visdom state: message builder, log file, sender and what has been plotted so far."""
+
+    def __init__(self, run, settings: dict):
+        import visdom
+
+        self.run_ref = weakref.ref(run)
+        self.label = run.spec.name
+        self.env = settings["env"] or f"{run.spec.name}_{run.dir.name}"
+        base, port, chosen = resolve_address(settings)
+        # A client that never sends: its plotting calls return the message they would post, so the
+        # messages are exactly visdom's own. offline=True skips its per-append win_exists round trip.
+        self.builder = visdom.Visdom(send=False, use_incoming_socket=False, env=self.env)
+        self.builder.offline = True
+        self.log_path = run.dir / LOG_NAME if settings["log"] else None
+        self._log_lock = threading.Lock()
+        self.sender = _Sender(base, port, self.env, settings["queue"], self.say, chosen)
+        self.windows: dict[str, set] = {}  # window -> its trace names
+        self.rows_sent = 0
+        self.failed = False
+        self.sender.start()
+
+    def say(self, text: str) -> None:
+        print(f"[{self.label}] visdom: {text}", file=sys.stderr, flush=True)
+
+    def guard(self, function, *args) -> None:
+        """Call function; on any error, report once and stop plotting: Visdom must never fail a run."""
+        if self.failed:
+            return
+        try:
+            function(*args)
+        except Exception as exc:
+            self.failed = True
+            self.say(f"warning: plotting stopped after an error: {type(exc).__name__}: {exc}")
+
+    # ---- messages -------------------------------------------------------------------------
+
+    def emit(self, built) -> None:
+        msg, endpoint = built
+        if self.log_path is not None:
+            line = json.dumps([endpoint, msg]) + "\n"  # visdom's log_to_filename format
+            with self._log_lock, open(self.log_path, "a") as log:
+                log.write(line)
+        self.sender.offer(endpoint, msg)
+
+    def line(self, win: str, trace: str, x, y, title: str, ylabel: str, **extra) -> None:
+        import numpy as np
+
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        keep = np.isfinite(y)
+        if not keep.any():
+            return
+        x, y = x[keep], y[keep]
+        single = extra.pop("markers_if_single", False) and len(y) == 1
+        style = {"markers": True, "markersize": 7} if single else {}
+        if win not in self.windows:
+            opts = dict(title=title, xlabel="iteration", ylabel=ylabel, legend=[trace], showlegend=True, **extra, **style)
+            self.emit(self.builder.line(Y=y, X=x, win=win, opts=opts))
+            self.windows[win] = {trace}
+        else:
+            self.emit(self.builder.line(Y=y, X=x, win=win, update="append", name=trace, opts=dict(style)))
+            self.windows[win].add(trace)
+
+    def images(self, name: str, images, caption: str) -> None:
+        import numpy as np
+
+        if hasattr(images, "detach"):
+            images = images.detach().cpu().numpy()
+        images = np.asarray(images, dtype=np.uint8)[:64]
+        if images.ndim == 3:
+            images = images[None]
+        if images.shape[1] == 1:
+            images = images.repeat(3, axis=1)
+        # The grid is built here in uint8: visdom's own grid is float, and it rescales dark float images.
+        n, c, h, w = images.shape
+        cols, pad = min(8, n), 2
+        rows = math.ceil(n / cols)
+        grid = np.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=np.uint8)
+        for k in range(n):
+            top, left = pad + (k // cols) * (h + pad), pad + (k % cols) * (w + pad)
+            grid[:, top:top + h, left:left + w] = images[k]
+        win = f"images_{name}"
+        self.emit(self.builder.image(grid, win=win, opts=dict(title=name, caption=caption)))
+        self.windows.setdefault(win, set())
+
+    # ---- engine events --------------------------------------------------------------------
+
+    def training_rows(self, run, final: bool) -> None:
+        """Plot the iterations not plotted yet.
+
+        Between log points the newest row stays back one step: a plugin attached after this one
+        may still fill its column for the current iteration. When training completes every
+        handler has run, so the rest goes out.
+        """
+        import torch
+
+        metrics = run.metrics
+        stop = metrics.done if final else metrics.done - 1
+        start = self.rows_sent
+        if stop <= start:
+            return
+        g_columns = _g_columns(metrics)
+        columns = [metrics.loss[start:stop],
+                   metrics.correct[start:stop] / metrics.count[start:stop].clamp(min=1),
+                   metrics.running_accuracy()[start:stop]]
+        columns += [tensor[start:stop] if j is None else tensor[start:stop, j] for _, tensor, j in g_columns]
+        values = torch.stack([c.float() for c in columns]).cpu().numpy()  # one host transfer
+        x = list(range(start + 1, stop + 1))
+        self.rows_sent = stop
+        self.line("loss", "loss", x, values[0], "training loss", "cross-entropy")
+        self.line("accuracy", "batch", x, values[1], "accuracy", "accuracy")
+        self.line("accuracy", "running", x, values[2], "accuracy", "accuracy")
+        for (name, _, _), row in zip(g_columns, values[3:]):
+            self.line("grad", name, x, row, "gradient magnitude G (first and last layer)", "G", ytype="log")
+
+    def test_accuracy(self, run, evaluator) -> None:
+        accuracy = evaluator.state.metrics.get("accuracy")
+        if accuracy is not None and math.isfinite(accuracy):
+            iteration = run.metrics.done if run.metrics is not None else 0
+            self.line("accuracy", "test", [iteration], [accuracy], "accuracy", "accuracy", markers_if_single=True)
+
+    def summary(self) -> dict:
+        return {"env": self.env, "server": self.sender.url if self.sender.state != "off" else None,
+                "log": LOG_NAME if self.log_path is not None else None, "sent": self.sender.sent,
+                "dropped": self.sender.dropped}
+
+
+def _g_columns(metrics) -> list:
+    """(name, tensor, index or None) of the first and last G/ column, in the order they were added."""
+    found = []
+    for key, tensor in list(metrics.columns.items()):
+        if isinstance(key, tuple):
+            found += [(name, tensor, j) for j, name in enumerate(key) if name.startswith(G_PREFIX)]
+        elif key.startswith(G_PREFIX):
+            found.append((key, tensor, None))
+    return found[:1] + found[-1:] if len(found) > 1 else found
+
+
+def _forget(key: int, sender: _Sender) -> None:
+    _live.pop(key, None)
+    sender.stop()
+
+
+@atexit.register
+def _flush_all() -> None:
+    # Plots a plugin sent after this one's run_finished (images, say) still get out before exit.
+    for live in list(_live.values()):
+        live.sender.flush(2.0)
+
+
+@hookimpl
+def attach(trainer, evaluator, run, settings):
+    try:
+        live = Live(run, settings)
+    except Exception as exc:  # visdom missing or broken: the run goes on without it
+        print(f"[{run.spec.name}] visdom: warning: off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    _live[id(run)] = live
+    weakref.finalize(run, _forget, id(run), live.sender)
+    log_every = run.spec["train"]["log_every"]
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=log_every))
+    def plot_training(engine):
+        live.guard(live.training_rows, run, False)
+
+    @trainer.on(Events.COMPLETED)
+    def plot_rest(engine):
+        live.guard(live.training_rows, run, True)
+
+    @evaluator.on(Events.COMPLETED)
+    def plot_test(engine):
+        live.guard(live.test_accuracy, run, engine)
+
+
+@hookimpl
+def run_finished(run, results, settings):
+    live = _live.get(id(run))
+    if live is None:
+        return
+    live.sender.flush(settings["flush_seconds"])
+    results["visdom"] = live.summary()
