@@ -83,3 +83,15 @@ def completed_runs(out: Path, spec_name: str) -> list[Path]:
     if not base.is_dir():
         return []
     return sorted(d for d in base.iterdir() if d.is_dir() and read_status(d).get("status") == "complete")
+
+
+def latest_run(out, spec_name: str, quick: bool | None = None) -> Path | None:
+    """The newest completed run of a spec; with `quick`, only runs made with (or without) --quick."""
+    for run_dir in reversed(completed_runs(out, spec_name)):
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if quick is None or bool(summary.get("quick")) == quick:
+            return run_dir
+    return None
