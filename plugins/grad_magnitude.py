@@ -10,9 +10,12 @@ of a Sequential; NN counts the recorded layers from 1 in forward order (so with
 Recorded iterations: 1, every multiple of `every`, and the final iteration; the others stay
 empty (NaN). A layer whose weight got no gradient that step records NaN.
 
-At the end, summary.json gets `grad_magnitude` (G of the first and last conv layer at
-iterations 1, 100 and the last, and their ratio), and the run folder gets grad_first_last.png
-and grad_heatmap.png.
+At the end, summary.json gets `grad_magnitude`: the column names of the first and last conv
+layer ("first", "last"), their G ("first_G", "last_G") and "ratio_first_over_last" keyed "1",
+"100" and "last_iteration", each taken at the nearest recorded iteration at or before it (the
+one used is under "iterations"; a key past the run's end is left out; NaN or infinite values
+are null). The run folder gets grad_first_last.png (both layers over iterations, log scale)
+and grad_heatmap.png (log10 G, layers in forward order by recorded iterations).
 """
 from __future__ import annotations
 
@@ -30,8 +33,6 @@ SETTINGS = {
                       choices=("conv", "all")),
     "figures": Setting(True, "write grad_first_last.png and grad_heatmap.png"),
 }
-
-CHECKPOINTS = ("1", "100", "last_iteration")
 
 
 def _is_conv(module: nn.Module) -> bool:

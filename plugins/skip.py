@@ -15,7 +15,8 @@ ReLU, conv, ReLU, so the branch ends in its own ReLU (the simplest faithful choi
 is moved or dropped). shortcut is the identity, or a 1x1 conv initialized to the identity
 (`projection`); gate is 1, or a learnable scalar starting at 0 (`zero`, as in ReZero and
 SkipInit), so a block starts as the identity. Parameters are the same objects as before;
-identity shortcuts add none, `gate = "zero"` adds one per block.
+identity shortcuts add none, `gate = "zero"` adds one per block. With branches ending in their
+own ReLU and non-negative inputs (the homework's net), final_relu changes nothing.
 """
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""Live Visdom plots of a run: loss, batch/running/test accuracy, G of the first and last layer, images.
+"""Live Visdom plots of a run: loss, batch/running/test accuracy, G of the first and last conv layer, images.
 
-On by default (DEFAULT_ENABLED); plots go to a server when one answers at the run's start,
-and every run records the same messages to visdom.jsonl in its folder either way, so
-`runner visdom replay RUN_DIR` can show a finished run later. One environment per run,
-named after the spec and run id; windows are created once and appended to.
+On by default (DEFAULT_ENABLED; `[plugins.visdom] enabled = false` turns it off): plots go to a
+server when one answers at the run's start, and every run records the same messages to
+visdom.jsonl in its folder either way, so `runner visdom replay RUN_DIR` shows a finished run
+later. One environment per run, named after the spec and run id; windows are created once and
+appended to. The server: settings `server`/`port` (also from the command line with
+--set plugins.visdom.port=N), else $VISDOM_SERVER_URL and $VISDOM_PORT, else localhost:8097.
 
-Visdom never fails or slows a run: messages are built on the training thread every
-train.log_every steps (from values already on the host or one small transfer), then handed to
-a background thread through a bounded queue and dropped when it is full; a server that does not
-answer or goes away is reported once, and the run goes on.
+Visdom never fails or slows a run: messages are built on the training thread at log points
+(train.log_every, at most one send per `interval` seconds), from one small host transfer, then
+handed to a background thread through a bounded queue and dropped when it is full; a server that
+does not answer or goes away is reported once, and the run goes on.
 
 Other plugins show image grids with `show_images(run, name, images_uint8_nchw, caption)`,
 a no-op when this plugin is off for that run.
@@ -42,6 +44,7 @@ SETTINGS = {
     "port": Setting(0, "server port; default $VISDOM_PORT, else the URL's port, else 8097", min=0, max=65535),
     "env": Setting("", "environment name; default <spec name>_<run id>"),
     "log": Setting(True, f"record every message to {LOG_NAME} in the run folder (for replay)"),
+    "interval": Setting(1.0, "seconds between sends at least; log points in between go out together", min=0.0),
     "queue": Setting(512, "messages waiting for the sender at most; further ones are dropped", min=1),
     "flush_seconds": Setting(5.0, "when the run finishes, wait at most this long for queued messages", min=0.0),
 }
@@ -57,7 +60,7 @@ def show_images(run, name: str, images, caption: str = "") -> None:
     """
     live = _live.get(id(run))
     if live is not None and live.run_ref() is run:
-        live.guard(live.images, name, images, caption)
+        live.guard(live.images, name, images, caption, fatal=False)
 
 
 def resolve_address(settings: dict) -> tuple[str, int, bool]:
@@ -83,9 +86,9 @@ class _Sender(threading.Thread):
 
     _STOP = object()
 
-    def __init__(self, base: str, port: int, env: str, maxsize: int, say, chosen: bool):
+    def __init__(self, base: str, port: int, env: str, maxsize: int, say, chosen: bool, run_dir):
         super().__init__(name=f"visdom-sender-{env}", daemon=True)
-        self.url, self.env, self.say, self.chosen = f"{base}:{port}", env, say, chosen
+        self.url, self.env, self.say, self.chosen, self.run_dir = f"{base}:{port}", env, say, chosen, run_dir
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.state = "connecting"  # -> live | off; live -> down -> live
         self.stopping = False
@@ -134,10 +137,11 @@ class _Sender(threading.Thread):
             self.say(f"live plots at {self.url}/env/{quote(self.env, safe='')}")
         else:
             self.state = "off"
+            later = f"'runner visdom replay {self.run_dir}' shows the plots later"
             if self.chosen:
-                self.say(f"warning: no Visdom server answers at {self.url}; the run goes on without live plots")
+                self.say(f"warning: no Visdom server answers at {self.url}; the run goes on without live plots ({later})")
             else:
-                self.say(f"no Visdom server at {self.url} (start one with 'runner visdom'); no live plots")
+                self.say(f"no Visdom server at {self.url}, so no live plots ('runner visdom' starts one; {later})")
             self._drain()
             return
         while True:
@@ -219,24 +223,34 @@ class Live:
         self.builder.offline = True
         self.log_path = run.dir / LOG_NAME if settings["log"] else None
         self._log_lock = threading.Lock()
-        self.sender = _Sender(base, port, self.env, settings["queue"], self.say, chosen)
+        self.sender = _Sender(base, port, self.env, settings["queue"], self.say, chosen, run.dir)
         self.windows: dict[str, set] = {}  # window -> its trace names
         self.rows_sent = 0
+        # visdom's server re-diffs a whole window on every append, so sends are spaced out.
+        self.interval, self.last_send = settings["interval"], -math.inf
         self.failed = False
+        self._reported: set[str] = set()
         self.sender.start()
 
     def say(self, text: str) -> None:
         print(f"[{self.label}] visdom: {text}", file=sys.stderr, flush=True)
 
-    def guard(self, function, *args) -> None:
-        """Call function; on any error, report once and stop plotting: Visdom must never fail a run."""
+    def guard(self, function, *args, fatal: bool = True) -> None:
+        """Call function; on any error, report it once: Visdom must never fail a run.
+
+        A fatal error (in the training plots) stops this run's plotting; a bad image from
+        another plugin only loses that image.
+        """
         if self.failed:
             return
         try:
             function(*args)
         except Exception as exc:
-            self.failed = True
-            self.say(f"warning: plotting stopped after an error: {type(exc).__name__}: {exc}")
+            self.failed = self.failed or fatal
+            message = f"{type(exc).__name__}: {exc}"
+            if message not in self._reported:
+                self._reported.add(message)
+                self.say(f"warning: {'plotting stopped after' if fatal else 'an image was not shown:'} {message}")
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -285,7 +299,9 @@ class Live:
             top, left = pad + (k // cols) * (h + pad), pad + (k % cols) * (w + pad)
             grid[:, top:top + h, left:left + w] = images[k]
         win = f"images_{name}"
-        self.emit(self.builder.image(grid, win=win, opts=dict(title=name, caption=caption)))
+        scale = max(1, min(3, 800 // grid.shape[2]))  # small images (CIFAR's 32 px) shown larger
+        self.emit(self.builder.image(grid, win=win, opts=dict(title=name, caption=caption, width=grid.shape[2] * scale,
+                                                              height=grid.shape[1] * scale + 40)))
         self.windows.setdefault(win, set())
 
     # ---- engine events --------------------------------------------------------------------
@@ -302,8 +318,9 @@ class Live:
         metrics = run.metrics
         stop = metrics.done if final else metrics.done - 1
         start = self.rows_sent
-        if stop <= start:
+        if stop <= start or (not final and time.monotonic() - self.last_send < self.interval):
             return
+        self.last_send = time.monotonic()
         g_columns = _g_columns(metrics)
         columns = [metrics.loss[start:stop],
                    metrics.correct[start:stop] / metrics.count[start:stop].clamp(min=1),
@@ -331,13 +348,17 @@ class Live:
 
 
 def _g_columns(metrics) -> list:
-    """(name, tensor, index or None) of the first and last G/ column, in the order they were added."""
+    """(name, tensor, index or None) of the first and last G/ column, in the order they were added.
+
+    Conv layers' columns (grad_magnitude names them G/conv..) are preferred when there are any.
+    """
     found = []
     for key, tensor in list(metrics.columns.items()):
         if isinstance(key, tuple):
             found += [(name, tensor, j) for j, name in enumerate(key) if name.startswith(G_PREFIX)]
         elif key.startswith(G_PREFIX):
             found.append((key, tensor, None))
+    found = [c for c in found if c[0].startswith(G_PREFIX + "conv")] or found
     return found[:1] + found[-1:] if len(found) > 1 else found
 
 

@@ -36,6 +36,9 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="override a spec value, e.g. --set train.lr=0.05 (value read as TOML); repeatable")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few iterations on a small subset (for tests and a first look)")
+    parser.add_argument("--with-deps", action="store_true",
+                        help="first run the specs a spec requires (its `requires` key) that have no completed "
+                             "run yet, with the same --quick, --data and --out")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
     return parser
@@ -54,7 +57,7 @@ def expand_specs(paths) -> list[Path]:
 
 
 def cmd_run(argv) -> int:
-    from . import run, spec as spec_module
+    from . import artifacts, run, spec as spec_module
     from .plugins import Catalogue
 
     args = _run_parser().parse_args(argv)
@@ -67,14 +70,40 @@ def cmd_run(argv) -> int:
         overrides = list(run.QUICK) + overrides
     catalogue = Catalogue.default()
     seeds = [[f"seed={seed}"] for seed in args.seeds] if args.seeds else [[]]
+    paths = expand_specs(args.specs)
     # Validate everything before the first run starts: a typo in the last spec fails at once.
-    specs = [spec_module.load(path, catalogue, overrides + seed)
-             for path in expand_specs(args.specs) for seed in seeds]
+    specs = [spec_module.load(path, catalogue, overrides + seed) for path in paths for seed in seeds]
+    if args.with_deps:
+        quick = list(run.QUICK) if args.quick else []
+        missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
+                   and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
+        specs = [spec_module.load(path, catalogue, quick) for path in missing] + specs
     finished = [run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
                             show_progress=args.progress) for spec in specs]
     if len(finished) > 1:
         print_table(finished)
     return 0
+
+
+def dependencies(specs, catalogue) -> list[Path]:
+    """Every spec file the given specs require, transitively, each before the specs needing it."""
+    from . import spec as spec_module
+
+    ordered: list[Path] = []
+
+    def visit(path: Path, chain: tuple):
+        if path in chain:
+            raise RunnerError(f"circular requires: {' -> '.join(p.name for p in chain + (path,))}")
+        if path in ordered:
+            return
+        for required in spec_module.load(path, catalogue)["requires"]:
+            visit(Path(required), chain + (path,))
+        ordered.append(path)
+
+    for spec in specs:
+        for required in spec["requires"]:
+            visit(Path(required), (spec.path.resolve(),))
+    return ordered
 
 
 def _seed_list(text: str) -> list[int]:

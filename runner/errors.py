@@ -14,6 +14,7 @@ class SpecError(RunnerError):
     exit_code = 2
 
     def __init__(self, message: str, *, file=None, key: str | None = None, allowed=None, line=None, column=None):
+        self.message = message
         self.file = str(file) if file is not None else None
         self.key = key
         self.allowed = list(allowed) if allowed is not None else None
@@ -25,6 +26,11 @@ class SpecError(RunnerError):
         if self.allowed:
             text += " (allowed: " + ", ".join(map(str, self.allowed)) + ")"
         super().__init__(text)
+
+    def in_file(self, file) -> "SpecError":
+        """The same error attributed to a spec file (for errors raised by plugins, which know no file)."""
+        return SpecError(self.message, file=file, key=self.key, allowed=self.allowed, line=self.line,
+                         column=self.column)
 
 
 class DataError(RunnerError):

@@ -30,6 +30,8 @@ BUILTINS = {
     "skip": "plugins.skip",
     "init": "plugins.init",
     "visdom": "plugins.visdom_live",
+    "fgsm": "plugins.fgsm",
+    "transfer": "plugins.transfer",
 }
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import artifacts, data, figures
 from .engine import EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler
-from .errors import DivergedError, RunnerError
+from .errors import DivergedError, RunnerError, SpecError
 from .metrics import MetricsLog
 from .plugins import Catalogue, attributed
 from .spec import Spec
@@ -86,7 +86,10 @@ def build_model(spec: Spec, catalogue: Catalogue, run: Run | None = None) -> nn.
     params = {k: v for k, v in spec["model"].items() if k != "name"}
     model = catalogue.models[spec["model"]["name"]].factory(**params)
     for name in spec.plugin_names():
-        changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec["plugins"][name])
+        try:
+            changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec["plugins"][name])
+        except SpecError as exc:
+            raise (exc.in_file(spec.path) if exc.file is None else exc) from exc
         if changed is not None:
             model = changed
     return model

@@ -161,6 +161,9 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     model = table.get("model")
     if not isinstance(model, dict) or "name" not in model:
         raise SpecError("every spec names a model", file=file, key="model.name", allowed=sorted(catalogue.models))
+    if not isinstance(model["name"], str):
+        raise SpecError(f"expected a model name, got {model['name']!r}", file=file, key="model.name",
+                        allowed=sorted(catalogue.models))
     entry = catalogue.models.get(model["name"])
     if entry is None:
         raise SpecError(f"unknown model {model['name']!r}", file=file, key="model.name", allowed=sorted(catalogue.models))

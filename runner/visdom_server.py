@@ -119,10 +119,16 @@ def install_assets(static: Path | None = None, npm: str = "npm", force: bool = F
                 if package not in tarballs:
                     raise RunnerError(f"npm pack returned no tarball for {package}")
                 wanted = [(inner, static / target) for name, inner, target in todo if name == package]
-                written += [str(t.relative_to(static)) for t in _copy_members(tarballs[package], wanted)]
+                try:
+                    written += [str(t.relative_to(static)) for t in _copy_members(tarballs[package], wanted)]
+                except OSError as exc:
+                    raise RunnerError(f"cannot write visdom's assets into {static}: {exc.strerror or exc}") from None
     import visdom
 
-    (static / VERSION_FILE).write_text(visdom.__version__)
+    try:
+        (static / VERSION_FILE).write_text(visdom.__version__)
+    except OSError as exc:
+        raise RunnerError(f"cannot write into {static}: {exc.strerror or exc}") from None
     if not quiet:
         print(f"visdom assets: {len(written)} written, {len(ASSETS) - len(written)} already there, in {static}",
               file=sys.stderr)

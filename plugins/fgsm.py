@@ -1,0 +1,437 @@
+"""Part 3 Q1: adversarial images by the iterative fast gradient sign method, on a trained model.
+
+An evaluate-only spec (`train.iterations = 0`, no transforms) enables this plugin: change_model
+swaps the spec's placeholder model for the trained model of another spec (`source`), which
+carries its own normalization, so the attack works on real pixel values 0-255 and every
+iterate is an image (integer eps keeps it an exact 8-bit image).
+
+The homework's step, repeated per image until a wrong class has probability >= confidence:
+
+    x <- clamp(x + eps * sign(grad_x J(x, y)), 0, 255)     J: cross-entropy on the true label y
+
+with `bound` > 0 it is also clamped to the L-inf ball around the original (the basic iterative
+method of Kurakin et al.), and with `target` >= 0 it descends J(x, target) instead until that
+class reaches the confidence. Images that reach max_steps without it are failures, reported.
+
+Chosen images (shown, saved as PNG): the first `per_class` correctly classified test images of
+each class, in test-set order, a fixed rule so reruns pick the same ones. With `attack_all`,
+every correctly classified test image is attacked too, for statistics and for the transfer
+spec (adversarial_set.pt).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from runner import RunnerError, Setting, SpecError, figures, hookimpl
+from runner.artifacts import atomic_path, latest_run, save_figure, save_torch, write_text
+
+SETTINGS = {
+    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
+    "eps": Setting(1.0, "step size in pixel units (0-255); an integer keeps every iterate an 8-bit image",
+                   min=0.0),
+    "max_steps": Setting(200, "steps per image at most; images not fooled by then count as failures", min=0),
+    "confidence": Setting(0.99, "stop once a wrong class (or the target) has at least this probability",
+                          min=0.0, max=1.0),
+    "bound": Setting(0.0, "L-inf radius around the original in pixel units (0: none, only [0, 255])", min=0.0),
+    "target": Setting(-1, "class to push images into (-1: any wrong class, the homework's attack)", min=-1, max=9),
+    "per_class": Setting(2, "images per class shown side by side with their originals", min=0),
+    "attack_all": Setting(True, "also attack every correctly classified test image, for statistics"),
+    "batch_size": Setting(1000, "images attacked at once", min=1),
+}
+
+SET_FILE = "adversarial_set.pt"  # plugins/transfer.py reads it
+
+
+# ---- finding another spec's run (shared with plugins/transfer.py) ----------------------------
+
+def require_run(run, spec_name: str, role: str) -> Path:
+    """The latest completed run of `spec_name` beside `run` (same --out, same --quick), or an error
+    that says which command makes it."""
+    out = run.dir.parent.parent
+    found = latest_run(out, spec_name, quick=run.quick)
+    if found is None:
+        quick = " --quick" if run.quick else ""
+        raise RunnerError(
+            f"{run.spec.name} needs {role}: a completed{' quick' if run.quick else ''} run of spec "
+            f"{spec_name!r} under {out}, and there is none. Run `runner specs/{spec_name}.toml{quick} "
+            f"--out {out}` (with the same --data) first, or rerun {run.spec.name} with --with-deps.")
+    return found
+
+
+def load_source(run, spec_name: str, role: str):
+    """(trained model in eval mode, its run folder); the model takes pixel values 0-255."""
+    from runner.run import load_trained
+
+    run_dir = require_run(run, spec_name, role)
+    model, _ = load_trained(run_dir, run.catalogue, run.device)
+    return model.eval(), run_dir
+
+
+# ---- the attack -----------------------------------------------------------------------------
+
+@dataclass
+class AttackResult:
+    """Per image (all on the input's device)."""
+
+    images: torch.Tensor       # float (N, C, H, W), 0..255: the adversarial image, or the last iterate
+    steps: torch.Tensor        # int64: steps taken when the goal was met; max_steps for failures
+    success: torch.Tensor      # bool: the goal probability reached `confidence`
+    predicted: torch.Tensor    # int64: the model's class for `images`
+    probability: torch.Tensor  # float: its probability
+    goal_probability: torch.Tensor  # float: max wrong-class probability (or the target's), the stop test
+
+
+def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confidence: float = 0.99,
+                   bound: float = 0.0, target: int | None = None) -> AttackResult:
+    """Iterative FGSM on a batch; each image stops on its own at the first iterate that meets the goal.
+
+    The goal is checked before every step, so an image already wrong at `confidence` takes 0
+    steps (the plugin only feeds correctly classified images, where that cannot happen).
+    Finished images leave the batch and stay frozen. With a target, images of that class are
+    failures at 0 steps: they cannot become adversarial by reaching their own class.
+    """
+    was_training = model.training
+    model.eval()  # BatchNorm on running statistics: images do not influence each other
+    x = images.detach().float().clone()
+    original = x.clone()
+    labels = labels.to(x.device)
+    n = x.shape[0]
+    steps = torch.zeros(n, dtype=torch.long, device=x.device)
+    success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    predicted = torch.zeros(n, dtype=torch.long, device=x.device)
+    probability = torch.zeros(n, device=x.device)
+    goal_probability = torch.zeros(n, device=x.device)
+    active = torch.arange(n, device=x.device)
+    if target is not None:
+        active = active[labels != target]
+    try:
+        for step in range(max_steps + 1):
+            if active.numel() == 0:
+                break
+            xa = x[active].requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xa)
+                probs = logits.detach().float().softmax(1)
+                goal = goal_of(probs, labels[active], target)
+                done = goal >= confidence
+                top = probs.max(1)
+                predicted[active], probability[active] = top.indices, top.values
+                goal_probability[active], steps[active] = goal, step
+                success[active[done]] = True
+                keep = ~done
+                if step == max_steps or not keep.any():
+                    break
+                aim = labels[active] if target is None else torch.full_like(labels[active], target)
+                # Summed, so each image's gradient is its own loss's (mean would only rescale; sign ignores it).
+                loss = F.cross_entropy(logits, aim, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, xa)  # w.r.t. the input only: no parameter gradients
+            direction = grad.sign() if target is None else -grad.sign()
+            moved = (xa.detach() + eps * direction).clamp(0.0, 255.0)
+            if bound > 0:
+                start = original[active]
+                moved = torch.minimum(torch.maximum(moved, start - bound), start + bound)
+            active = active[keep]
+            x[active] = moved[keep]
+    finally:
+        model.train(was_training)
+    return AttackResult(x, steps, success, predicted, probability, goal_probability)
+
+
+def probabilities(model, images, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax output (N, classes) for uint8 or float images, in batches."""
+    out = [torch.zeros(0, 10, device=images.device)]
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            out.append(model(images[start:start + batch_size].float()).float().softmax(1))
+    return torch.cat(out)
+
+
+def goal_of(probs, labels, target: int | None = None) -> torch.Tensor:
+    """The attack's stop test: the best wrong class's probability, or the target's."""
+    if target is None:
+        return probs.scatter(1, labels[:, None], -1.0).amax(1)
+    return probs[:, target]
+
+
+def distortion(adversarial, original) -> dict[str, torch.Tensor]:
+    """L-inf, L2 (pixel units 0-255) and PSNR (dB; inf when identical) per image."""
+    delta = (adversarial.float() - original.float()).flatten(1)
+    mse = delta.pow(2).mean(1)
+    return {"linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
+            "psnr": 10 * torch.log10(255.0 ** 2 / mse)}
+
+
+def to_uint8(images) -> torch.Tensor:
+    # Exact for integer eps (iterates are integers); otherwise the nearest 8-bit image, checked after.
+    return images.round().clamp(0, 255).to(torch.uint8)
+
+
+# ---- PNG I/O (Pillow; a 32x32 image is small enough to pass through Python lists) -------------
+
+def save_png(path, image_uint8) -> None:
+    from PIL import Image
+
+    c, h, w = image_uint8.shape
+    data = bytes(image_uint8.permute(1, 2, 0).contiguous().flatten().tolist())
+    with atomic_path(path) as tmp:
+        Image.frombytes("RGB", (w, h), data).save(tmp, format="PNG")
+
+
+def load_png(path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        w, h = image.size
+        flat = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return flat.reshape(h, w, 3).permute(2, 0, 1).contiguous()
+
+
+# ---- hooks ----------------------------------------------------------------------------------
+
+def require_evaluate_only(spec, plugin: str) -> None:
+    """Training would change the loaded model before it is used; refuse rather than attack another net."""
+    if spec["train"]["iterations"] != 0:
+        raise SpecError(f"the {plugin} plugin evaluates another run's trained model, so nothing may train: "
+                        f"set train.iterations = 0 (--quick sets 12; add --set train.iterations=0)",
+                        file=spec.path, key="train.iterations")
+
+
+@hookimpl
+def configure(spec, settings):
+    require_evaluate_only(spec, "fgsm")
+
+
+@hookimpl
+def change_model(model, run, settings):
+    if run is None:  # load_trained of a finished attack run: its model is the source run's
+        raise RunnerError("an fgsm run has no model of its own; load the run named in its summary.json "
+                          "(fgsm.source_run) instead")
+    source, run_dir = load_source(run, settings["source"], "the trained model to attack")
+    run.results["fgsm"] = {"source_spec": settings["source"], "source_run": str(run_dir)}
+    return source
+
+
+@hookimpl
+def run_finished(run, results, settings):
+    model = run.model.eval()
+    target = settings["target"] if settings["target"] >= 0 else None
+    attack = dict(eps=settings["eps"], max_steps=settings["max_steps"], confidence=settings["confidence"],
+                  bound=settings["bound"], target=target)
+    summary = results.setdefault("fgsm", {})
+    summary.update({key: settings[key] for key in ("eps", "max_steps", "confidence", "bound", "target")})
+    summary["source_test_accuracy"] = results.get("test_accuracy")
+
+    images, labels, names = run.test_images, run.test_labels, run.class_names
+    correct = probabilities(model, images, settings["batch_size"]).argmax(1) == labels
+    if target is not None:
+        correct &= labels != target  # an image of the target class cannot be pushed into it
+
+    chosen = torch.cat([torch.nonzero(correct & (labels == c)).flatten()[:settings["per_class"]]
+                        for c in range(len(names))])
+    pairs = _attack_pairs(run, model, chosen, attack, settings, summary)
+
+    if settings["attack_all"]:
+        everything = torch.nonzero(correct).flatten()
+        full = _attack_set(run, model, everything, attack, settings, summary)
+    else:  # the transfer spec still gets a set: the pairs
+        full = pairs
+    save_torch(run.dir / SET_FILE, {
+        "images": full["images"].cpu(), "labels": full["labels"].cpu(), "indices": full["indices"].cpu(),
+        "success": full["success"].cpu(), "steps": full["steps"].cpu(), "predicted": full["predicted"].cpu(),
+        # Lets a reader check it holds the same test images before comparing with unperturbed ones.
+        "originals_checksum": int(images[full["indices"]].long().sum()),
+        "test_batches": list(run.spec["data"]["test"]),
+        "pairs": {key: pairs[key].cpu() for key in ("images", "originals", "labels", "indices", "success",
+                                                     "predicted")},
+        "class_names": list(names), "source_spec": summary["source_spec"], "source_run": summary["source_run"],
+        "attack": attack,
+    })
+
+
+def _attack_pairs(run, model, chosen, attack, settings, summary) -> dict:
+    names = run.class_names
+    originals, labels = run.test_images[chosen], run.test_labels[chosen]
+    result = iterative_fgsm(model, originals, labels, **attack)
+    adversarial = to_uint8(result.images)
+    folder = run.dir / "adversarial"
+    rows, reloaded = [], []
+    rank = {}  # k: the image's rank within its class among the chosen
+    for i, (index, label) in enumerate(zip(chosen.tolist(), labels.tolist())):
+        k = rank[label] = rank.get(label, -1) + 1
+        stem = f"{label}_{names[label]}_{k}"
+        save_png(folder / f"{stem}_orig.png", originals[i].cpu())
+        save_png(folder / f"{stem}_adv.png", adversarial[i].cpu())
+        reloaded.append(load_png(folder / f"{stem}_adv.png"))
+        rows.append({"class": label, "class_name": names[label], "k": k, "test_index": index, "file": stem})
+    # The delivered artifact is the PNG: check that it, not the float tensor, fools the model.
+    back = torch.stack(reloaded).to(run.device) if rows else adversarial
+    probs = probabilities(model, back, settings["batch_size"])
+    still = (goal_of(probs, labels, attack["target"]) >= attack["confidence"]) & result.success
+    back_prob, back_class = probs.max(1)
+    measured = distortion(adversarial, originals)
+    for i, row in enumerate(rows):
+        row.update({
+            "steps": int(result.steps[i]), "success": bool(result.success[i]),
+            "predicted": int(back_class[i]), "predicted_name": names[int(back_class[i])],
+            "probability": round(float(back_prob[i]), 5), "png_adversarial": bool(still[i]),
+            "linf": float(measured["linf"][i]), "l2": round(float(measured["l2"][i]), 3),
+            "psnr": _finite(measured["psnr"][i]),
+        })
+    _write_csv(folder / "pairs.csv", rows)
+    summary.update({
+        "pairs_count": len(rows),
+        "pairs_missing_classes": [names[c] for c in range(len(names)) if c not in rank],
+        "pairs_success": int(result.success.sum()),
+        "pairs_png_adversarial": int(still.sum()),
+        "pairs_median_steps": statistics.median([r["steps"] for r in rows]) if rows else None,
+        "pairs": rows,
+    })
+    if rows:
+        figure = _pairs_figure(originals.cpu(), adversarial.cpu(), rows, names, summary)
+        save_figure(run.dir / "adversarial_pairs.png", figure)
+        figures.close(figure)
+        _show(run, originals, adversarial)
+    return {"images": adversarial, "originals": originals, "labels": labels, "indices": chosen,
+            "success": result.success, "steps": result.steps, "predicted": back_class}
+
+
+def _attack_set(run, model, indices, attack, settings, summary) -> dict:
+    parts = []
+    _sync(run.device)
+    started = time.perf_counter()
+    for start in range(0, len(indices), settings["batch_size"]):
+        batch = indices[start:start + settings["batch_size"]]
+        parts.append(iterative_fgsm(model, run.test_images[batch], run.test_labels[batch], **attack))
+    _sync(run.device)
+    seconds = time.perf_counter() - started
+    labels, originals = run.test_labels[indices], run.test_images[indices]
+    if parts:
+        steps, success = torch.cat([p.steps for p in parts]), torch.cat([p.success for p in parts])
+        images = to_uint8(torch.cat([p.images for p in parts]))
+    else:
+        steps = torch.zeros(0, dtype=torch.long, device=run.device)
+        success = torch.zeros(0, dtype=torch.bool, device=run.device)
+        images = originals.clone()
+    # Rounding to 8 bits is exact for integer eps; for any other eps this counts what survives it.
+    probs = probabilities(model, images, settings["batch_size"])
+    kept = (goal_of(probs, labels, attack["target"]) >= attack["confidence"]) & success
+    measured = distortion(images, originals)
+    won = steps[success].tolist()
+    attacked = len(indices)
+    mean = lambda key: _finite(measured[key][success].mean()) if won else None
+    summary.update({
+        "attacked": attacked,
+        "succeeded": len(won),
+        "failed_at_cap": attacked - len(won),
+        "success_rate": round(len(won) / attacked, 5) if attacked else None,
+        "uint8_adversarial": int(kept.sum()),
+        "median_steps": statistics.median(won) if won else None,
+        "mean_steps": round(statistics.fmean(won), 3) if won else None,
+        "max_steps_used": max(won) if won else None,
+        "mean_linf": mean("linf"), "mean_l2": mean("l2"), "mean_psnr": mean("psnr"),
+        "attack_seconds": round(seconds, 3),
+        "attack_images_per_second": round(attacked / seconds, 2) if seconds > 0 else None,
+    })
+    figure = _steps_figure(steps.tolist(), success.tolist(), attack["max_steps"], run.spec.name, summary)
+    save_figure(run.dir / "steps_histogram.png", figure)
+    figures.close(figure)
+    return {"images": images, "labels": labels, "indices": indices, "success": success, "steps": steps,
+            "predicted": probs.argmax(1)}
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+def _finite(value):
+    value = float(value)
+    return round(value, 3) if math.isfinite(value) else None  # JSON has no inf (an unchanged image's PSNR)
+
+
+def _write_csv(path, rows) -> None:
+    buffer = io.StringIO()
+    columns = ["class", "class_name", "k", "test_index", "steps", "success", "predicted", "predicted_name",
+               "probability", "png_adversarial", "linf", "l2", "psnr", "file"]
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _perturbation(adversarial, originals) -> tuple[torch.Tensor, float]:
+    """(adv - orig) * gain + 128 as uint8, one gain for all so the images compare; and the gain."""
+    delta = adversarial.float() - originals.float()
+    peak = float(delta.abs().amax()) if delta.numel() else 0.0
+    gain = 127.0 / peak if peak > 0 else 1.0
+    return (delta * gain + 128).round().clamp(0, 255).to(torch.uint8), gain
+
+
+def _pairs_figure(originals, adversarial, rows, names, summary):
+    plt = figures.plt
+    perturbation, gain = _perturbation(adversarial, originals)
+    per_row = 2  # two originals of a class per figure row, each as original | adversarial | perturbation
+    nrows = math.ceil(len(rows) / per_row)
+    figure, axes = plt.subplots(nrows, 3 * per_row, figsize=(3 * per_row * 1.45, nrows * 1.75), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        r, c = divmod(i, per_row)
+        panels = (
+            (originals[i], f"{row['class_name']}\n(original)"),
+            (adversarial[i], f"-> {row['predicted_name']} {row['probability']:.1%}\n{row['steps']} steps"
+             + ("" if row["png_adversarial"] else " FAILED")),
+            (perturbation[i], f"L-inf {row['linf']:.0f}, L2 {row['l2']:.0f}\nPSNR "
+             + (f"{row['psnr']:.1f} dB" if row["psnr"] is not None else "inf")),
+        )
+        for j, (image, title) in enumerate(panels):
+            ax = axes[r, 3 * c + j]
+            ax.imshow(image.permute(1, 2, 0), interpolation="nearest")
+            ax.set_title(title, fontsize=6.5, color="crimson" if j == 1 and not row["png_adversarial"] else "black")
+    figure.suptitle(f"Iterative FGSM, eps {summary['eps']:g} per step, stop at >= {summary['confidence']:.0%} "
+                    f"on a wrong class: original | adversarial (8-bit PNG, model's class and probability) | "
+                    f"perturbation x{gain:.1f} + 128", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _steps_figure(steps, success, max_steps, title, summary):
+    plt = figures.plt
+    figure, axes = plt.subplots(figsize=(7, 3.8))
+    won = [s for s, ok in zip(steps, success) if ok]
+    lost = len(steps) - len(won)
+    top = max(won + [1])
+    axes.hist(won, bins=range(0, top + 2), color="tab:blue", align="left",
+              label=f"fooled at >= {summary['confidence']:.0%} ({len(won)})")
+    if lost:
+        axes.bar([top + 2], [lost], color="tab:red", width=1.0, label=f"not fooled in {max_steps} steps ({lost})")
+    if won:
+        axes.axvline(statistics.median(won), color="k", ls="--", lw=1, label=f"median {statistics.median(won):g}")
+    axes.set(xlabel="FGSM steps needed", ylabel="test images", title=f"{title}: steps per image")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def _show(run, originals, adversarial) -> None:
+    """The pairs in Visdom, when that plugin exists and is on for this run."""
+    try:
+        from plugins.visdom_live import show_images
+    except (ImportError, AttributeError):
+        return
+    perturbation, gain = _perturbation(adversarial.cpu(), originals.cpu())
+    grid = torch.stack([originals.cpu(), adversarial.cpu(), perturbation], 1).flatten(0, 1)
+    show_images(run, "adversarial_pairs", grid,
+                f"original | adversarial | perturbation x{gain:.1f} + 128, {len(originals)} images")
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
