@@ -5,7 +5,7 @@ server when one answers at the run's start, and every run records the same messa
 visdom.jsonl in its folder either way, so `runner visdom replay RUN_DIR` shows a finished run
 later. One environment per run, named after the spec and run id; windows are created once and
 appended to. The server: settings `server`/`port` (also from the command line with
---set plugins.visdom.port=N), else $VISDOM_SERVER_URL and $VISDOM_PORT, else localhost:8097.
+--set plugins.visdom.port=N), else $VISDOM_SERVER_URL and $VISDOM_PORT, else 127.0.0.1:8097.
 
 Visdom never fails or slows a run: messages are built on the training thread at log points
 (train.log_every, at most one send per `interval` seconds), from one small host transfer, then
@@ -34,13 +34,13 @@ from runner import Setting, hookimpl
 
 DEFAULT_ENABLED = True
 LOG_NAME = "visdom.jsonl"  # runner/visdom_server.py's replay reads this name
-DEFAULT_SERVER = "http://localhost"
+DEFAULT_SERVER = "http://127.0.0.1"
 DEFAULT_PORT = 8097
 RETRY_SECONDS = 5.0  # after losing the server, how often to try it again
 G_PREFIX = "G/"  # grad_magnitude's column prefix
 
 SETTINGS = {
-    "server": Setting("", "Visdom server URL; default $VISDOM_SERVER_URL, else http://localhost"),
+    "server": Setting("", "Visdom server URL; default $VISDOM_SERVER_URL, else http://127.0.0.1"),
     "port": Setting(0, "server port; default $VISDOM_PORT, else the URL's port, else 8097", min=0, max=65535),
     "env": Setting("", "environment name; default <spec name>_<run id>"),
     "log": Setting(True, f"record every message to {LOG_NAME} in the run folder (for replay)"),
@@ -139,7 +139,8 @@ class _Sender(threading.Thread):
             self.state = "off"
             later = f"'runner visdom replay {self.run_dir}' shows the plots later"
             if self.chosen:
-                self.say(f"warning: no Visdom server answers at {self.url}; the run goes on without live plots ({later})")
+                self.say(f"warning: no Visdom server answers at {self.url}; "
+                         f"the run goes on without live plots ({later})")
             else:
                 self.say(f"no Visdom server at {self.url}, so no live plots ('runner visdom' starts one; {later})")
             self._drain()
@@ -273,7 +274,8 @@ class Live:
         single = extra.pop("markers_if_single", False) and len(y) == 1
         style = {"markers": True, "markersize": 7} if single else {}
         if win not in self.windows:
-            opts = dict(title=title, xlabel="iteration", ylabel=ylabel, legend=[trace], showlegend=True, **extra, **style)
+            opts = dict(title=title, xlabel="iteration", ylabel=ylabel, legend=[trace], showlegend=True,
+                        **extra, **style)
             self.emit(self.builder.line(Y=y, X=x, win=win, opts=opts))
             self.windows[win] = {trace}
         else:

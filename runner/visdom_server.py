@@ -6,9 +6,10 @@ runner visdom replay RUN_DIR [--port N]  send a finished run's recorded plots to
 
 visdom 0.2.4's own start (`python -m visdom.server`) downloads its assets from CDNs; here the
 same files come from npm registry packages, at the versions its download script names
-(visdom/server/build.py), into the paths it expects in visdom's static folder. The server is
-started without that download step, and refuses to start, naming what is missing, when an
-asset is not there.
+(visdom/server/build.py), into the paths it expects in visdom's static folder, with the
+version.built stamp that makes build.py skip downloading (so even visdom's own start then stays
+offline). `runner visdom` starts the server without that download step at all, and refuses to
+start, naming what is missing, when an asset is not there.
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def static_dir() -> Path:
 
     spec = importlib.util.find_spec("visdom")
     if spec is None or not spec.origin:
-        raise RunnerError("the visdom package is not installed (pip install visdom, with PIP_CONSTRAINT=constraints.txt)")
+        raise RunnerError("the visdom package is not installed "
+                          "(pip install visdom, with PIP_CONSTRAINT=constraints.txt)")
     return Path(spec.origin).parent / "static"
 
 
@@ -200,7 +202,8 @@ def _static_handler():
     return StaticFiles
 
 
-def replay(source, server: str = "http://127.0.0.1", port: int = DEFAULT_PORT, env: str | None = None) -> tuple[int, list[str]]:
+def replay(source, server: str = f"http://{DEFAULT_HOST}", port: int = DEFAULT_PORT,
+           env: str | None = None) -> tuple[int, list[str]]:
     """Send a recorded message log (a run folder or the log file) to a server; returns (messages, environments)."""
     import requests
 
@@ -223,12 +226,17 @@ def replay(source, server: str = "http://127.0.0.1", port: int = DEFAULT_PORT, e
         entries.append((endpoint, msg))
     base = f"{_base_url(server)}:{port}"
     session = requests.Session()
+    if urlparse(base).hostname in ("localhost", "127.0.0.1", "::1"):
+        session.trust_env = False  # a proxy from the environment must not catch loopback traffic
     envs = list(dict.fromkeys(msg.get("eid") or "main" for _, msg in entries))
     try:
         for eid in envs:  # updates to an environment the server does not know fail there
-            session.post(f"{base}/env/{quote(eid, safe='')}", data=json.dumps({"eid": eid}), timeout=10).raise_for_status()
+            session.post(f"{base}/env/{quote(eid, safe='')}", data=json.dumps({"eid": eid}),
+                         timeout=10).raise_for_status()
         for endpoint, msg in entries:
             session.post(f"{base}/{endpoint}", data=json.dumps(msg), timeout=30).raise_for_status()
+    except requests.ConnectionError:
+        raise RunnerError(f"no Visdom server answers at {base} (start one with 'runner visdom')") from None
     except requests.RequestException as exc:
         raise RunnerError(f"replay to the Visdom server at {base} failed: {exc}") from None
     return len(entries), envs

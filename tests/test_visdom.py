@@ -294,7 +294,7 @@ def test_address_from_settings_then_environment(monkeypatch):
 
     monkeypatch.delenv("VISDOM_SERVER_URL", raising=False)
     monkeypatch.delenv("VISDOM_PORT", raising=False)
-    assert resolve_address({"server": "", "port": 0}) == ("http://localhost", 8097, False)
+    assert resolve_address({"server": "", "port": 0}) == ("http://127.0.0.1", 8097, False)
     monkeypatch.setenv("VISDOM_SERVER_URL", "https://example.org:9000")
     assert resolve_address({"server": "", "port": 0}) == ("https://example.org", 9000, True)
     monkeypatch.setenv("VISDOM_PORT", "9100")

@@ -1,0 +1,247 @@
+"""Part 3 Q2: feed adversarial images made on one model to another (cross-model transfer).
+
+An evaluate-only spec enables this plugin: change_model swaps the placeholder model for the
+trained model of `target` (like the fgsm plugin does for its source), and run_finished reads
+the `attack` run's adversarial_set.pt and reports the target's accuracy on
+
+- the 20 shown adversarial images (the homework's number) and
+- every successful adversarial image of the set,
+
+each beside its accuracy on the same images unperturbed, with 95% Wilson intervals. Optionally a
+matrix: each attack spec in `matrix_sources` x each model spec in `matrix_targets`, the target's
+accuracy on that attack's adversarial images (runs that do not exist are listed, not fatal).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from runner import RunnerError, Setting, figures, hookimpl
+from runner.artifacts import latest_run, save_figure
+from runner.run import load_trained
+
+from plugins.fgsm import SET_FILE, load_source, probabilities, require_evaluate_only, require_run
+
+SETTINGS = {
+    "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used"),
+    "target": Setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated"),
+    "matrix_sources": Setting([], "attack specs for the transfer matrix (rows)", item=str),
+    "matrix_targets": Setting([], "model specs for the transfer matrix (columns)", item=str),
+    "batch_size": Setting(1000, "images evaluated at once", min=1),
+}
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when n is 0 (nothing known).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sound at 0/20 or 20/20, which
+    is where adversarial accuracies sit.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    scale = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def proportion(successes: int, n: int) -> dict:
+    low, high = wilson_interval(successes, n)
+    return {"correct": successes, "n": n, "accuracy": round(successes / n, 5) if n else None,
+            "ci95": [round(low, 5), round(high, 5)]}
+
+
+def load_set(attack_dir, run) -> dict:
+    path = attack_dir / SET_FILE
+    if not path.is_file():
+        raise RunnerError(f"{attack_dir} has no {SET_FILE}; is it a run of an fgsm spec?")
+    adversarial = torch.load(path, map_location=run.device, weights_only=True)
+    indices = adversarial["indices"]
+    # The unperturbed images come from this run's test set: it must be the attack's.
+    same = (adversarial["test_batches"] == list(run.spec["data"]["test"])
+            and (len(indices) == 0 or int(indices.max()) < len(run.test_images))
+            and int(run.test_images[indices].long().sum()) == adversarial["originals_checksum"])
+    if not same:
+        raise RunnerError(f"{run.spec.name}'s test images are not those {attack_dir} attacked: use the same "
+                          f"data.test, and --quick for both or neither")
+    return adversarial
+
+
+def evaluate(model, adversarial: dict, originals, batch_size: int) -> dict:
+    """Accuracy of `model` on adversarial images and on the same images unperturbed."""
+    labels = adversarial["labels"]
+    adv_class = probabilities(model, adversarial["images"], batch_size).argmax(1)
+    clean_class = probabilities(model, originals, batch_size).argmax(1)
+    # Fooled into the same wrong class as the attacked model: the perturbation carries its meaning.
+    same_wrong = (adv_class == adversarial["predicted"]) & (adv_class != labels)
+    return {"adversarial": proportion(int((adv_class == labels).sum()), len(labels)),
+            "clean": proportion(int((clean_class == labels).sum()), len(labels)),
+            "same_wrong_class": int(same_wrong.sum()), "predicted": adv_class}
+
+
+def successful(adversarial: dict) -> dict:
+    keep = adversarial["success"]
+    return {key: adversarial[key][keep] for key in ("images", "labels", "indices", "predicted")}
+
+
+# ---- hooks ----------------------------------------------------------------------------------
+
+@hookimpl
+def configure(spec, settings):
+    require_evaluate_only(spec, "transfer")
+
+
+@hookimpl
+def change_model(model, run, settings):
+    if run is None:  # load_trained of a finished transfer run: its model is the target run's
+        raise RunnerError("a transfer run has no model of its own; load the run named in its summary.json "
+                          "(transfer.target_run) instead")
+    attack_dir = require_run(run, settings["attack"], "adversarial images")  # fail before any work
+    target, target_dir = load_source(run, settings["target"], "the trained model to evaluate")
+    run.results["transfer"] = {"attack_spec": settings["attack"], "attack_run": str(attack_dir),
+                               "target_spec": settings["target"], "target_run": str(target_dir)}
+    return target
+
+
+@hookimpl
+def run_finished(run, results, settings):
+    summary = results.setdefault("transfer", {})
+    model = run.model.eval()
+    adversarial = load_set(Path(summary["attack_run"]), run)
+    summary["source_spec"], summary["source_run"] = adversarial["source_spec"], adversarial["source_run"]
+    batch = settings["batch_size"]
+
+    pairs = adversarial["pairs"]
+    shown = evaluate(model, pairs, pairs["originals"], batch)
+    full = successful(adversarial)
+    rest = evaluate(model, full, run.test_images[full["indices"]], batch)
+    summary.update({
+        # Flat keys for the report's placeholders; details below.
+        "adv_accuracy": shown["adversarial"]["accuracy"], "adv_ci95": shown["adversarial"]["ci95"],
+        "clean_accuracy": shown["clean"]["accuracy"], "clean_ci95": shown["clean"]["ci95"],
+        "pairs_n": len(pairs["labels"]), "pairs_adversarial_on_source": int(pairs["success"].sum()),
+        "pairs_same_wrong_class": shown["same_wrong_class"],
+        "set_adv_accuracy": rest["adversarial"]["accuracy"], "set_adv_ci95": rest["adversarial"]["ci95"],
+        "set_clean_accuracy": rest["clean"]["accuracy"], "set_clean_ci95": rest["clean"]["ci95"],
+        "set_n": len(full["labels"]), "set_same_wrong_class_rate": _rate(rest["same_wrong_class"], len(full["labels"])),
+        "pairs": {"adversarial": shown["adversarial"], "clean": shown["clean"]},
+        "set": {"adversarial": rest["adversarial"], "clean": rest["clean"]},
+    })
+    figure = _accuracy_figure(summary, run.spec.name)
+    save_figure(run.dir / "transfer_accuracy.png", figure)
+    figures.close(figure)
+    if len(pairs["labels"]):
+        figure = _pairs_figure(pairs, shown["predicted"], adversarial["class_names"], summary)
+        save_figure(run.dir / "transfer_pairs.png", figure)
+        figures.close(figure)
+    if settings["matrix_sources"] and settings["matrix_targets"]:
+        summary["matrix"] = _matrix(run, settings)
+        if summary["matrix"]["sources"] and summary["matrix"]["targets"]:
+            figure = _matrix_figure(summary["matrix"])
+            save_figure(run.dir / "transfer_matrix.png", figure)
+            figures.close(figure)
+
+
+def _rate(count: int, n: int) -> float | None:
+    return round(count / n, 5) if n else None
+
+
+def _matrix(run, settings) -> dict:
+    """Target accuracy on each attack's successful adversarial images; missing runs are listed."""
+    out, skipped = run.dir.parent.parent, []
+    sets = {}
+    for name in settings["matrix_sources"]:
+        found = latest_run(out, name, quick=run.quick)
+        if found is None:
+            skipped.append(f"attack {name}: no completed run (runner specs/{name}.toml)")
+            continue
+        adversarial = load_set(found, run)
+        sets[name] = (found, successful(adversarial), adversarial["source_spec"])
+    models = {}
+    for name in settings["matrix_targets"]:
+        found = latest_run(out, name, quick=run.quick)
+        if found is None:
+            skipped.append(f"model {name}: no completed run (runner specs/{name}.toml)")
+            continue
+        models[name] = (found, load_trained(found, run.catalogue, run.device)[0].eval())
+    accuracy, clean, ci = [], [], []
+    for name, (_, images, _) in sets.items():
+        originals = run.test_images[images["indices"]]
+        row = [evaluate(model, images, originals, settings["batch_size"]) for _, model in models.values()]
+        accuracy.append([cell["adversarial"]["accuracy"] for cell in row])
+        ci.append([cell["adversarial"]["ci95"] for cell in row])
+        clean.append([cell["clean"]["accuracy"] for cell in row])
+    return {"sources": list(sets), "source_models": [sets[name][2] for name in sets],
+            "source_runs": [str(sets[name][0]) for name in sets], "n": [len(sets[name][1]["labels"]) for name in sets],
+            "targets": list(models), "target_runs": [str(found) for found, _ in models.values()],
+            "accuracy": accuracy, "ci95": ci, "clean_accuracy": clean, "skipped": skipped}
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+def _accuracy_figure(summary, title):
+    plt = figures.plt
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    groups = [("20 shown images", summary["pairs"]), (f"all {summary['set_n']} adversarial", summary["set"])]
+    for g, (label, block) in enumerate(groups):
+        for k, (kind, color) in enumerate((("clean", "tab:gray"), ("adversarial", "tab:red"))):
+            cell = block[kind]
+            if cell["accuracy"] is None:
+                continue
+            x = g + (k - 0.5) * 0.36
+            axes.bar(x, cell["accuracy"], width=0.34, color=color, label=kind if g == 0 else None)
+            axes.errorbar(x, cell["accuracy"], yerr=[[cell["accuracy"] - cell["ci95"][0]],
+                                                     [cell["ci95"][1] - cell["accuracy"]]], color="k", capsize=4)
+            axes.text(x, cell["ci95"][1] + 0.02, f"{cell['accuracy']:.0%}\n{cell['correct']}/{cell['n']}",
+                      ha="center", fontsize=7)
+    axes.set_xticks(range(len(groups)), [label for label, _ in groups])
+    axes.set(ylabel=f"accuracy of {summary['target_spec']}", ylim=(0, 1.15),
+             title=f"{title}: images made on {summary['source_spec']} (95% Wilson intervals)")
+    axes.legend(loc="upper right")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def _pairs_figure(pairs, target_class, names, summary):
+    plt = figures.plt
+    n = len(pairs["labels"])
+    cols = min(10, n)
+    rows = math.ceil(n / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(pairs["images"][i].cpu().permute(1, 2, 0), interpolation="nearest")
+        label, source, target = int(pairs["labels"][i]), int(pairs["predicted"][i]), int(target_class[i])
+        ax.set_title(f"{names[label]}\n{summary['source_spec'][:8]}: {names[source]}\n"
+                     f"{summary['target_spec'][:8]}: {names[target]}", fontsize=6,
+                     color="darkgreen" if target == label else "crimson")
+    figure.suptitle(f"Adversarial images from {summary['source_spec']}: true class, its class, "
+                    f"{summary['target_spec']}'s class (green: still correct)", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _matrix_figure(matrix):
+    plt = figures.plt
+    values = torch.tensor([[math.nan if v is None else v for v in row] for row in matrix["accuracy"]])
+    figure, axes = plt.subplots(figsize=(1.4 * len(matrix["targets"]) + 2.5, 0.8 * len(matrix["sources"]) + 2))
+    image = axes.imshow(values, vmin=0, vmax=1, cmap="RdYlGn")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not math.isnan(values[i, j]):
+                axes.text(j, i, f"{values[i, j]:.0%}\n(clean {matrix['clean_accuracy'][i][j]:.0%})",
+                          ha="center", va="center", fontsize=7)
+    axes.set_xticks(range(len(matrix["targets"])), matrix["targets"], rotation=30, ha="right")
+    axes.set_yticks(range(len(matrix["sources"])),
+                    [f"{s}\n(on {m}, n={n})" for s, m, n in zip(matrix["sources"], matrix["source_models"], matrix["n"])])
+    axes.set(xlabel="evaluated model", ylabel="adversarial images",
+             title="accuracy on adversarial images (white-box where the model is the attacked one)")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    return figure
