@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from runner import RunnerError, Setting, SpecError, figures, hookimpl
 from runner.artifacts import atomic_path, latest_run, save_figure, save_torch, write_text
+from runner.run import load_trained
 
 SETTINGS = {
     "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
@@ -69,8 +70,6 @@ def require_run(run, spec_name: str, role: str) -> Path:
 
 def load_source(run, spec_name: str, role: str):
     """(trained model in eval mode, its run folder); the model takes pixel values 0-255."""
-    from runner.run import load_trained
-
     run_dir = require_run(run, spec_name, role)
     model, _ = load_trained(run_dir, run.catalogue, run.device)
     return model.eval(), run_dir
@@ -202,7 +201,7 @@ def require_evaluate_only(spec, plugin: str) -> None:
     """Training would change the loaded model before it is used; refuse rather than attack another net."""
     if spec["train"]["iterations"] != 0:
         raise SpecError(f"the {plugin} plugin evaluates another run's trained model, so nothing may train: "
-                        f"set train.iterations = 0 (--quick sets 12; add --set train.iterations=0)",
+                        f"set train.iterations = 0 (if --quick set it, add --set train.iterations=0)",
                         file=spec.path, key="train.iterations")
 
 
@@ -393,12 +392,12 @@ def _pairs_figure(originals, adversarial, rows, names, summary):
         )
         for j, (image, title) in enumerate(panels):
             ax = axes[r, 3 * c + j]
-            ax.imshow(image.permute(1, 2, 0), interpolation="nearest")
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")  # matplotlib wants an array
             ax.set_title(title, fontsize=6.5, color="crimson" if j == 1 and not row["png_adversarial"] else "black")
-    figure.suptitle(f"Iterative FGSM, eps {summary['eps']:g} per step, stop at >= {summary['confidence']:.0%} "
-                    f"on a wrong class: original | adversarial (8-bit PNG, model's class and probability) | "
-                    f"perturbation x{gain:.1f} + 128", fontsize=8)
-    figure.tight_layout()
+    figure.suptitle(f"Iterative FGSM, eps {summary['eps']:g} per step until a wrong class has "
+                    f">= {summary['confidence']:.0%}\noriginal | adversarial (8-bit PNG; the model's class and "
+                    f"probability) | perturbation x{gain:.1f} + 128", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_size_inches()[1]))  # room for the title
     return figure
 
 
@@ -407,14 +406,16 @@ def _steps_figure(steps, success, max_steps, title, summary):
     figure, axes = plt.subplots(figsize=(7, 3.8))
     won = [s for s, ok in zip(steps, success) if ok]
     lost = len(steps) - len(won)
-    top = max(won + [1])
-    axes.hist(won, bins=range(0, top + 2), color="tab:blue", align="left",
+    width = max(1, math.ceil((max(won, default=0) + 1) / 60))  # about 60 bars at most
+    axes.hist(won, bins=range(0, max(won, default=0) + 2 * width, width), color="tab:blue",
               label=f"fooled at >= {summary['confidence']:.0%} ({len(won)})")
     if lost:
-        axes.bar([top + 2], [lost], color="tab:red", width=1.0, label=f"not fooled in {max_steps} steps ({lost})")
+        axes.bar([max_steps + width], [lost], width=width, align="edge", color="tab:red",
+                 label=f"not fooled in {max_steps} steps ({lost})")
     if won:
         axes.axvline(statistics.median(won), color="k", ls="--", lw=1, label=f"median {statistics.median(won):g}")
-    axes.set(xlabel="FGSM steps needed", ylabel="test images", title=f"{title}: steps per image")
+    axes.set(xlabel=f"FGSM steps needed (bars of {width})", ylabel="test images",
+             title=f"{title}: steps per image, {len(steps)} correctly classified test images")
     axes.legend()
     axes.grid(alpha=0.3)
     return figure

@@ -128,7 +128,8 @@ def run_finished(run, results, settings):
         "pairs_same_wrong_class": shown["same_wrong_class"],
         "set_adv_accuracy": rest["adversarial"]["accuracy"], "set_adv_ci95": rest["adversarial"]["ci95"],
         "set_clean_accuracy": rest["clean"]["accuracy"], "set_clean_ci95": rest["clean"]["ci95"],
-        "set_n": len(full["labels"]), "set_same_wrong_class_rate": _rate(rest["same_wrong_class"], len(full["labels"])),
+        "set_n": len(full["labels"]),
+        "set_same_wrong_class_rate": _rate(rest["same_wrong_class"], len(full["labels"])),
         "pairs": {"adversarial": shown["adversarial"], "clean": shown["clean"]},
         "set": {"adversarial": rest["adversarial"], "clean": rest["clean"]},
     })
@@ -177,7 +178,8 @@ def _matrix(run, settings) -> dict:
         ci.append([cell["adversarial"]["ci95"] for cell in row])
         clean.append([cell["clean"]["accuracy"] for cell in row])
     return {"sources": list(sets), "source_models": [sets[name][2] for name in sets],
-            "source_runs": [str(sets[name][0]) for name in sets], "n": [len(sets[name][1]["labels"]) for name in sets],
+            "source_runs": [str(sets[name][0]) for name in sets],
+            "n": [len(sets[name][1]["labels"]) for name in sets],
             "targets": list(models), "target_runs": [str(found) for found, _ in models.values()],
             "accuracy": accuracy, "ci95": ci, "clean_accuracy": clean, "skipped": skipped}
 
@@ -212,36 +214,35 @@ def _pairs_figure(pairs, target_class, names, summary):
     n = len(pairs["labels"])
     cols = min(10, n)
     rows = math.ceil(n / cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.6), squeeze=False)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.9 + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
-        ax.imshow(pairs["images"][i].cpu().permute(1, 2, 0), interpolation="nearest")
+        ax.imshow(pairs["images"][i].cpu().permute(1, 2, 0).numpy(), interpolation="nearest")
         label, source, target = int(pairs["labels"][i]), int(pairs["predicted"][i]), int(target_class[i])
-        ax.set_title(f"{names[label]}\n{summary['source_spec'][:8]}: {names[source]}\n"
-                     f"{summary['target_spec'][:8]}: {names[target]}", fontsize=6,
+        ax.set_title(f"{names[label]}\nsrc: {names[source]}\ntgt: {names[target]}", fontsize=6.5,
                      color="darkgreen" if target == label else "crimson")
-    figure.suptitle(f"Adversarial images from {summary['source_spec']}: true class, its class, "
-                    f"{summary['target_spec']}'s class (green: still correct)", fontsize=8)
-    figure.tight_layout()
+    figure.suptitle(f"Adversarial images made on {summary['source_spec']} (src) fed to {summary['target_spec']} "
+                    f"(tgt): true class, each model's class (green: tgt still correct)", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_size_inches()[1]))
     return figure
 
 
 def _matrix_figure(matrix):
     plt = figures.plt
-    values = torch.tensor([[math.nan if v is None else v for v in row] for row in matrix["accuracy"]])
-    figure, axes = plt.subplots(figsize=(1.4 * len(matrix["targets"]) + 2.5, 0.8 * len(matrix["sources"]) + 2))
-    image = axes.imshow(values, vmin=0, vmax=1, cmap="RdYlGn")
+    values = torch.tensor([[math.nan if v is None else v for v in row] for row in matrix["accuracy"]]).numpy()
+    figure, axes = plt.subplots(figsize=(1.5 * len(matrix["targets"]) + 3, 0.7 * len(matrix["sources"]) + 2.2))
+    image = axes.imshow(values, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if not math.isnan(values[i, j]):
                 axes.text(j, i, f"{values[i, j]:.0%}\n(clean {matrix['clean_accuracy'][i][j]:.0%})",
                           ha="center", va="center", fontsize=7)
     axes.set_xticks(range(len(matrix["targets"])), matrix["targets"], rotation=30, ha="right")
-    axes.set_yticks(range(len(matrix["sources"])),
-                    [f"{s}\n(on {m}, n={n})" for s, m, n in zip(matrix["sources"], matrix["source_models"], matrix["n"])])
+    rows = zip(matrix["sources"], matrix["source_models"], matrix["n"])
+    axes.set_yticks(range(len(matrix["sources"])), [f"{s}\n(on {m}, n={n})" for s, m, n in rows])
     axes.set(xlabel="evaluated model", ylabel="adversarial images",
-             title="accuracy on adversarial images (white-box where the model is the attacked one)")
+             title="accuracy on adversarial images\n(white-box where the evaluated model is the attacked one)")
     figure.colorbar(image, ax=axes, fraction=0.046)
     return figure

@@ -71,10 +71,35 @@ def set_status(run_dir, status: str, **extra) -> None:
 
 
 def read_status(run_dir) -> dict:
+    """The run's status; a "running" run whose process is gone (killed) reads as "interrupted"."""
     try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {"status": "unknown"}
+    if status.get("status") == "running" and not _alive(status.get("pid")):
+        status = dict(status, status="interrupted", stale=True)
+    return status
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unfinished_runs(out, spec_name: str) -> list[Path]:
+    """Runs of a spec that stopped before completing (interrupted, failed), oldest first."""
+    base = Path(out) / spec_name
+    if not base.is_dir():
+        return []
+    return sorted(d for d in base.iterdir() if d.is_dir()
+                  and read_status(d).get("status") in ("interrupted", "failed"))
 
 
 def completed_runs(out: Path, spec_name: str) -> list[Path]:

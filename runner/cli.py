@@ -7,7 +7,9 @@ runner plugins                list every plugin, its origin and its hooks, model
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import RunnerError
@@ -39,6 +41,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--with-deps", action="store_true",
                         help="first run the specs a spec requires (its `requires` key) that have no completed "
                              "run yet, with the same --quick, --data and --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest interrupted or failed run of each spec from its checkpoint "
+                             "(or: runner resume RUN_DIR)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
     return parser
@@ -78,8 +83,14 @@ def cmd_run(argv) -> int:
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
                    and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
         specs = [spec_module.load(path, catalogue, quick) for path in missing] + specs
-    finished = [run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
-                            show_progress=args.progress) for spec in specs]
+    finished = []
+    for spec in specs:
+        unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
+        if unfinished:
+            finished.append(run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress))
+        else:
+            finished.append(run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
+                                        show_progress=args.progress))
     if len(finished) > 1:
         print_table(finished)
     return 0
@@ -148,6 +159,20 @@ def cmd_validate(argv) -> int:
     return 2 if failures else 0
 
 
+def cmd_resume(argv) -> int:
+    from . import run
+    from .plugins import Catalogue
+
+    parser = argparse.ArgumentParser(prog="runner resume", description="Continue an unfinished run from its checkpoint.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--data", metavar="PATH", help="as for runner SPEC")
+    args = parser.parse_args(argv)
+    catalogue = Catalogue.default()
+    for run_dir in args.run_dirs:
+        run.resume(run_dir, catalogue, data_source=args.data)
+    return 0
+
+
 def cmd_plugins(argv) -> int:
     from .plugins import Catalogue
 
@@ -166,11 +191,18 @@ def cmd_plugins(argv) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "visdom": cmd_visdom}
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "resume": cmd_resume, "visdom": cmd_visdom}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the run folder is marked interrupted.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     command = COMMANDS.get(argv[0]) if argv else None
     try:
         return command(argv[1:]) if command else cmd_run(argv)

@@ -20,6 +20,16 @@ class MetricsLog:
         self.count = torch.zeros(iterations, device=device)
         self.columns: dict[str, torch.Tensor] = {}
         self.done = 0  # iterations recorded so far
+        self.started = 0.0  # perf_counter at the start of this process's training
+        self.seconds_before_resume = 0.0  # training seconds spent before a resume
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss, "correct": self.correct, "count": self.count, "done": self.done,
+                "columns": dict(self.columns)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss, self.correct, self.count = state["loss"], state["correct"], state["count"]
+        self.done, self.columns = state["done"], dict(state["columns"])
 
     def record(self, iteration: int, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
         """Store one step's results (iteration counts from 1, as Ignite's does)."""

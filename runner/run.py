@@ -156,13 +156,17 @@ def _attach_plugins(run: Run) -> None:
 
 
 def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=None, quick=False,
-            show_progress=None) -> Run:
-    """Train and evaluate one spec; returns the finished Run (its results and folder)."""
+            show_progress=None, resume_dir=None) -> Run:
+    """Train and evaluate one spec; returns the finished Run (its results and folder).
+
+    With resume_dir, continue that run from its last checkpoint (its own spec.toml is the spec).
+    """
     device = resolve_device(spec["device"])
-    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
+    run_dir = Path(resume_dir) if resume_dir else artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
     run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick)
-    artifacts.write_text(run_dir / "spec.toml", spec.dumps())
-    artifacts.set_status(run_dir, "running", pid=os.getpid())
+    if not resume_dir:
+        artifacts.write_text(run_dir / "spec.toml", spec.dumps())
+    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick)
     print(f"[{spec.name}] run folder {run_dir}", file=sys.stderr)
     try:
         _train_and_evaluate(run, data_source, sys.stderr.isatty() if show_progress is None else show_progress)
@@ -205,12 +209,13 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
     _attach_core(run, show_progress)
     _attach_plugins(run)
+    resumed_at = _checkpointing(run, scheduler)
 
     started = time.perf_counter()
-    if train["iterations"]:
-        run.trainer.run(batches, max_iters=train["iterations"])
+    if train["iterations"] and resumed_at < train["iterations"]:
+        run.trainer.run(batches, max_iters=None if resumed_at else train["iterations"])
     _sync(run.device)
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started + run.metrics.seconds_before_resume
 
     started = time.perf_counter()
     run.evaluator.run(EpochBatches(run.test_images, run.test_labels, spec["eval"]["batch_size"], shuffle=False))
@@ -242,6 +247,50 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
           file=sys.stderr)
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def _checkpointing(run: Run, scheduler) -> int:
+    """Save a checkpoint at every k-th epoch end; restore one if the run folder has it.
+
+    Checkpoints sit at epoch boundaries, where the next epoch's permutation is drawn from the
+    restored RNG state: a resumed run continues exactly as an uninterrupted one would.
+    Returns the iteration the run resumes from (0 for a fresh run).
+    """
+    every = run.spec["train"]["checkpoint_epochs"]
+    objects = {"model": run.model, "optimizer": run.optimizer, "metrics": run.metrics}
+    if scheduler is not None:
+        objects["scheduler"] = scheduler
+    path = run.dir / CHECKPOINT
+
+    if every:
+        @run.trainer.on(Events.EPOCH_COMPLETED(every=every))
+        def save(engine):
+            if engine.state.iteration >= run.spec["train"]["iterations"]:
+                return  # the run is about to finish; model.pt follows
+            state = {name: obj.state_dict() for name, obj in objects.items()}
+            state["trainer"] = {"iteration": engine.state.iteration, "epoch_length": engine.state.epoch_length,
+                                "max_iters": run.spec["train"]["iterations"]}
+            state["rng"] = torch.get_rng_state()
+            state["cuda_rng"] = torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None
+            state["seconds"] = run.metrics.seconds_before_resume + time.perf_counter() - run.metrics.started
+            artifacts.save_torch(path, state)
+
+    run.metrics.started = time.perf_counter()
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location=run.device, weights_only=False)
+    for name, obj in objects.items():
+        obj.load_state_dict(state[name])
+    run.trainer.load_state_dict(state["trainer"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.metrics.seconds_before_resume = state["seconds"]
+    print(f"[{run.spec.name}] resumed at iteration {state['trainer']['iteration']}", file=sys.stderr)
+    return state["trainer"]["iteration"]
+
+
 def _write_outputs(run: Run, table: dict) -> None:
     artifacts.write_text(run.dir / "metrics.csv", run.metrics.to_csv())
     artifacts.save_torch(run.dir / "model.pt", {
@@ -255,6 +304,22 @@ def _write_outputs(run: Run, table: dict) -> None:
         artifacts.save_figure(run.dir / "training_accuracy.png", figure)
         figures.close(figure)
     artifacts.write_json(run.dir / "summary.json", run.results)
+    (run.dir / CHECKPOINT).unlink(missing_ok=True)  # model.pt holds the result; the checkpoint was for resuming
+
+
+def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=None) -> Run:
+    """Continue an unfinished run in its own folder, with the spec it was started with."""
+    from .spec import load
+
+    run_dir = Path(run_dir)
+    status = artifacts.read_status(run_dir)
+    if status["status"] == "complete":
+        raise RunnerError(f"{run_dir} is already complete; nothing to resume")
+    if not (run_dir / "spec.toml").is_file():
+        raise RunnerError(f"{run_dir} is not a run folder (no spec.toml)")
+    spec = load(run_dir / "spec.toml", catalogue)
+    return execute(spec, catalogue, out=run_dir.parent.parent, data_source=data_source,
+                   quick=bool(status.get("quick")), show_progress=show_progress, resume_dir=run_dir)
 
 
 def _write_partial(run: Run) -> None:

@@ -112,6 +112,7 @@ TRAIN = {
     "label_smoothing": Setting(0.0, "cross-entropy label smoothing", min=0.0, max=1.0),
     "channels_last": Setting(True, "channels_last memory format (much faster on CPU)"),
     "log_every": Setting(10, "iterations between progress/log updates", min=1),
+    "checkpoint_epochs": Setting(1, "save a resumable checkpoint every N epochs (0: never)", min=0),
 }
 
 EVAL = {

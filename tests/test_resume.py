@@ -1,0 +1,73 @@
+"""A real run process killed mid-way resumes from its checkpoint and ends exactly as an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from runner import artifacts
+from runner.cli import main
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+ARGS = ["--quick", "--set", "train.iterations=48", "--set", "train.checkpoint_epochs=1", "--seed", "5"]
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_archive):
+    spec = str(SPECS / "p1_q4_crop.toml")
+    killed_out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "runner", spec, *ARGS, "--data", str(cifar_archive),
+                                "--out", str(killed_out)], stderr=subprocess.PIPE, text=True)
+    checkpoint = None
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        found = list(killed_out.glob("p1_q4_crop/*/checkpoint.pt"))
+        if found and torch.load(found[0], weights_only=False)["trainer"]["iteration"] >= 24:
+            checkpoint = found[0]
+            break
+        time.sleep(0.2)
+    assert checkpoint is not None, "no checkpoint appeared: " + (process.stderr.read() if process.poll() else "")
+    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the hardest case
+    process.wait()
+    run_dir = checkpoint.parent
+    assert artifacts.read_status(run_dir)["status"] == "interrupted"
+    assert not (run_dir / "summary.json").exists()
+
+    assert main(["resume", str(run_dir), "--data", str(cifar_archive)]) == 0
+    assert artifacts.read_status(run_dir)["status"] == "complete"
+    assert not checkpoint.exists()
+
+    straight_out = tmp_path / "straight"
+    assert main([spec, *ARGS, "--data", str(cifar_archive), "--out", str(straight_out)]) == 0
+    (straight,) = (straight_out / "p1_q4_crop").iterdir()
+    assert (run_dir / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    resumed_summary = json.loads((run_dir / "summary.json").read_text())
+    straight_summary = json.loads((straight / "summary.json").read_text())
+    assert resumed_summary["test_accuracy"] == straight_summary["test_accuracy"]
+    assert resumed_summary["iterations"] == 48
+
+
+def test_resume_flag_picks_the_unfinished_run(tmp_path, cifar_archive, capsys):
+    spec = str(SPECS / "p1_q1_raw.toml")
+    out = tmp_path / "out"
+    run_dir = out / "p1_q1_raw" / "20200101-000000-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.toml").write_text(
+        (SPECS / "p1_q1_raw.toml").read_text().replace('"base/part1.toml"', f'"{SPECS / "base" / "part1.toml"}"')
+        + "\n[train]\niterations = 4\n")
+    artifacts.set_status(run_dir, "interrupted")
+    assert main([spec, "--resume", "--quick", "--data", str(cifar_archive), "--out", str(out)]) == 0
+    assert artifacts.read_status(run_dir)["status"] == "complete"
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 4
+    assert len(list((out / "p1_q1_raw").iterdir())) == 1  # no new folder
+
+
+def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    artifacts.set_status(run_dir, "complete")
+    assert main(["resume", str(run_dir)]) == 1
+    assert "already complete" in capsys.readouterr().err
