@@ -71,18 +71,16 @@ def cmd_run(argv) -> int:
         overrides.append(f"seed={args.seed}")
     if args.device:
         overrides.append(f'device="{args.device}"')
-    if args.quick:
-        overrides = list(run.QUICK) + overrides
     catalogue = Catalogue.default()
     seeds = [[f"seed={seed}"] for seed in args.seeds] if args.seeds else [[]]
     paths = expand_specs(args.specs)
     # Validate everything before the first run starts: a typo in the last spec fails at once.
-    specs = [spec_module.load(path, catalogue, overrides + seed) for path in paths for seed in seeds]
+    quick = lambda path: quick_overrides(path) if args.quick else []
+    specs = [spec_module.load(path, catalogue, quick(path) + overrides + seed) for path in paths for seed in seeds]
     if args.with_deps:
-        quick = list(run.QUICK) if args.quick else []
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
                    and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
-        specs = [spec_module.load(path, catalogue, quick) for path in missing] + specs
+        specs = [spec_module.load(path, catalogue, quick(path)) for path in missing] + specs
     finished = []
     for spec in specs:
         unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
@@ -94,6 +92,15 @@ def cmd_run(argv) -> int:
     if len(finished) > 1:
         print_table(finished)
     return 0
+
+
+def quick_overrides(path) -> list[str]:
+    """--quick's overrides; an evaluate-only spec (train.iterations = 0) stays evaluate-only."""
+    from . import run, spec as spec_module
+
+    table, _ = spec_module.read(path)
+    keep_zero = table.get("train", {}).get("iterations") == 0
+    return [o for o in run.QUICK if not (keep_zero and o.startswith("train.iterations="))]
 
 
 def dependencies(specs, catalogue) -> list[Path]:
