@@ -22,7 +22,8 @@ EXIT_CODES = """exit codes: 0 success; 1 other runner error; 2 bad spec or optio
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description="Train and evaluate CIFAR-10 experiment specs (TOML).",
-        epilog="Other commands: 'runner validate SPEC...', 'runner plugins'.\n" + EXIT_CODES,
+        epilog="Other commands: 'runner validate SPEC...', 'runner plugins', 'runner resume RUN_DIR', "
+               "'runner report [ARTIFACTS]', 'runner visdom'.\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files, or folders of specs (base/ skipped)")
     parser.add_argument("--data", metavar="PATH",
@@ -198,11 +199,17 @@ def cmd_plugins(argv) -> int:
     return 0
 
 
+def cmd_report(argv) -> int:
+    from .report import cmd_report as report
+
+    return report(argv)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "resume": cmd_resume, "visdom": cmd_visdom}
+COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "resume": cmd_resume, "report": cmd_report, "visdom": cmd_visdom}
 
 
 def main(argv=None) -> int:

@@ -94,3 +94,13 @@ def test_missing_data_names_the_ways_to_point_at_it(tmp_path, capsys):
     (run_dir,) = (tmp_path / "p1_q1_raw").iterdir()
     assert artifacts.read_status(run_dir)["status"] == "failed"
     assert not (run_dir / "summary.json").exists()  # a failed run never looks complete
+
+
+def test_report_from_quick_runs_says_so(quick_run, tmp_path, capsys):
+    out = quick_run.parent.parent
+    assert main(["report", str(out), "-o", str(tmp_path / "r.pdf"), "--quick"]) == 0
+    pdf = (tmp_path / "r.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 2
+    markdown = (tmp_path / "r.md").read_text()
+    assert "--quick smoke runs" in markdown and "| p1_q4_crop | 1 |" in markdown
+    assert "p1_q4_crop" in capsys.readouterr().out
