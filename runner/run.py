@@ -178,6 +178,11 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         _write_partial(run)
         artifacts.set_status(run_dir, "diverged", error=str(exc))
         raise
+    except torch.OutOfMemoryError as exc:
+        _write_partial(run)
+        artifacts.set_status(run_dir, "failed", error=f"out of memory: {exc}")
+        raise RunnerError(f"out of memory on {device}: lower train.batch_size or eval.batch_size "
+                          f"(--set train.batch_size=50), or use a smaller model") from exc
     except BaseException as exc:
         _write_partial(run)
         artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",

@@ -104,3 +104,25 @@ def test_report_from_quick_runs_says_so(quick_run, tmp_path, capsys):
     markdown = (tmp_path / "r.md").read_text()
     assert "--quick smoke runs" in markdown and "| p1_q4_crop | 1 |" in markdown
     assert "p1_q4_crop" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_the_run_as_diverged(tmp_path, cifar_archive, capsys):
+    code = main([str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(cifar_archive), "--out", str(tmp_path),
+                 "--set", "train.lr=1e30", "--set", "train.label_smoothing=0.0"])
+    assert code == 5
+    assert "lower train.lr" in capsys.readouterr().err
+    (run_dir,) = (tmp_path / "p1_q1_raw").iterdir()
+    assert artifacts.read_status(run_dir)["status"] == "diverged"
+    assert (run_dir / "metrics.csv").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_out_of_memory_names_the_setting_to_lower(tmp_path, cifar_archive, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("runner.run.make_optimizer", exhausted)
+    code = main([str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(cifar_archive), "--out", str(tmp_path)])
+    assert code == 1
+    assert "train.batch_size" in capsys.readouterr().err
+    (run_dir,) = (tmp_path / "p1_q1_raw").iterdir()
+    assert artifacts.read_status(run_dir)["status"] == "failed"
