@@ -120,3 +120,10 @@ def latest_run(out, spec_name: str, quick: bool | None = None) -> Path | None:
         if quick is None or bool(summary.get("quick")) == quick:
             return run_dir
     return None
+
+
+def read_summary(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

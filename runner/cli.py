@@ -25,7 +25,9 @@ def _run_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'runner validate SPEC...', 'runner plugins', 'runner resume RUN_DIR', "
                "'runner report [ARTIFACTS]', 'runner visdom'.\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files, or folders of specs (base/ skipped)")
+    parser.add_argument("specs", nargs="+", metavar="SPEC",
+                        help="spec files, or a folder of specs: the suite, run in dependency order, skipping "
+                             "specs whose latest completed run used the same resolved spec and code")
     parser.add_argument("--data", metavar="PATH",
                         help="CIFAR-10: a folder holding cifar-10-batches-py or an archive (.tar.gz/.tar.xz); "
                              "overrides RUNNER_DATA and the spec's data.root; default: a per-user cache, "
@@ -42,6 +44,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--with-deps", action="store_true",
                         help="first run the specs a spec requires (its `requires` key) that have no completed "
                              "run yet, with the same --quick, --data and --out")
+    parser.add_argument("--force", action="store_true",
+                        help="with a folder of specs: rerun specs whose latest run is up to date")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted or failed run of each spec from its checkpoint "
                              "(or: runner resume RUN_DIR)")
@@ -82,17 +86,33 @@ def cmd_run(argv) -> int:
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
                    and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
         specs = [spec_module.load(path, catalogue, quick(path)) for path in missing] + specs
+    order = topological([spec.path.resolve() for spec in specs], catalogue)
+    specs.sort(key=lambda spec: order.index(spec.path.resolve()))  # stable: seeds keep their order
+    # A folder of specs is a suite: specs whose latest completed run used the same resolved spec
+    # and code are skipped unless --force.
+    suite = any(Path(p).is_dir() for p in args.specs) and not args.force
     finished = []
     for spec in specs:
+        done = artifacts.latest_run(args.out, spec.name, args.quick) if suite else None
+        if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
+            print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
+            finished.append(("skipped", spec, artifacts.read_summary(done)))
+            continue
         unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
         if unfinished:
-            finished.append(run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress))
+            result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
         else:
-            finished.append(run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
-                                        show_progress=args.progress))
+            result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
+                                 show_progress=args.progress)
+        finished.append(("ran", spec, result.results))
     if len(finished) > 1:
         print_table(finished)
     return 0
+
+
+def topological(paths: list[Path], catalogue) -> list[Path]:
+    """The given spec files ordered so that every spec comes after those it requires."""
+    return [p for p in dependencies_of(paths, catalogue) if p in paths]
 
 
 def quick_overrides(path) -> list[str]:
@@ -106,6 +126,11 @@ def quick_overrides(path) -> list[str]:
 
 def dependencies(specs, catalogue) -> list[Path]:
     """Every spec file the given specs require, transitively, each before the specs needing it."""
+    return dependencies_of([s.path.resolve() for s in specs], catalogue, include_roots=False)
+
+
+def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
+    """The spec files (and, with include_roots, the given ones) in an order where requirements come first."""
     from . import spec as spec_module
 
     ordered: list[Path] = []
@@ -119,9 +144,12 @@ def dependencies(specs, catalogue) -> list[Path]:
             visit(Path(required), chain + (path,))
         ordered.append(path)
 
-    for spec in specs:
-        for required in spec["requires"]:
-            visit(Path(required), (spec.path.resolve(),))
+    for path in paths:
+        if include_roots:
+            visit(path, ())
+        else:
+            for required in spec_module.load(path, catalogue)["requires"]:
+                visit(Path(required), (path,))
     return ordered
 
 
@@ -136,12 +164,12 @@ def print_table(finished) -> None:
     """One line per run, then mean and spread of test accuracy per spec where it ran several seeds."""
     import statistics
 
-    print(f"\n{'spec':28} {'seed':>4} {'test acc':>8} {'seconds':>8} {'images/s':>9}")
+    print(f"\n{'spec':28} {'seed':>4} {'test acc':>8} {'seconds':>8} {'images/s':>9}  status")
     by_spec: dict[str, list[float]] = {}
-    for r in finished:
-        by_spec.setdefault(r.spec.name, []).append(r.results["test_accuracy"])
-        print(f"{r.spec.name:28} {r.spec['seed']:4} {r.results['test_accuracy']:8.4f} {r.results['seconds']:8.1f} "
-              f"{r.results['images_per_second'] or 0:9.0f}")
+    for status, spec, results in finished:
+        by_spec.setdefault(spec.name, []).append(results["test_accuracy"])
+        print(f"{spec.name:28} {spec['seed']:4} {results['test_accuracy']:8.4f} {results['seconds']:8.1f} "
+              f"{results.get('images_per_second') or 0:9.0f}  {status}")
     for name, accuracies in by_spec.items():
         if len(accuracies) > 1:
             print(f"{name:28} mean {statistics.mean(accuracies):.4f} +- {statistics.stdev(accuracies):.4f} "

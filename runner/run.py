@@ -244,6 +244,8 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
+        "fingerprint": fingerprint(spec),
+        "code_version": code_version(),
     })
     run.call_plugins("run_finished", run=run, results=run.results)
     _write_outputs(run, table)
@@ -294,6 +296,25 @@ def _checkpointing(run: Run, scheduler) -> int:
     run.metrics.seconds_before_resume = state["seconds"]
     print(f"[{run.spec.name}] resumed at iteration {state['trainer']['iteration']}", file=sys.stderr)
     return state["trainer"]["iteration"]
+
+
+def code_version() -> str:
+    """A hash of the runner's and built-in plugins' source: a run made by other code is not up to date."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("runner", "plugins"):
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(spec: Spec) -> str:
+    """What makes two runs the same experiment: the resolved spec and the code."""
+    import hashlib
+
+    return hashlib.sha256((spec.dumps() + code_version()).encode()).hexdigest()[:16]
 
 
 def _write_outputs(run: Run, table: dict) -> None:
