@@ -82,6 +82,23 @@ def _figure_page(pdf, title: str, lines: list[str], images: list[Path]) -> None:
     plt.close(figure)
 
 
+def part3_explanation(runs: dict[str, list[dict]], quick: bool) -> str | None:
+    """specs/p3_explanation.md with its fields filled from the latest attack and transfer runs."""
+    import re
+    from types import SimpleNamespace
+
+    attack = latest_per_seed(runs.get("p3_q1_fgsm", []), quick)
+    transfer = latest_per_seed(runs.get("p3_q2_transfer", []), quick)
+    if not attack or not transfer:
+        return None
+    template_path = Path(attack[-1]["spec_file"]).parent / "p3_explanation.md"
+    if not template_path.is_file():
+        return None
+    template = re.sub(r"<!--.*?-->", "", template_path.read_text(), flags=re.S)  # the comment holds braces
+    tables = {"fgsm": SimpleNamespace(**attack[-1]["fgsm"]), "transfer": SimpleNamespace(**transfer[-1]["transfer"])}
+    return template.format_map(tables).strip()
+
+
 def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
     runs = collect(out)
     table = results_table(runs, quick)
@@ -106,6 +123,10 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
             pngs = sorted(latest.glob("*.png"))
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
+        explanation = part3_explanation(runs, quick)
+        if explanation:
+            _text_page(pdf, "Part 3: explanation (numbers filled from the runs)", explanation)
+            markdown += ["", explanation]
     markdown_path = pdf_path.with_suffix(".md")
     artifacts.write_text(markdown_path, "\n".join(markdown))
     return pdf_path
