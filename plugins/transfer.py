@@ -155,21 +155,22 @@ def _rate(count: int, n: int) -> float | None:
 def _matrix(run, settings) -> dict:
     """Target accuracy on each attack's successful adversarial images; missing runs are listed."""
     out, skipped = run.dir.parent.parent, []
+
+    def runs_of(kind: str, names: list[str]):
+        """(name, latest completed run) for each name that has one; the others go to `skipped`."""
+        for name in names:
+            found = latest_run(out, name, quick=run.quick)
+            if found is None:
+                skipped.append(f"{kind} {name}: no completed run (runner specs/{name}.toml)")
+            else:
+                yield name, found
+
     sets = {}
-    for name in settings["matrix_sources"]:
-        found = latest_run(out, name, quick=run.quick)
-        if found is None:
-            skipped.append(f"attack {name}: no completed run (runner specs/{name}.toml)")
-            continue
+    for name, found in runs_of("attack", settings["matrix_sources"]):
         adversarial = load_set(found, run)
         sets[name] = (found, successful(adversarial), adversarial["source_spec"])
-    models = {}
-    for name in settings["matrix_targets"]:
-        found = latest_run(out, name, quick=run.quick)
-        if found is None:
-            skipped.append(f"model {name}: no completed run (runner specs/{name}.toml)")
-            continue
-        models[name] = (found, load_trained(found, run.catalogue, run.device)[0].eval())
+    models = {name: (found, load_trained(found, run.catalogue, run.device)[0].eval())
+              for name, found in runs_of("model", settings["matrix_targets"])}
     accuracy, clean, ci = [], [], []
     for name, (_, images, _) in sets.items():
         originals = run.test_images[images["indices"]]

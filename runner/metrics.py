@@ -77,9 +77,6 @@ class MetricsLog:
                 out[key] = column[:n].tolist()
         return out
 
-    def last(self, name: str = "loss") -> float:
-        return float(self.table_value(name, self.done))
-
     def table_value(self, name: str, iteration: int) -> float:
         if name == "loss":
             return float(self.loss[iteration - 1])
