@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import RunnerError
+from .errors import DataError, DivergedError, RunnerError, SpecError
 from .visdom_server import cmd_visdom
 
 EXIT_CODES = """exit codes: 0 success; 1 other runner error; 2 bad spec or option; 3 data missing or corrupt;
@@ -91,22 +91,41 @@ def cmd_run(argv) -> int:
     # A folder of specs is a suite: specs whose latest completed run used the same resolved spec
     # and code are skipped unless --force.
     suite = any(Path(p).is_dir() for p in args.specs) and not args.force
-    finished = []
+    finished, failures = [], {}  # failures: spec name -> the error that ended its run
     for spec in specs:
         done = artifacts.latest_run(args.out, spec.name, args.quick) if suite else None
         if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
             print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
             finished.append(("skipped", spec, artifacts.read_summary(done)))
             continue
-        unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
-        if unfinished:
-            result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
-        else:
-            result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
-                                 show_progress=args.progress)
+        needed = [name for name in failures if name in {Path(p).stem for p in spec["requires"]}]
+        if needed:
+            print(f"[{spec.name}] not run: it needs {', '.join(needed)}, whose run failed", file=sys.stderr)
+            failures[spec.name] = RunnerError(f"needs {', '.join(needed)}")
+            finished.append(("not run", spec, {}))
+            continue
+        try:
+            unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
+            if unfinished:
+                result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
+            else:
+                result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
+                                     show_progress=args.progress)
+        except RunnerError as exc:
+            if len(specs) == 1 or isinstance(exc, (DataError, SpecError)):
+                raise  # alone, or an error every later run would hit too
+            # One diverged or broken run must not cost the rest of a suite; the exit code still tells.
+            print(f"[{spec.name}] {type(exc).__name__}: {exc}; going on with the other specs", file=sys.stderr)
+            failures[spec.name] = exc
+            finished.append(("diverged" if isinstance(exc, DivergedError) else "failed", spec, {}))
+            continue
         finished.append(("ran", spec, result.results))
     if len(finished) > 1:
         print_table(finished)
+    if failures:
+        first = next(iter(failures.values()))
+        print(f"runner: {len(failures)} of {len(specs)} runs did not complete: {', '.join(failures)}", file=sys.stderr)
+        return first.exit_code
     return 0
 
 
@@ -167,6 +186,9 @@ def print_table(finished) -> None:
     print(f"\n{'spec':28} {'seed':>4} {'test acc':>8} {'seconds':>8} {'images/s':>9}  status")
     by_spec: dict[str, list[float]] = {}
     for status, spec, results in finished:
+        if "test_accuracy" not in results:
+            print(f"{spec.name:28} {spec['seed']:4} {'-':>8} {'-':>8} {'-':>9}  {status}")
+            continue
         by_spec.setdefault(spec.name, []).append(results["test_accuracy"])
         print(f"{spec.name:28} {spec['seed']:4} {results['test_accuracy']:8.4f} {results['seconds']:8.1f} "
               f"{results.get('images_per_second') or 0:9.0f}  {status}")

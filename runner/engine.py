@@ -5,6 +5,7 @@ step, so plugins can read gradients (gradient magnitudes) or change them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -52,19 +53,37 @@ def prepare(x: torch.Tensor, pipeline: nn.Module, channels_last: bool) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0, channels_last=True) -> Engine:
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """'auto' means bf16 on CUDA (tensor cores) and fp32 on CPU (bf16 convs are slower there)."""
+    if choice == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return choice
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for forward passes; weights, gradients and the optimizer stay fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0, channels_last=True,
+                   precision="fp32", forward=None) -> Engine:
     """One step: forward, loss, backward, BACKWARD_COMPLETED, optimizer and scheduler step.
 
     The step's output keeps loss and the count of correct predictions as device tensors: no
-    host sync per step; whoever logs them decides when to read.
+    host sync per step; whoever logs them decides when to read. `forward` is the callable that
+    runs the model (a torch.compile'd wrapper of it, say); it defaults to the model itself.
     """
+    forward = forward or model
 
     def step(engine, batch):
         images, labels = batch
         model.train()
         pipeline.train()
-        logits = model(prepare(images, pipeline, channels_last))
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        with autocast(labels.device, precision):
+            logits = forward(prepare(images, pipeline, channels_last))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         engine.state.loss = loss
@@ -80,17 +99,18 @@ def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0
     return trainer
 
 
-def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True) -> Engine:
+def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, precision="fp32", forward=None) -> Engine:
     """Evaluation: eval mode, no gradients, accuracy accumulated by torchmetrics."""
     accuracy = None
+    forward = forward or model
 
     def step(engine, batch):
         nonlocal accuracy
         images, labels = batch
         if accuracy is None:
             accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(labels.device)
-        with torch.inference_mode():
-            logits = model(prepare(images, pipeline, channels_last))
+        with torch.inference_mode(), autocast(labels.device, precision):
+            logits = forward(prepare(images, pipeline, channels_last))
         accuracy.update(logits, labels)
         return logits, labels
 

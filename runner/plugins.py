@@ -32,6 +32,7 @@ BUILTINS = {
     "visdom": "plugins.visdom_live",
     "fgsm": "plugins.fgsm",
     "transfer": "plugins.transfer",
+    "universal": "plugins.universal",
 }
 
 

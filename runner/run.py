@@ -20,7 +20,8 @@ from ignite.utils import manual_seed
 from torch import nn
 
 from . import artifacts, data, figures
-from .engine import EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler
+from .engine import (EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler,
+                     resolve_precision)
 from .errors import DivergedError, RunnerError, SpecError
 from .metrics import MetricsLog
 from .plugins import Catalogue, attributed
@@ -66,6 +67,8 @@ def resolve_device(choice: str) -> torch.device:
         raise RunnerError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     return torch.device(choice)
 
 
@@ -206,10 +209,15 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
 
     run.optimizer = make_optimizer(run.model.parameters(), train)
     scheduler = make_scheduler(run.optimizer, train)
+    precision = resolve_precision(train["precision"], run.device)
+    # The compiled wrapper only runs forward passes; run.model stays the plain module, so its
+    # state_dict, checkpoints and plugins see the usual parameter names.
+    forward = torch.compile(run.model) if train["compile"] else run.model
     run.trainer = create_trainer(run.model, run.optimizer, scheduler, run.train_pipeline,
-                                 label_smoothing=train["label_smoothing"], channels_last=train["channels_last"])
+                                 label_smoothing=train["label_smoothing"], channels_last=train["channels_last"],
+                                 precision=precision, forward=forward)
     run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
-                                     channels_last=train["channels_last"])
+                                     channels_last=train["channels_last"], precision=precision, forward=forward)
     batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True)
     run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
     _attach_core(run, show_progress)
@@ -241,6 +249,8 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "eval_seconds": round(eval_seconds, 3),
         "images_per_second": round(run.metrics.done * train["batch_size"] / train_seconds, 1) if run.metrics.done else None,
         "device": _device_name(run.device),
+        "precision": precision,
+        "compiled": train["compile"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in run.model.parameters()),

@@ -111,6 +111,9 @@ TRAIN = {
     "warmup": Setting(0.0, "fraction of iterations with a linear warmup from 0", min=0.0, max=1.0),
     "label_smoothing": Setting(0.0, "cross-entropy label smoothing", min=0.0, max=1.0),
     "channels_last": Setting(True, "channels_last memory format (much faster on CPU)"),
+    "precision": Setting("auto", "arithmetic of forward passes: bf16 autocast or plain fp32 (auto: bf16 on "
+                         "CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16")),
+    "compile": Setting(False, "torch.compile the model (pays off for long GPU runs; compiling costs tens of seconds)"),
     "log_every": Setting(10, "iterations between progress/log updates", min=1),
     "checkpoint_epochs": Setting(1, "save a resumable checkpoint every N epochs (0: never)", min=0),
 }

@@ -1,0 +1,98 @@
+"""Full-protocol timings on one CUDA GPU, in one go (a lent GPU machine's time is short).
+
+Phases, each with a share of the time budget so a slow phase cannot starve the report:
+  suite     `runner specs/`: every spec once (seed 0), the command a user types, timed as a whole
+  seeds     every training spec of Parts 1 and 2 again with seeds 1 and 2 (same --out: 3-seed means)
+  variants  wider all-conv nets for Part 2 Q1 (the README's "on a GPU" sentence), 3 seeds each
+  settings  p1_q4_crop in fp32 instead of bf16, and with torch.compile
+Each phase's runs go under OUT/<phase>/ and are packed into OUT/<phase>.tar.gz as soon as the
+phase ends (without adversarial sets and checkpoints), with a table printed and OUT/gpu_suite.json.
+
+Usage: python bench/gpu_suite.py --data ARCHIVE --out DIR [--budget SECONDS]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDE = {"p2_q1_allconv_w64": "[64, 128, 256]", "p2_q1_allconv_w128": "[128, 256, 512]"}
+
+
+def runner(*args, out: Path, data: str, timeout: float) -> tuple[int, float]:
+    command = [sys.executable, "-m", "runner", *args, "--data", data, "--out", str(out), "--no-progress"]
+    print("$", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    try:
+        code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, timeout)).returncode
+    except subprocess.TimeoutExpired:
+        code = 124
+    return code, time.perf_counter() - started
+
+
+def summaries(folder: Path) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob("*/*/summary.json")):
+        s = json.loads(path.read_text())
+        rows.append({key: s.get(key) for key in ("spec", "seed", "test_accuracy", "seconds", "eval_seconds",
+                                                 "images_per_second", "precision", "compiled", "device")})
+    return rows
+
+
+def pack(folder: Path, target: Path, models: bool) -> None:
+    """The phase's run folders, without adversarial sets and checkpoints (and models unless asked)."""
+    skip = {"adversarial_set.pt", "checkpoint.pt"} | (set() if models else {"model.pt"})
+    with tarfile.open(target, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name, filter=lambda info: None if Path(info.name).name in skip else info)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all phases together")
+    args = parser.parse_args()
+    deadline = time.perf_counter() + args.budget
+    left = lambda share: min(share * args.budget, deadline - time.perf_counter())
+    report = {"phases": {}}
+
+    import torch
+
+    report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    report["torch"] = torch.__version__
+    print(f"device {report['device']}, torch {report['torch']}", flush=True)
+
+    def phase(name: str, share: float, commands) -> None:
+        folder = args.out / name
+        codes, seconds = [], 0.0
+        for command in commands:
+            code, took = runner(*command, out=folder, data=args.data, timeout=left(share) - seconds)
+            codes.append(code)
+            seconds += took
+        report["phases"][name] = {"exit_codes": codes, "wall_seconds": round(seconds, 1), "runs": summaries(folder)}
+        (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=1))
+        if folder.exists():
+            pack(folder, args.out / f"{name}.tar.gz", models=name == "suite")
+        print(f"\n== {name}: wall {seconds:.1f} s, exit codes {codes}", flush=True)
+        for row in report["phases"][name]["runs"]:
+            print(f"  {row['spec']:28} seed {row['seed']}  acc {row['test_accuracy']:.4f}  train {row['seconds']:7.1f} s"
+                  f"  eval {row['eval_seconds']:5.1f} s  {row['images_per_second'] or 0:8.0f} img/s  "
+                  f"{row['precision']}{' compiled' if row['compiled'] else ''}", flush=True)
+
+    phase("suite", 0.45, [["specs/"]])
+    training = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").glob("p[12]_*.toml"))
+    phase("seeds", 0.25, [[*training, "--seeds", "1,2"]])
+    phase("variants", 0.18, [["specs/p2_q1_allconv.toml", "--seeds", "0,1,2", "--set", f'name="{name}"',
+                              "--set", f"model.widths={widths}"] for name, widths in WIDE.items()])
+    phase("settings", 0.12, [["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_fp32"', "--set", 'train.precision="fp32"'],
+                             ["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_compiled"', "--set", "train.compile=true"]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
