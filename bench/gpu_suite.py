@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -28,9 +30,13 @@ def runner(*args, out: Path, data: str, timeout: float) -> tuple[int, float]:
     command = [sys.executable, "-m", "runner", *args, "--data", data, "--out", str(out), "--no-progress"]
     print("$", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
+    # Its own process group, so a timeout also stops the processes of `runner --jobs`.
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
     try:
-        code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, timeout)).returncode
+        code = process.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         code = 124
     return code, time.perf_counter() - started
 
@@ -46,7 +52,7 @@ def summaries(folder: Path) -> list[dict]:
 
 def pack(folder: Path, target: Path, models: bool) -> None:
     """The phase's run folders, without adversarial sets and checkpoints (and models unless asked)."""
-    skip = {"adversarial_set.pt", "checkpoint.pt"} | (set() if models else {"model.pt"})
+    skip = {"adversarial_set.pt", "checkpoint.pt", "universal_perturbation.pt"} | (set() if models else {"model.pt"})
     with tarfile.open(target, "w:gz") as tar:
         tar.add(folder, arcname=folder.name, filter=lambda info: None if Path(info.name).name in skip else info)
 
@@ -56,6 +62,7 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for all phases together")
+    parser.add_argument("--jobs", type=int, default=8, help="runs at once (runner --jobs)")
     args = parser.parse_args()
     deadline = time.perf_counter() + args.budget
     left = lambda share: min(share * args.budget, deadline - time.perf_counter())
@@ -77,19 +84,20 @@ def main() -> int:
         report["phases"][name] = {"exit_codes": codes, "wall_seconds": round(seconds, 1), "runs": summaries(folder)}
         (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=1))
         if folder.exists():
-            pack(folder, args.out / f"{name}.tar.gz", models=name == "suite")
+            pack(folder, args.out / f"{name}.tar.gz", models=False)
         print(f"\n== {name}: wall {seconds:.1f} s, exit codes {codes}", flush=True)
         for row in report["phases"][name]["runs"]:
             print(f"  {row['spec']:28} seed {row['seed']}  acc {row['test_accuracy']:.4f}  train {row['seconds']:7.1f} s"
                   f"  eval {row['eval_seconds']:5.1f} s  {row['images_per_second'] or 0:8.0f} img/s  "
                   f"{row['precision']}{' compiled' if row['compiled'] else ''}", flush=True)
 
-    phase("suite", 0.45, [["specs/"]])
+    jobs = ["--jobs", str(args.jobs)] if args.jobs > 1 else []
+    phase("suite", 0.45, [["specs/", *jobs]])
     training = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").glob("p[12]_*.toml"))
-    phase("seeds", 0.25, [[*training, "--seeds", "1,2"]])
-    phase("variants", 0.18, [["specs/p2_q1_allconv.toml", "--seeds", "0,1,2", "--set", f'name="{name}"',
-                              "--set", f"model.widths={widths}"] for name, widths in WIDE.items()])
-    phase("settings", 0.12, [["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_fp32"', "--set", 'train.precision="fp32"'],
+    phase("seeds", 0.25, [[*training, "--seeds", "1,2", *jobs]])
+    phase("variants", 0.15, [["specs/p2_q1_allconv.toml", "--seeds", "0,1,2", "--set", f'name="{name}"',
+                              "--set", f"model.widths={widths}", *jobs] for name, widths in WIDE.items()])
+    phase("settings", 0.15, [["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_fp32"', "--set", 'train.precision="fp32"'],
                              ["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_compiled"', "--set", "train.compile=true"]])
     return 0
 

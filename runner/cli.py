@@ -49,6 +49,10 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted or failed run of each spec from its checkpoint "
                              "(or: runner resume RUN_DIR)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N specs at once, each in its own process, a spec starting once those it "
+                             "requires are done (a GPU is mostly idle under one small run; on a CPU, N processes "
+                             "share its cores)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
     return parser
@@ -91,14 +95,36 @@ def cmd_run(argv) -> int:
     # A folder of specs is a suite: specs whose latest completed run used the same resolved spec
     # and code are skipped unless --force.
     suite = any(Path(p).is_dir() for p in args.specs) and not args.force
-    finished, failures = [], {}  # failures: spec name -> the error that ended its run
+    finished, todo = [], []
     for spec in specs:
         done = artifacts.latest_run(args.out, spec.name, args.quick) if suite else None
         if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
             print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
             finished.append(("skipped", spec, artifacts.read_summary(done)))
-            continue
-        needed = [name for name in failures if name in {Path(p).stem for p in spec["requires"]}]
+        else:
+            todo.append(spec)
+    if args.jobs > 1 and len(todo) > 1:
+        from .parallel import run_in_processes
+
+        failures = run_in_processes(todo, args, finished)
+    else:
+        failures = _run_in_turn(todo, args, catalogue, finished, alone=len(specs) == 1)
+    if len(finished) > 1:
+        print_table(finished)
+    if failures:
+        first = next(iter(failures.values()))
+        print(f"runner: {len(failures)} of {len(specs)} runs did not complete: {', '.join(failures)}", file=sys.stderr)
+        return first.exit_code
+    return 0
+
+
+def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
+    """Run specs one after another in this process; returns {spec name: error} for those that failed."""
+    from . import artifacts, run
+
+    failures = {}
+    for spec in specs:
+        needed = blocking(spec, failures)
         if needed:
             print(f"[{spec.name}] not run: it needs {', '.join(needed)}, whose run failed", file=sys.stderr)
             failures[spec.name] = RunnerError(f"needs {', '.join(needed)}")
@@ -112,7 +138,7 @@ def cmd_run(argv) -> int:
                 result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
                                      show_progress=args.progress)
         except RunnerError as exc:
-            if len(specs) == 1 or isinstance(exc, (DataError, SpecError)):
+            if alone or isinstance(exc, (DataError, SpecError)):
                 raise  # alone, or an error every later run would hit too
             # One diverged or broken run must not cost the rest of a suite; the exit code still tells.
             print(f"[{spec.name}] {type(exc).__name__}: {exc}; going on with the other specs", file=sys.stderr)
@@ -120,13 +146,13 @@ def cmd_run(argv) -> int:
             finished.append(("diverged" if isinstance(exc, DivergedError) else "failed", spec, {}))
             continue
         finished.append(("ran", spec, result.results))
-    if len(finished) > 1:
-        print_table(finished)
-    if failures:
-        first = next(iter(failures.values()))
-        print(f"runner: {len(failures)} of {len(specs)} runs did not complete: {', '.join(failures)}", file=sys.stderr)
-        return first.exit_code
-    return 0
+    return failures
+
+
+def blocking(spec, failures: dict) -> list[str]:
+    """The failed specs among those `spec` requires."""
+    required = {Path(p).stem for p in spec["requires"]}
+    return [name for name in failures if name in required]
 
 
 def topological(paths: list[Path], catalogue) -> list[Path]:

@@ -67,8 +67,6 @@ def resolve_device(choice: str) -> torch.device:
         raise RunnerError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     return torch.device(choice)
 
 
@@ -226,7 +224,13 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
 
     started = time.perf_counter()
     if train["iterations"] and resumed_at < train["iterations"]:
-        run.trainer.run(batches, max_iters=None if resumed_at else train["iterations"])
+        # Training batches all have one shape, so cuDNN's per-shape kernel search pays off; it
+        # stays off otherwise: an attack's shrinking batches would trigger a search at every step.
+        torch.backends.cudnn.benchmark = run.device.type == "cuda"
+        try:
+            run.trainer.run(batches, max_iters=None if resumed_at else train["iterations"])
+        finally:
+            torch.backends.cudnn.benchmark = False
     _sync(run.device)
     train_seconds = time.perf_counter() - started + run.metrics.seconds_before_resume
 

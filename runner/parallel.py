@@ -1,0 +1,105 @@
+"""`runner ... --jobs N`: several specs (or seeds) at once, each run in its own process.
+
+One small CIFAR-10 run leaves a GPU mostly idle (each step is a few milliseconds of kernel
+launches), so independent runs side by side finish the suite several times sooner. A spec starts
+once every spec it requires (`requires`) among those being run has completed; one whose
+requirement failed is not run. Each process writes its output to a log beside the runs
+(OUT/_logs/), and the parent prints one line per start and finish.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import artifacts, data
+from .errors import RunnerError
+
+POLL_SECONDS = 0.2
+
+
+def child_command(spec, args) -> list[str]:
+    """The command that runs this one spec with the options the user gave."""
+    command = [sys.executable, "-m", "runner", str(spec.path), "--seed", str(spec["seed"]),
+               "--out", str(args.out), "--no-progress"]
+    for override in args.overrides:
+        command += ["--set", override]
+    for flag, value in (("--data", args.data), ("--device", args.device)):
+        if value:
+            command += [flag, str(value)]
+    command += ["--quick"] * bool(args.quick) + ["--resume"] * bool(args.resume)
+    return command
+
+
+def run_in_processes(specs, args, finished: list) -> dict:
+    """Run the specs with at most args.jobs at once; appends (status, spec, results) to finished.
+
+    Returns {spec name: RunnerError} for the runs that did not complete.
+    """
+    # Unpack the data once here, so the processes do not race to fill the same cache.
+    data.locate(data.resolve_source(args.data, specs[0]["data"]["root"] or None))
+    logs = Path(args.out) / "_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    names = {spec.name for spec in specs}
+    waiting = list(specs)
+    running: dict = {}  # Popen -> (spec, log path, start time)
+    completed, failures = set(), {}
+    try:
+        _schedule(waiting, running, completed, failures, finished, names, logs, args)
+    finally:
+        for process in running:  # interrupted: stop the runs still going (they can be resumed)
+            process.terminate()
+    return failures
+
+
+def _schedule(waiting, running, completed, failures, finished, names, logs, args) -> None:
+    while waiting or running:
+        for spec in list(waiting):
+            required = {Path(p).stem for p in spec["requires"]} & names
+            blocked = sorted(required & set(failures))
+            if blocked:
+                waiting.remove(spec)
+                failures[spec.name] = RunnerError(f"needs {', '.join(blocked)}")
+                finished.append(("not run", spec, {}))
+                print(f"[{spec.name}] not run: it needs {', '.join(blocked)}, whose run failed", file=sys.stderr)
+            elif len(running) < args.jobs and required <= completed_all(required, waiting, running, completed):
+                waiting.remove(spec)
+                log = logs / f"{spec.name}-s{spec['seed']}.log"
+                with open(log, "w") as handle:
+                    process = subprocess.Popen(child_command(spec, args), stdout=handle, stderr=subprocess.STDOUT)
+                running[process] = (spec, log, time.perf_counter())
+                print(f"[{spec.name}] seed {spec['seed']} started (log {log})", file=sys.stderr)
+        for process in [p for p in running if p.poll() is not None]:
+            spec, log, started = running.pop(process)
+            seconds = time.perf_counter() - started
+            if process.returncode == 0:
+                found = run_folder(log)
+                results = artifacts.read_summary(found) if found else {}
+                completed.add(spec.name)
+                finished.append(("ran", spec, results))
+                print(f"[{spec.name}] seed {spec['seed']} done in {seconds:.1f} s: test accuracy "
+                      f"{results.get('test_accuracy', float('nan')):.4f}", file=sys.stderr)
+            else:
+                error = RunnerError(f"exit code {process.returncode}; log {log}")
+                error.exit_code = process.returncode if process.returncode > 0 else 1
+                failures[spec.name] = error
+                finished.append(("diverged" if process.returncode == 5 else "failed", spec, {}))
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                print(f"[{spec.name}] seed {spec['seed']} failed after {seconds:.1f} s (exit code "
+                      f"{process.returncode}):\n    " + "\n    ".join(tail), file=sys.stderr)
+        time.sleep(POLL_SECONDS)
+
+
+def completed_all(required: set, waiting: list, running: dict, completed: set) -> set:
+    """The required names none of whose runs (any seed) is still waiting or running."""
+    pending = {spec.name for spec in waiting} | {spec.name for spec, _, _ in running.values()}
+    return {name for name in required if name in completed and name not in pending}
+
+
+def run_folder(log: Path) -> Path | None:
+    """The run folder a child process announced in its log ('[name] run folder PATH')."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "] run folder " in line:
+            return Path(line.split("] run folder ", 1)[1].strip())
+    return None
