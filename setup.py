@@ -16,6 +16,6 @@ setup(
         "tomli-w>=1.0",
         "visdom>=0.2.4",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"]},
     entry_points={"console_scripts": ["runner=runner.cli:main"]},
 )

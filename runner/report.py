@@ -57,13 +57,32 @@ def results_table(runs: dict[str, list[dict]], quick: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+LINES_PER_PAGE = 84
+
+
+def _blocks(markdown: str) -> list[str]:
+    """Table rows and empty lines as they are; the lines of a paragraph or list item joined."""
+    blocks: list[str] = []
+    for line in markdown.splitlines():
+        starts_block = not line.strip() or line.startswith(("|", "#", "- ")) or not blocks
+        if starts_block or not blocks[-1].strip() or blocks[-1].startswith(("|", "#")):
+            blocks.append(line)
+        else:
+            blocks[-1] += " " + line.strip()
+    return blocks
+
+
 def _text_page(pdf, title: str, body: str) -> None:
-    figure = plt.figure(figsize=(8.27, 11.69))
-    figure.text(0.07, 0.95, title, fontsize=15, weight="bold", va="top")
-    wrapped = "\n".join(textwrap.fill(line, 95) if not line.startswith("|") else line for line in body.splitlines())
-    figure.text(0.07, 0.91, wrapped, fontsize=7.5, va="top", family="monospace")
-    pdf.savefig(figure)
-    plt.close(figure)
+    """Monospaced text on A4 pages, continued on further pages when long."""
+    wrapped = [piece for block in _blocks(body)
+               for piece in ([block] if block.startswith("|") else textwrap.wrap(block, 95) or [""])]
+    for start in range(0, max(1, len(wrapped)), LINES_PER_PAGE):
+        figure = plt.figure(figsize=(8.27, 11.69))
+        figure.text(0.07, 0.95, title + (" (continued)" if start else ""), fontsize=15, weight="bold", va="top")
+        figure.text(0.07, 0.91, "\n".join(wrapped[start:start + LINES_PER_PAGE]), fontsize=7.5, va="top",
+                    family="monospace")
+        pdf.savefig(figure)
+        plt.close(figure)
 
 
 def _figure_page(pdf, title: str, lines: list[str], images: list[Path]) -> None:
@@ -82,51 +101,226 @@ def _figure_page(pdf, title: str, lines: list[str], images: list[Path]) -> None:
     plt.close(figure)
 
 
-def part3_explanation(runs: dict[str, list[dict]], quick: bool) -> str | None:
-    """specs/p3_explanation.md with its fields filled from the latest attack and transfer runs."""
-    import re
-    from types import SimpleNamespace
+class Fields(dict):
+    """A summary for str.format templates: {spec.key.sub} and {spec.key[1]} both work."""
 
-    attack = latest_per_seed(runs.get("p3_q1_fgsm", []), quick)
-    transfer = latest_per_seed(runs.get("p3_q2_transfer", []), quick)
-    if not attack or not transfer:
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key):
+        value = super().__getitem__(str(key) if str(key) in self else key)
+        return Fields(value) if isinstance(value, dict) else value
+
+
+def template_fields(runs: dict[str, list[dict]], quick: bool) -> Fields:
+    """What explanation templates may use: each spec's latest run summary (plus `accuracy_mean`
+    and `seeds` over its runs), `fgsm`/`transfer` (P3's blocks) and the generated tables."""
+    fields = {}
+    for name, summaries in runs.items():
+        chosen = latest_per_seed(summaries, quick)
+        if chosen:
+            accuracies = [s["test_accuracy"] for s in chosen]
+            fields[name] = dict(chosen[-1], accuracy_mean=statistics.mean(accuracies), seeds=len(chosen),
+                                accuracy_sd=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0)
+    for spec, block in (("p3_q1_fgsm", "fgsm"), ("p3_q2_transfer", "transfer")):
+        if block in fields.get(spec, {}):
+            fields[block] = fields[spec][block]
+    fields["part1_table"] = part1_table(runs, quick)
+    fields["part2_table"] = part2_table(runs, quick)
+    fields["transfer_matrix_table"] = transfer_matrix_table(fields.get("transfer", {}).get("matrix"))
+    fields["universal_table"] = universal_table(fields.get("p3_universal", {}).get("universal"))
+    return Fields(fields)
+
+
+def fill_template(path: Path, fields: Fields) -> str | None:
+    """The template with its fields filled, or None when a field it uses has no run yet."""
+    import re
+
+    template = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)  # comments may hold braces
+    try:
+        return template.format_map(fields).strip()
+    except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+        return None  # a field without a run, or empty (a quick run's missing statistic)
+
+
+def explanations(runs: dict[str, list[dict]], quick: bool) -> list[tuple[str, str]]:
+    """(title, filled text) for every *_explanation.md beside the specs whose fields all exist."""
+    folders = {Path(s["spec_file"]).parent for summaries in runs.values() for s in summaries if s.get("spec_file")}
+    fields = template_fields(runs, quick)
+    found = []
+    for folder in sorted(folders):
+        for path in sorted(folder.glob("*_explanation.md")):
+            text = fill_template(path, fields)
+            if text:
+                found.append((text.splitlines()[0].lstrip("# "), text))
+    return found
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _accuracy_cell(chosen: list[dict]) -> str:
+    accuracies = [s["test_accuracy"] for s in chosen]
+    spread = f" ± {statistics.stdev(accuracies):.1%}" if len(accuracies) > 1 else ""
+    return f"{statistics.mean(accuracies):.1%}{spread} ({len(accuracies)})"
+
+
+PART1 = ("p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop")
+
+
+def part1_table(runs, quick) -> str:
+    lines = ["| spec | transforms | test accuracy, mean ± sd (seeds) | final running train accuracy |", "|---|---|---|---|"]
+    for name in PART1:
+        chosen = latest_per_seed(runs.get(name, []), quick)
+        if chosen:
+            transforms = _spec_table(chosen[-1]).get("data", {}).get("transforms", [])
+            train = statistics.mean(s.get("final_running_train_accuracy") or 0 for s in chosen)
+            lines.append(f"| {name} | {', '.join(transforms) or 'none'} | {_accuracy_cell(chosen)} | {train:.1%} |")
+    return "\n".join(lines)
+
+
+def part2_table(runs, quick) -> str:
+    """Every run with gradient magnitudes: accuracy and G of the first/last conv at 1, 100 and the end."""
+    lines = ["| spec | test accuracy (seeds) | G first @1 | G last @1 | ratio @1 | ratio @100 | ratio @end |",
+             "|---|---|---|---|---|---|---|"]
+    for name, summaries in runs.items():
+        chosen = latest_per_seed(summaries, quick)
+        grads = [s for s in chosen if "grad_magnitude" in s]
+        if not grads:
+            continue
+        g = grads[0]["grad_magnitude"]  # the lowest seed with gradients logged
+        ratio = g["ratio_first_over_last"]
+        lines.append(f"| {name} | {_accuracy_cell(chosen)} | {g['first_G']['1']:.1e} | {g['last_G']['1']:.1e} | "
+                     f"{ratio['1']:.1e} | {ratio.get('100', float('nan')):.1e} | {ratio['last_iteration']:.1e} |")
+    return "\n".join(lines)
+
+
+def transfer_matrix_table(matrix) -> str:
+    if not matrix or not matrix.get("sources"):
+        return "(no transfer matrix)"
+    lines = ["| adversarial images made on | " + " | ".join(matrix["targets"]) + " |",
+             "|---|" + "---|" * len(matrix["targets"])]
+    for model, n, row in zip(matrix["source_models"], matrix["n"], matrix["accuracy"]):
+        lines.append(f"| {model} (n={n}) | " + " | ".join(_pct(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def universal_table(universal) -> str:
+    if not universal:
+        return "(no universal perturbation run)"
+    lines = ["| evaluated model | fooling rate of v | of random signs, same L-inf | accuracy clean -> with v |",
+             "|---|---|---|---|"]
+    for name, cell in universal["test"].items():
+        lines.append(f"| {name} | {_pct(cell['fooling_rate'])} | {_pct(cell['random_noise_fooling_rate'])} | "
+                     f"{_pct(cell['clean_accuracy'])} -> {_pct(cell['perturbed_accuracy'])} |")
+    return "\n".join(lines)
+
+
+def _spec_table(summary: dict) -> dict:
+    import tomllib
+
+    path = Path(summary["run_dir"]) / "spec.toml"
+    return tomllib.loads(path.read_text()) if path.is_file() else {}
+
+
+def key_settings(summary: dict) -> str:
+    table = _spec_table(summary)
+    model, train, data = table.get("model", {}), table.get("train", {}), table.get("data", {})
+    plugins = [name for name, settings in table.get("plugins", {}).items() if settings.get("enabled", True)]
+    return (f"model {model.get('name')}; transforms {', '.join(data.get('transforms', [])) or 'none'}; "
+            f"plugins {', '.join(plugins) or 'none'}; {train.get('iterations')} iterations at batch "
+            f"{train.get('batch_size')}, {train.get('optimizer')} lr {train.get('lr')}")
+
+
+def architecture_table(summary: dict) -> str | None:
+    """The run's model as a table (None for evaluate-only specs, whose model is another run's)."""
+    from .architecture import markdown
+    from .plugins import Catalogue
+    from .run import build_model
+    from .spec import load
+
+    if not summary.get("iterations"):
         return None
-    template_path = Path(attack[-1]["spec_file"]).parent / "p3_explanation.md"
-    if not template_path.is_file():
+    try:
+        catalogue = Catalogue.default()
+        return markdown(build_model(load(Path(summary["run_dir"]) / "spec.toml", catalogue), catalogue))
+    except Exception:  # a plugin no longer installed, say: the report goes on without the table
         return None
-    template = re.sub(r"<!--.*?-->", "", template_path.read_text(), flags=re.S)  # the comment holds braces
-    tables = {"fgsm": SimpleNamespace(**attack[-1]["fgsm"]), "transfer": SimpleNamespace(**transfer[-1]["transfer"])}
-    return template.format_map(tables).strip()
+
+
+def part1_figure(runs, quick):
+    """Running training accuracy of Part 1's four runs on one plot (mean over seeds), test accuracy as markers."""
+    import csv
+
+    present = [name for name in PART1 if latest_per_seed(runs.get(name, []), quick)]
+    if not present:
+        return None
+    figure, axes = plt.subplots(figsize=(7.5, 4.2))
+    for name in present:
+        chosen = latest_per_seed(runs[name], quick)
+        curves = []
+        for summary in chosen:
+            with open(Path(summary["run_dir"]) / "metrics.csv") as handle:
+                curves.append([(int(r["iteration"]), float(r["running_accuracy"])) for r in csv.DictReader(handle)])
+        length = min(len(c) for c in curves)
+        x = [it for it, _ in curves[0][:length]]
+        y = [statistics.mean(c[i][1] for c in curves) for i in range(length)]
+        test = statistics.mean(s["test_accuracy"] for s in chosen)
+        line, = axes.plot(x, y, lw=1.5, label=f"{name}: test {test:.1%} ({len(chosen)} seeds)")
+        axes.plot([x[-1]], [test], marker="o", color=line.get_color())
+    axes.set(xlabel="iteration", ylabel="running training accuracy (last epoch); dot: test",
+             title="Part 1: preprocessing compared (mean over seeds)", ylim=(0, 1))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    return figure
 
 
 def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
     runs = collect(out)
     table = results_table(runs, quick)
+    fields = template_fields(runs, quick)
     markdown = ["# runner report", "",
                 ("**Made from --quick smoke runs: the numbers are not results.**" if quick else
-                 "Full-protocol runs (train batch 1, 2,000 iterations at batch 100, test batch)."), "", table]
+                 "Full-protocol runs (train batch 1, 2,000 iterations at batch 100, test batch)."), "", table,
+                "## Part 1 compared", "", fields["part1_table"], "",
+                "## Part 2: plain deep net against every fix", "", fields["part2_table"], "",
+                "## Part 3: transfer matrix (accuracy on adversarial images)", "", fields["transfer_matrix_table"], "",
+                "## Universal perturbation (test set)", "", fields["universal_table"], ""]
     with artifacts.atomic_path(pdf_path) as tmp, PdfPages(tmp) as pdf:
         _text_page(pdf, "runner report" + (" (QUICK RUNS: not results)" if quick else ""), "\n".join(markdown[2:]))
+        figure = part1_figure(runs, quick)
+        if figure is not None:
+            figure_path = pdf_path.with_name(pdf_path.stem + "-part1.png")
+            artifacts.save_figure(figure_path, figure)
+            pdf.savefig(figure)
+            plt.close(figure)
+            markdown += [f"![Part 1 compared]({figure_path.name})", ""]
         for name, summaries in runs.items():
             chosen = latest_per_seed(summaries, quick)
             if not chosen:
                 continue
             latest = Path(chosen[-1]["run_dir"])
-            spec_text = (latest / "spec.toml").read_text() if (latest / "spec.toml").exists() else ""
-            question = next((l.split("=", 1)[1].strip().strip('"') for l in spec_text.splitlines()
-                             if l.startswith("question")), "")
+            question = _spec_table(chosen[-1]).get("question", "")
             accuracies = [s["test_accuracy"] for s in chosen]
-            lines = [question, f"spec: {chosen[-1].get('spec_file', name)}",
+            lines = [question, f"spec: {chosen[-1].get('spec_file', name)}", key_settings(chosen[-1]),
                      f"test accuracy: {statistics.mean(accuracies):.2%} over {len(accuracies)} seed(s) "
                      + ", ".join(f"{a:.2%}" for a in accuracies),
-                     f"run: {latest}"]
+                     f"run: {latest} ({chosen[-1].get('device')}, {chosen[-1].get('seconds')} s training)"]
+            markdown += [f"## {name}", "", *[f"- {line}" for line in lines if line], ""]
+            architecture = architecture_table(chosen[-1])
+            if architecture:
+                _text_page(pdf, f"{name}: architecture", "\n".join(lines) + "\n\n" + architecture)
+                markdown += [architecture, ""]
             pngs = sorted(latest.glob("*.png"))
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
-        explanation = part3_explanation(runs, quick)
-        if explanation:
-            _text_page(pdf, "Part 3: explanation (numbers filled from the runs)", explanation)
-            markdown += ["", explanation]
+        for title, text in explanations(runs, quick):
+            _text_page(pdf, title + " (numbers filled from the runs)", text)
+            markdown += ["", text]
     markdown_path = pdf_path.with_suffix(".md")
     artifacts.write_text(markdown_path, "\n".join(markdown))
     return pdf_path

@@ -81,13 +81,14 @@ def test_missing_attack_run_names_the_command(tmp_path, cifar_archive, capsys):
 
 
 def test_explanation_template_fields_are_summary_keys(chain):
-    from types import SimpleNamespace
+    from runner.report import collect, fill_template, template_fields
 
     _, _, summary = chain
-    fgsm = json.loads((Path(summary["transfer"]["attack_run"]) / "summary.json").read_text())["fgsm"]
-    template = (SPECS / "p3_explanation.md").read_text()
-    template = template[template.index("-->") + 3:]  # the comment block documents the fields
+    out = Path(summary["transfer"]["attack_run"]).parent.parent
+    fields = template_fields(collect(out), quick=True)
     # A quick run may leave a statistic empty (None); the names are what is checked here.
-    filled = lambda table: SimpleNamespace(**{k: 0 if v is None else v for k, v in table.items()})
-    text = template.format_map({"fgsm": filled(fgsm), "transfer": filled(summary["transfer"])})
-    assert "{" not in text and "Part 3" in text
+    for block in ("fgsm", "transfer"):
+        fields[block] = {k: 0 if v is None else v for k, v in fields[block].items()}
+    text = fill_template(SPECS / "p3_explanation.md", fields)
+    assert text is not None and "{" not in text and "Part 3" in text
+    assert "| p1_q4_crop (n=" in text  # the generated transfer matrix
