@@ -155,7 +155,8 @@ def explanations(runs: dict[str, list[dict]], quick: bool) -> list[tuple[str, st
         for path in sorted(folder.glob("*_explanation.md")):
             text = fill_template(path, fields)
             if text:
-                found.append((text.splitlines()[0].lstrip("# "), text))
+                title, _, body = text.partition("\n")
+                found.append((title.lstrip("# "), body.strip()))
     return found
 
 
@@ -279,6 +280,12 @@ def part1_figure(runs, quick):
     return figure
 
 
+def section_order(name: str) -> tuple:
+    """Homework order: by part, the questions (p2_q1...) before the extra specs (p2_fix_...)."""
+    part, _, rest = name.partition("_")
+    return part, not rest.startswith("q"), name
+
+
 def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
     runs = collect(out)
     table = results_table(runs, quick)
@@ -299,8 +306,8 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
             pdf.savefig(figure)
             plt.close(figure)
             markdown += [f"![Part 1 compared]({figure_path.name})", ""]
-        for name, summaries in runs.items():
-            chosen = latest_per_seed(summaries, quick)
+        for name in sorted(runs, key=section_order):
+            chosen = latest_per_seed(runs[name], quick)
             if not chosen:
                 continue
             latest = Path(chosen[-1]["run_dir"])
@@ -319,8 +326,8 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
         for title, text in explanations(runs, quick):
-            _text_page(pdf, title + " (numbers filled from the runs)", text)
-            markdown += ["", text]
+            _text_page(pdf, title, text)
+            markdown += ["", f"## {title}", "", text]
     markdown_path = pdf_path.with_suffix(".md")
     artifacts.write_text(markdown_path, "\n".join(markdown))
     return pdf_path
