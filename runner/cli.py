@@ -53,6 +53,9 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="run up to N specs at once, each in its own process, a spec starting once those it "
                              "requires are done (a GPU is mostly idle under one small run; on a CPU, N processes "
                              "share its cores)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="data-parallel training of each spec in N processes (ignite.distributed: gloo on "
+                             "CPU, nccl with one GPU per process); each takes batch_size / N images of every batch")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
     return parser
@@ -103,7 +106,9 @@ def cmd_run(argv) -> int:
             finished.append(("skipped", spec, artifacts.read_summary(done)))
         else:
             todo.append(spec)
-    if args.jobs > 1 and len(todo) > 1:
+    if args.nproc_per_node > 1:
+        failures = _run_data_parallel(todo, args, finished)
+    elif args.jobs > 1 and len(todo) > 1:
         from .parallel import run_in_processes
 
         failures = run_in_processes(todo, args, finished)
@@ -116,6 +121,19 @@ def cmd_run(argv) -> int:
         print(f"runner: {len(failures)} of {len(specs)} runs did not complete: {', '.join(failures)}", file=sys.stderr)
         return first.exit_code
     return 0
+
+
+def _run_data_parallel(specs, args, finished: list) -> dict:
+    """Each spec in turn, each trained by args.nproc_per_node processes (ignite.distributed)."""
+    from . import run
+
+    if args.jobs > 1 or args.resume:
+        raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --jobs and --resume")
+    for spec in specs:
+        summary = run.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
+                                          quick=args.quick)
+        finished.append(("ran", spec, summary))
+    return {}
 
 
 def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:

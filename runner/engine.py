@@ -25,10 +25,15 @@ class EpochBatches:
     Shuffled: each epoch is a fresh permutation drawn from the global torch RNG (so seeding
     makes it reproducible), cut into full batches. Not shuffled: the data in order, last batch
     possibly short.
+
+    With shard=(rank, world), each process of a data-parallel run draws the same permutation
+    (same seed) and keeps every world-th image of each batch: together they see the batch.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
+                 shard: tuple[int, int] = (0, 1)):
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+        self.rank, self.world = shard
 
     def __len__(self):
         n = len(self.labels)
@@ -40,7 +45,7 @@ class EpochBatches:
             order = torch.randperm(n, device="cpu").to(self.labels.device)
             size = min(self.batch_size, n)
             for i in range(len(self)):
-                index = order[i * size:(i + 1) * size]
+                index = order[i * size:(i + 1) * size][self.rank::self.world]
                 yield self.images[index], self.labels[index]
         else:
             for start in range(0, n, self.batch_size):

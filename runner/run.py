@@ -52,6 +52,8 @@ class Run:
     test_labels: torch.Tensor | None = None
     class_names: list[str] = field(default_factory=list)
     results: dict = field(default_factory=dict)
+    rank: int = 0   # this process in a data-parallel run (--nproc-per-node); 0 writes the artifacts
+    world: int = 1  # processes in the run
 
     def settings(self, plugin: str) -> dict:
         return self.spec["plugins"][plugin]
@@ -114,6 +116,13 @@ def _attach_core(run: Run, show_progress: bool) -> None:
     @trainer.on(Events.ITERATION_COMPLETED)
     def record(engine):
         out = engine.state.output
+        if run.world > 1:  # the whole batch's numbers: every process saw a slice of it
+            import ignite.distributed as idist
+
+            totals = idist.all_reduce(torch.stack([out["loss"].float(), out["correct"].float(),
+                                                   torch.tensor(float(out["count"]), device=out["loss"].device)]))
+            metrics.record(engine.state.iteration, totals[0] / run.world, totals[1], totals[2])
+            return
         metrics.record(engine.state.iteration, out["loss"], out["correct"], out["count"])
 
     @trainer.on(Events.ITERATION_COMPLETED(every=log_every) | Events.COMPLETED)
@@ -134,7 +143,7 @@ def _attach_core(run: Run, show_progress: bool) -> None:
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def epoch_line(engine):
-        if not show_progress:
+        if not show_progress and run.rank == 0:
             print(f"[{run.spec.name}] iteration {engine.state.iteration}/{run.spec['train']['iterations']} "
                   f"loss {engine.state.metrics.get('loss', float('nan')):.3f} "
                   f"running accuracy {engine.state.metrics.get('accuracy', float('nan')):.3f}", file=sys.stderr)
@@ -157,14 +166,21 @@ def _attach_plugins(run: Run) -> None:
 
 
 def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=None, quick=False,
-            show_progress=None, resume_dir=None) -> Run:
+            show_progress=None, resume_dir=None, run_dir=None, rank=0, world=1) -> Run:
     """Train and evaluate one spec; returns the finished Run (its results and folder).
 
     With resume_dir, continue that run from its last checkpoint (its own spec.toml is the spec).
+    rank/world: this process's place in a data-parallel run (see execute_distributed), whose
+    folder run_dir the caller made; only rank 0 writes to it.
     """
     device = resolve_device(spec["device"])
-    run_dir = Path(resume_dir) if resume_dir else artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
-    run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick)
+    if rank:
+        device = torch.device(device.type, rank) if device.type == "cuda" else device
+    run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec["seed"]))
+    run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
+    if rank:
+        _train_and_evaluate(run, data_source, False)
+        return run
     if not resume_dir:
         artifacts.write_text(run_dir / "spec.toml", spec.dumps())
     artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick)
@@ -208,15 +224,22 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     run.optimizer = make_optimizer(run.model.parameters(), train)
     scheduler = make_scheduler(run.optimizer, train)
     precision = resolve_precision(train["precision"], run.device)
-    # The compiled wrapper only runs forward passes; run.model stays the plain module, so its
-    # state_dict, checkpoints and plugins see the usual parameter names.
-    forward = torch.compile(run.model) if train["compile"] else run.model
+    # The wrappers (DistributedDataParallel, compiled) only run forward passes; run.model stays
+    # the plain module, so its state_dict, checkpoints and plugins see the usual parameter names.
+    forward = run.model
+    if run.world > 1:
+        # Averages gradients across processes during backward; starts every copy from rank 0's weights.
+        forward = nn.parallel.DistributedDataParallel(run.model, device_ids=[run.device.index]
+                                                      if run.device.type == "cuda" else None)
+    if train["compile"]:
+        forward = torch.compile(forward)
     run.trainer = create_trainer(run.model, run.optimizer, scheduler, run.train_pipeline,
                                  label_smoothing=train["label_smoothing"], channels_last=train["channels_last"],
                                  precision=precision, forward=forward)
     run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
                                      channels_last=train["channels_last"], precision=precision, forward=forward)
-    batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True)
+    batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True,
+                           shard=(run.rank, run.world))
     run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
     _attach_core(run, show_progress)
     _attach_plugins(run)
@@ -235,8 +258,12 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     train_seconds = time.perf_counter() - started + run.metrics.seconds_before_resume
 
     started = time.perf_counter()
+    # Every process evaluates the whole test set with the same weights (and rank 0's BatchNorm
+    # statistics, which DistributedDataParallel broadcasts), so no gathering is needed.
     run.evaluator.run(EpochBatches(run.test_images, run.test_labels, spec["eval"]["batch_size"], shuffle=False))
     eval_seconds = time.perf_counter() - started
+    if run.rank:
+        return  # rank 0 writes the results
 
     table = run.metrics.table()
     run.results.update({
@@ -256,6 +283,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "precision": precision,
         "compiled": train["compile"],
         "threads": torch.get_num_threads(),
+        "processes": run.world,
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "fingerprint": fingerprint(spec),
@@ -284,7 +312,7 @@ def _checkpointing(run: Run, scheduler) -> int:
         objects["scheduler"] = scheduler
     path = run.dir / CHECKPOINT
 
-    if every:
+    if every and run.rank == 0:
         @run.trainer.on(Events.EPOCH_COMPLETED(every=every))
         def save(engine):
             if engine.state.iteration >= run.spec["train"]["iterations"]:
@@ -310,6 +338,40 @@ def _checkpointing(run: Run, scheduler) -> int:
     run.metrics.seconds_before_resume = state["seconds"]
     print(f"[{run.spec.name}] resumed at iteration {state['trainer']['iteration']}", file=sys.stderr)
     return state["trainer"]["iteration"]
+
+
+def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=None, quick=False) -> dict:
+    """Data-parallel training of one spec in nproc processes on this machine (ignite.distributed:
+    gloo on CPU, nccl on GPUs, one GPU per process). Each process takes batch_size / nproc images
+    of every batch; gradients are averaged, so the run follows the same recipe. Returns the summary.
+    """
+    import ignite.distributed as idist
+
+    if spec["train"]["iterations"] == 0:
+        raise RunnerError(f"{spec.name} trains nothing (train.iterations = 0): --nproc-per-node is for training")
+    if spec["train"]["batch_size"] % nproc:
+        raise RunnerError(f"train.batch_size {spec['train']['batch_size']} must divide by --nproc-per-node {nproc}")
+    device = resolve_device(spec["device"])
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
+    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
+    with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc) as parallel:
+        parallel.run(_distributed_worker, spec, run_dir, data_source, quick)
+    summary = artifacts.read_summary(run_dir)
+    if not summary:
+        raise RunnerError(f"the data-parallel run in {run_dir} did not finish; see its status.json")
+    return summary
+
+
+def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool) -> None:
+    import ignite.distributed as idist
+
+    catalogue = Catalogue.default()
+    catalogue.add_spec_files(spec.path, spec.values)
+    if idist.get_rank():  # live plots from one process are enough
+        spec.values.get("plugins", {}).get("visdom", {})["enabled"] = False
+    execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
+            rank=idist.get_rank(), world=idist.get_world_size())
 
 
 def code_version() -> str:
