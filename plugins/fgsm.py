@@ -75,6 +75,17 @@ def load_source(run, spec_name: str, role: str):
     return model.eval(), run_dir
 
 
+def use_trained_model(run, plugin: str, spec_name: str, role: str, key: str = "source"):
+    """change_model of an evaluate-only plugin: another spec's trained model replaces the placeholder,
+    and the run's results say which (`<plugin>.<key>_spec`, `<plugin>.<key>_run`)."""
+    if run is None:  # load_trained of a finished run of this plugin: it has no model of its own
+        raise RunnerError(f"a {plugin} run has no model of its own; load the run named in its summary.json "
+                          f"({plugin}.{key}_run) instead")
+    model, run_dir = load_source(run, spec_name, role)
+    run.results.setdefault(plugin, {}).update({f"{key}_spec": spec_name, f"{key}_run": str(run_dir)})
+    return model
+
+
 # ---- the attack -----------------------------------------------------------------------------
 
 @dataclass
@@ -212,12 +223,7 @@ def configure(spec, settings):
 
 @hookimpl
 def change_model(model, run, settings):
-    if run is None:  # load_trained of a finished attack run: its model is the source run's
-        raise RunnerError("an fgsm run has no model of its own; load the run named in its summary.json "
-                          "(fgsm.source_run) instead")
-    source, run_dir = load_source(run, settings["source"], "the trained model to attack")
-    run.results["fgsm"] = {"source_spec": settings["source"], "source_run": str(run_dir)}
-    return source
+    return use_trained_model(run, "fgsm", settings["source"], "the trained model to attack")
 
 
 @hookimpl

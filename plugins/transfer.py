@@ -22,7 +22,7 @@ from runner import RunnerError, Setting, figures, hookimpl
 from runner.artifacts import latest_run, save_figure
 from runner.run import load_trained
 
-from plugins.fgsm import SET_FILE, load_source, probabilities, require_evaluate_only, require_run
+from plugins.fgsm import SET_FILE, probabilities, require_evaluate_only, require_run, use_trained_model
 
 SETTINGS = {
     "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used"),
@@ -98,13 +98,10 @@ def configure(spec, settings):
 
 @hookimpl
 def change_model(model, run, settings):
-    if run is None:  # load_trained of a finished transfer run: its model is the target run's
-        raise RunnerError("a transfer run has no model of its own; load the run named in its summary.json "
-                          "(transfer.target_run) instead")
-    attack_dir = require_run(run, settings["attack"], "adversarial images")  # fail before any work
-    target, target_dir = load_source(run, settings["target"], "the trained model to evaluate")
-    run.results["transfer"] = {"attack_spec": settings["attack"], "attack_run": str(attack_dir),
-                               "target_spec": settings["target"], "target_run": str(target_dir)}
+    # The attack's run first: a missing one fails before any model loads.
+    attack_dir = require_run(run, settings["attack"], "adversarial images") if run is not None else None
+    target = use_trained_model(run, "transfer", settings["target"], "the trained model to evaluate", key="target")
+    run.results["transfer"].update({"attack_spec": settings["attack"], "attack_run": str(attack_dir)})
     return target
 
 

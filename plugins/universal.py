@@ -21,10 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from runner import RunnerError, Setting, figures, hookimpl
+from runner import Setting, figures, hookimpl
 from runner.artifacts import latest_run, save_figure, save_torch
 
-from plugins.fgsm import load_source, probabilities, require_evaluate_only
+from plugins.fgsm import probabilities, require_evaluate_only, use_trained_model
 
 SETTINGS = {
     "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
@@ -94,12 +94,7 @@ def configure(spec, settings):
 
 @hookimpl
 def change_model(model, run, settings):
-    if run is None:  # load_trained of a finished universal run
-        raise RunnerError("a universal run has no model of its own; load the run named in its summary.json "
-                          "(universal.source_run) instead")
-    source, run_dir = load_source(run, settings["source"], "the trained model to attack")
-    run.results["universal"] = {"source_spec": settings["source"], "source_run": str(run_dir)}
-    return source
+    return use_trained_model(run, "universal", settings["source"], "the trained model to attack")
 
 
 @hookimpl

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import runner
 from runner import PluginError, Setting, SpecError, hookimpl
 from runner.cli import main
 from runner.metrics import read_csv

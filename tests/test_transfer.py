@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from plugins.transfer import wilson_interval
 from runner.cli import main
