@@ -33,3 +33,39 @@ def test_suite_order_and_skipping(tmp_path, cifar_archive, capsys):
     assert main(args + ["--force"]) == 0
     assert capsys.readouterr().err.count("run folder") == 2
     assert len(list((tmp_path / "out" / "b_base").iterdir())) == 3
+
+
+def _failing_suite(tmp_path):
+    """b diverges (lr 1e6); a needs b; c is independent."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    raw = SPECS / "p1_q1_raw.toml"
+    (suite / "a_needs_b.toml").write_text(f'extends = "{raw}"\nrequires = ["b_diverges.toml"]\n')
+    (suite / "b_diverges.toml").write_text(f'extends = "{raw}"\n[train]\nlr = 1e6\nwarmup = 0.0\n')
+    (suite / "c_alone.toml").write_text(f'extends = "{raw}"\n')
+    return suite
+
+
+def test_a_diverged_run_does_not_stop_the_suite(tmp_path, cifar_archive, capsys):
+    args = [str(_failing_suite(tmp_path)), "--quick", "--set", "train.iterations=4", "--set", "train.log_every=1",
+            "--data", str(cifar_archive), "--out", str(tmp_path / "out")]
+    assert main(args) == 5  # the diverged run's exit code
+    captured = capsys.readouterr()
+    assert "[a_needs_b] not run: it needs b_diverges, whose run failed" in captured.err
+    assert "2 of 3 runs did not complete: b_diverges, a_needs_b" in captured.err
+    status = {line.split()[0]: line.rstrip() for line in captured.out.splitlines() if line[:1].isalpha()}
+    assert status["b_diverges"].endswith("diverged") and status["a_needs_b"].endswith("not run")
+    assert status["c_alone"].endswith("ran")
+    assert (next((tmp_path / "out" / "c_alone").iterdir()) / "summary.json").is_file()
+    assert not (tmp_path / "out" / "a_needs_b").exists()
+
+
+def test_jobs_run_specs_in_parallel_processes_in_dependency_order(tmp_path, cifar_archive, capsys):
+    args = [str(_failing_suite(tmp_path)), "--quick", "--set", "train.iterations=4", "--set", "train.log_every=1",
+            "--data", str(cifar_archive), "--out", str(tmp_path / "out"), "--jobs", "2"]
+    assert main(args) == 5
+    captured = capsys.readouterr()
+    assert "[a_needs_b] not run: it needs b_diverges" in captured.err
+    assert "[b_diverges] seed 0 failed" in captured.err and "[c_alone] seed 0 done" in captured.err
+    assert (tmp_path / "out" / "_logs" / "c_alone-s0.log").is_file()
+    assert (next((tmp_path / "out" / "c_alone").iterdir()) / "summary.json").is_file()
