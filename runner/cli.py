@@ -142,11 +142,7 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
 
     failures = {}
     for spec in specs:
-        needed = blocking(spec, failures)
-        if needed:
-            print(f"[{spec.name}] not run: it needs {', '.join(needed)}, whose run failed", file=sys.stderr)
-            failures[spec.name] = RunnerError(f"needs {', '.join(needed)}")
-            finished.append(("not run", spec, {}))
+        if skip_if_blocked(spec, required_names(spec), failures, finished):
             continue
         try:
             unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
@@ -161,16 +157,29 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
             # One diverged or broken run must not cost the rest of a suite; the exit code still tells.
             print(f"[{spec.name}] {type(exc).__name__}: {exc}; going on with the other specs", file=sys.stderr)
             failures[spec.name] = exc
-            finished.append(("diverged" if isinstance(exc, DivergedError) else "failed", spec, {}))
+            finished.append((failure_status(exc.exit_code), spec, {}))
             continue
         finished.append(("ran", spec, result.results))
     return failures
 
 
-def blocking(spec, failures: dict) -> list[str]:
-    """The failed specs among those `spec` requires."""
-    required = {Path(p).stem for p in spec["requires"]}
-    return [name for name in failures if name in required]
+def required_names(spec) -> set[str]:
+    """The names of the specs `spec` requires (a spec's name is its file's stem)."""
+    return {Path(p).stem for p in spec["requires"]}
+
+
+def skip_if_blocked(spec, required: set[str], failures: dict, finished: list) -> bool:
+    """Mark `spec` not run when a spec it requires failed; says whether it did."""
+    blocked = sorted(required & set(failures))
+    if blocked:
+        print(f"[{spec.name}] not run: it needs {', '.join(blocked)}, whose run failed", file=sys.stderr)
+        failures[spec.name] = RunnerError(f"needs {', '.join(blocked)}")
+        finished.append(("not run", spec, {}))
+    return bool(blocked)
+
+
+def failure_status(exit_code: int) -> str:
+    return "diverged" if exit_code == DivergedError.exit_code else "failed"
 
 
 def topological(paths: list[Path], catalogue) -> list[Path]:

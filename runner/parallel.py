@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import artifacts, data
+from .cli import failure_status, required_names, skip_if_blocked
 from .errors import RunnerError
 
 POLL_SECONDS = 0.2
@@ -56,13 +57,9 @@ def run_in_processes(specs, args, finished: list) -> dict:
 def _schedule(waiting, running, completed, failures, finished, names, logs, args) -> None:
     while waiting or running:
         for spec in list(waiting):
-            required = {Path(p).stem for p in spec["requires"]} & names
-            blocked = sorted(required & set(failures))
-            if blocked:
+            required = required_names(spec) & names
+            if skip_if_blocked(spec, required, failures, finished):
                 waiting.remove(spec)
-                failures[spec.name] = RunnerError(f"needs {', '.join(blocked)}")
-                finished.append(("not run", spec, {}))
-                print(f"[{spec.name}] not run: it needs {', '.join(blocked)}, whose run failed", file=sys.stderr)
             elif len(running) < args.jobs and required <= completed_all(required, waiting, running, completed):
                 waiting.remove(spec)
                 log = logs / f"{spec.name}-s{spec['seed']}.log"
@@ -84,7 +81,7 @@ def _schedule(waiting, running, completed, failures, finished, names, logs, args
                 error = RunnerError(f"exit code {process.returncode}; log {log}")
                 error.exit_code = process.returncode if process.returncode > 0 else 1
                 failures[spec.name] = error
-                finished.append(("diverged" if process.returncode == 5 else "failed", spec, {}))
+                finished.append((failure_status(error.exit_code), spec, {}))
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 print(f"[{spec.name}] seed {spec['seed']} failed after {seconds:.1f} s (exit code "
                       f"{process.returncode}):\n    " + "\n    ".join(tail), file=sys.stderr)
