@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 from . import artifacts, figures
+from .plugins import Catalogue
 from matplotlib.backends.backend_pdf import PdfPages
 
 plt = figures.plt
@@ -39,6 +40,12 @@ def latest_per_seed(summaries: list[dict], quick: bool) -> list[dict]:
     return [by_seed[seed] for seed in sorted(by_seed, key=lambda s: (s is None, s))]
 
 
+def accuracy_stats(chosen: list[dict]) -> tuple[list[float], float, float | None]:
+    """Test accuracies of the chosen runs, their mean, and their sd (None for a single run)."""
+    accuracies = [s["test_accuracy"] for s in chosen]
+    return accuracies, statistics.mean(accuracies), statistics.stdev(accuracies) if len(accuracies) > 1 else None
+
+
 def results_table(runs: dict[str, list[dict]], quick: bool = False) -> str:
     lines = ["| spec | seeds | test accuracy (mean ± sd) | per seed | seconds per run | images/s |",
              "|---|---|---|---|---|---|"]
@@ -46,11 +53,11 @@ def results_table(runs: dict[str, list[dict]], quick: bool = False) -> str:
         chosen = latest_per_seed(summaries, quick)
         if not chosen:
             continue
-        accuracies = [s["test_accuracy"] for s in chosen]
-        spread = f" ± {statistics.stdev(accuracies):.1%}" if len(accuracies) > 1 else ""
+        accuracies, mean, sd = accuracy_stats(chosen)
+        spread = f" ± {sd:.1%}" if sd is not None else ""
         seconds = [s["seconds"] for s in chosen if s.get("iterations")]
         speed = [s["images_per_second"] for s in chosen if s.get("images_per_second")]
-        lines.append(f"| {name} | {len(chosen)} | {statistics.mean(accuracies):.1%}{spread} | "
+        lines.append(f"| {name} | {len(chosen)} | {mean:.1%}{spread} | "
                      + ", ".join(f"{a:.1%}" for a in accuracies) + " | "
                      + (f"{statistics.mean(seconds):.0f}" if seconds else "–") + " | "
                      + (f"{statistics.mean(speed):.0f}" if speed else "–") + " |")
@@ -122,9 +129,8 @@ def template_fields(runs: dict[str, list[dict]], quick: bool) -> Fields:
     for name, summaries in runs.items():
         chosen = latest_per_seed(summaries, quick)
         if chosen:
-            accuracies = [s["test_accuracy"] for s in chosen]
-            fields[name] = dict(chosen[-1], accuracy_mean=statistics.mean(accuracies), seeds=len(chosen),
-                                accuracy_sd=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0)
+            _, mean, sd = accuracy_stats(chosen)
+            fields[name] = dict(chosen[-1], accuracy_mean=mean, seeds=len(chosen), accuracy_sd=sd or 0.0)
     for spec, block in (("p3_q1_fgsm", "fgsm"), ("p3_q2_transfer", "transfer")):
         if block in fields.get(spec, {}):
             fields[block] = fields[spec][block]
@@ -146,10 +152,9 @@ def fill_template(path: Path, fields: Fields) -> str | None:
         return None  # a field without a run, or empty (a quick run's missing statistic)
 
 
-def explanations(runs: dict[str, list[dict]], quick: bool) -> list[tuple[str, str]]:
+def explanations(runs: dict[str, list[dict]], fields: Fields) -> list[tuple[str, str]]:
     """(title, filled text) for every *_explanation.md beside the specs whose fields all exist."""
     folders = {Path(s["spec_file"]).parent for summaries in runs.values() for s in summaries if s.get("spec_file")}
-    fields = template_fields(runs, quick)
     found = []
     for folder in sorted(folders):
         for path in sorted(folder.glob("*_explanation.md")):
@@ -165,9 +170,9 @@ def _pct(value) -> str:
 
 
 def _accuracy_cell(chosen: list[dict]) -> str:
-    accuracies = [s["test_accuracy"] for s in chosen]
-    spread = f" ± {statistics.stdev(accuracies):.1%}" if len(accuracies) > 1 else ""
-    return f"{statistics.mean(accuracies):.1%}{spread} ({len(accuracies)})"
+    accuracies, mean, sd = accuracy_stats(chosen)
+    spread = f" ± {sd:.1%}" if sd is not None else ""
+    return f"{mean:.1%}{spread} ({len(accuracies)})"
 
 
 PART1 = ("p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop")
@@ -237,17 +242,15 @@ def key_settings(summary: dict) -> str:
             f"{train.get('batch_size')}, {train.get('optimizer')} lr {train.get('lr')}")
 
 
-def architecture_table(summary: dict) -> str | None:
+def architecture_table(summary: dict, catalogue) -> str | None:
     """The run's model as a table (None for evaluate-only specs, whose model is another run's)."""
     from .architecture import markdown
-    from .plugins import Catalogue
     from .run import build_model
     from .spec import load
 
     if not summary.get("iterations"):
         return None
     try:
-        catalogue = Catalogue.default()
         return markdown(build_model(load(Path(summary["run_dir"]) / "spec.toml", catalogue), catalogue))
     except Exception:  # a plugin no longer installed, say: the report goes on without the table
         return None
@@ -270,7 +273,7 @@ def part1_figure(runs, quick):
         length = min(len(c) for c in curves)
         x = [it for it, _ in curves[0][:length]]
         y = [statistics.mean(c[i][1] for c in curves) for i in range(length)]
-        test = statistics.mean(s["test_accuracy"] for s in chosen)
+        _, test, _ = accuracy_stats(chosen)
         line, = axes.plot(x, y, lw=1.5, label=f"{name}: test {test:.1%} ({len(chosen)} seeds)")
         axes.plot([x[-1]], [test], marker="o", color=line.get_color())
     axes.set(xlabel="iteration", ylabel="running training accuracy (last epoch); dot: test",
@@ -297,6 +300,7 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
                 "## Part 2: plain deep net against every fix", "", fields["part2_table"], "",
                 "## Part 3: transfer matrix (accuracy on adversarial images)", "", fields["transfer_matrix_table"], "",
                 "## Universal perturbation (test set)", "", fields["universal_table"], ""]
+    catalogue = Catalogue.default()  # one, for every architecture table
     with artifacts.atomic_path(pdf_path) as tmp, PdfPages(tmp) as pdf:
         _text_page(pdf, "runner report" + (" (QUICK RUNS: not results)" if quick else ""), "\n".join(markdown[2:]))
         figure = part1_figure(runs, quick)
@@ -312,20 +316,20 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
                 continue
             latest = Path(chosen[-1]["run_dir"])
             question = _spec_table(chosen[-1]).get("question", "")
-            accuracies = [s["test_accuracy"] for s in chosen]
+            accuracies, mean, _ = accuracy_stats(chosen)
             lines = [question, f"spec: {chosen[-1].get('spec_file', name)}", key_settings(chosen[-1]),
-                     f"test accuracy: {statistics.mean(accuracies):.2%} over {len(accuracies)} seed(s) "
+                     f"test accuracy: {mean:.2%} over {len(accuracies)} seed(s) "
                      + ", ".join(f"{a:.2%}" for a in accuracies),
                      f"run: {latest} ({chosen[-1].get('device')}, {chosen[-1].get('seconds')} s training)"]
             markdown += [f"## {name}", "", *[f"- {line}" for line in lines if line], ""]
-            architecture = architecture_table(chosen[-1])
+            architecture = architecture_table(chosen[-1], catalogue)
             if architecture:
                 _text_page(pdf, f"{name}: architecture", "\n".join(lines) + "\n\n" + architecture)
                 markdown += [architecture, ""]
             pngs = sorted(latest.glob("*.png"))
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
-        for title, text in explanations(runs, quick):
+        for title, text in explanations(runs, fields):
             _text_page(pdf, title, text)
             markdown += ["", f"## {title}", "", text]
     markdown_path = pdf_path.with_suffix(".md")
