@@ -17,24 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from runner.architecture import forward_flops  # noqa: E402
 from runner.artifacts import latest_run  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 from runner.run import build_model  # noqa: E402
 from runner.spec import load  # noqa: E402
-
-
-def forward_flops(model, device) -> float:
-    """FLOPs of one image's forward pass (counted on a batch of 8, divided)."""
-    model = model.to(device).eval()
-    x = torch.zeros(8, 3, 32, 32, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 8
 
 
 def timed(fn, repeats: int, device) -> float:

@@ -1,8 +1,9 @@
-"""An architecture table generated from a model: layer, kernel, stride, padding, output shape, parameters."""
+"""What a model is made of: its layer table (kernel, stride, padding, output shape, parameters) and its FLOPs."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
@@ -43,3 +44,15 @@ def markdown(model: nn.Module, input_shape=(1, 3, 32, 32)) -> str:
               for i, r in enumerate(table, 1)]
     lines.append(f"| | total | | | | | {sum(r['parameters'] for r in table):,} |")
     return "\n".join(lines)
+
+
+def forward_flops(model: nn.Module, device="cpu", input_shape=(3, 32, 32)) -> float:
+    """FLOPs of one image's forward pass (convs and matmuls; a multiply-add is 2), counted on a batch of 8."""
+    was_training = model.training
+    model = model.to(device).eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(8, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 8

@@ -3,7 +3,10 @@
 One small CIFAR-10 run leaves a GPU mostly idle (each step is a few milliseconds of kernel
 launches), so independent runs side by side finish the suite several times sooner. A spec starts
 once every spec it requires (`requires`) among those being run has completed; one whose
-requirement failed is not run. Each process writes its output to a log beside the runs
+requirement failed is not run. Of the specs ready to start, the one heading the longest chain of
+work goes first (critical path first), timed by each spec's previous run in OUT: a deep net
+whose model an attack waits for starts before short runs that nothing waits for, so the suite's
+last run ends sooner. Each process writes its output to a log beside the runs
 (OUT/_logs/), and the parent prints one line per start and finish.
 """
 from __future__ import annotations
@@ -33,6 +36,32 @@ def child_command(spec, args) -> list[str]:
     return command
 
 
+def expected_seconds(spec, out, quick: bool) -> float:
+    """How long a run of this spec took last time in OUT (wall_seconds of its latest completed run);
+    0 when it has not run yet, so a first suite keeps the order given."""
+    latest = artifacts.latest_run(out, spec.name, quick)
+    return float(artifacts.read_summary(latest).get("wall_seconds", 0.0)) if latest else 0.0
+
+
+def priorities(specs, seconds: list[float]) -> list[float]:
+    """Each run's seconds plus the longest chain of runs that waits on it (its upward rank).
+
+    specs are in dependency order (every spec after those it requires), so one backward pass does.
+    """
+    rank = [0.0] * len(specs)
+    for i in reversed(range(len(specs))):
+        waiting = [rank[j] for j in range(i + 1, len(specs)) if specs[i].name in required_names(specs[j])]
+        rank[i] = seconds[i] + max(waiting, default=0.0)
+    return rank
+
+
+def start_order(specs, out, quick: bool) -> list:
+    """The specs by upward rank, highest first: the order in which ready specs are started."""
+    rank = priorities(specs, [expected_seconds(spec, out, quick) for spec in specs])
+    # sorted() is stable: equal ranks (a first suite: all 0) keep the order given.
+    return [spec for _, spec in sorted(zip(rank, specs), key=lambda pair: -pair[0])]
+
+
 def run_in_processes(specs, args, finished: list) -> dict:
     """Run the specs with at most args.jobs at once; appends (status, spec, results) to finished.
 
@@ -43,7 +72,7 @@ def run_in_processes(specs, args, finished: list) -> dict:
     logs = Path(args.out) / "_logs"
     logs.mkdir(parents=True, exist_ok=True)
     names = {spec.name for spec in specs}
-    waiting = list(specs)
+    waiting = start_order(specs, args.out, bool(args.quick))
     running: dict = {}  # Popen -> (spec, log path, start time)
     completed, failures = set(), {}
     try:

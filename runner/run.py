@@ -54,6 +54,7 @@ class Run:
     results: dict = field(default_factory=dict)
     rank: int = 0   # this process in a data-parallel run (--nproc-per-node); 0 writes the artifacts
     world: int = 1  # processes in the run
+    started: float = field(default_factory=time.perf_counter)  # for setup_seconds and wall_seconds
 
     def settings(self, plugin: str) -> dict:
         return self.spec["plugins"][plugin]
@@ -245,6 +246,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     _attach_plugins(run)
     resumed_at = _checkpointing(run, scheduler)
 
+    setup_seconds = time.perf_counter() - run.started
     started = time.perf_counter()
     if train["iterations"] and resumed_at < train["iterations"]:
         # Training batches all have one shape, so cuDNN's per-shape kernel search pays off; it
@@ -278,6 +280,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "final_loss": table["loss"][-1] if run.metrics.done else None,
         "seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
+        "setup_seconds": round(setup_seconds, 3),  # data, model, plugins (and CUDA's start) before training
         "images_per_second": round(run.metrics.done * train["batch_size"] / train_seconds, 1) if run.metrics.done else None,
         "device": _device_name(run.device),
         "precision": precision,
@@ -290,6 +293,9 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "code_version": code_version(),
     })
     run.call_plugins("run_finished", run=run, results=run.results)
+    # This process's time on the run, attacks and other run_finished work included: what --jobs
+    # schedules by (a resumed run counts from its resumption).
+    run.results["wall_seconds"] = round(time.perf_counter() - run.started, 3)
     _write_outputs(run, table)
     print(f"[{spec.name}] test accuracy {run.results['test_accuracy']:.4f}  "
           f"train {train_seconds:.1f}s ({run.results['images_per_second'] or 0:.0f} images/s)  -> {run.dir}",

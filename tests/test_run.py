@@ -31,6 +31,9 @@ def test_quick_run_writes_every_artifact(quick_run):
     assert summary["spec"] == "p1_q4_crop" and summary["seed"] == 3 and summary["quick"] is True
     assert summary["iterations"] == 12
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["seconds"] > 0 and summary["images_per_second"] > 0
+    # The run's own clock covers setup, training and evaluation (what --jobs schedules by).
+    assert summary["setup_seconds"] > 0
+    assert summary["wall_seconds"] >= summary["setup_seconds"] + summary["seconds"] + summary["eval_seconds"]
     # Table 1: convs and the hidden FC have no bias (BatchNorm follows); BN has weight and bias.
     assert summary["parameters"] == 3 * 32 * 25 + 32 * 32 * 25 + 32 * 64 * 25 + 1024 * 64 + 650 + 2 * (32 + 32 + 64 + 64)
 

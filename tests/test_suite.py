@@ -69,3 +69,26 @@ def test_jobs_run_specs_in_parallel_processes_in_dependency_order(tmp_path, cifa
     assert "[b_diverges] seed 0 failed" in captured.err and "[c_alone] seed 0 done" in captured.err
     assert (tmp_path / "out" / "_logs" / "c_alone-s0.log").is_file()
     assert (next((tmp_path / "out" / "c_alone").iterdir()) / "summary.json").is_file()
+
+
+class _Spec(dict):
+    """Just what the scheduler reads of a spec: its name and what it requires."""
+
+    def __init__(self, name, requires=()):
+        super().__init__(requires=[f"{r}.toml" for r in requires])
+        self.name = name
+
+
+def test_jobs_start_the_longest_chain_first_timed_by_previous_runs(tmp_path):
+    from runner import artifacts
+    from runner.parallel import start_order
+
+    for name, seconds in {"short": 10, "long": 100, "source": 30, "attack": 80}.items():
+        run_dir = artifacts.new_run_dir(tmp_path, name, 0)
+        artifacts.write_json(run_dir / "summary.json", {"wall_seconds": seconds, "quick": False})
+        artifacts.set_status(run_dir, "complete")
+    specs = [_Spec("short"), _Spec("fresh"), _Spec("long"), _Spec("source"), _Spec("attack", ["source"])]
+    # source heads 30 + 80 s of work, more than long's 100 s; fresh has no run yet: last.
+    assert [s.name for s in start_order(specs, tmp_path, quick=False)] == ["source", "long", "attack", "short", "fresh"]
+    # --quick runs are timed by quick runs only: none here, so the order given stands.
+    assert [s.name for s in start_order(specs, tmp_path, quick=True)] == [s.name for s in specs]
