@@ -1,4 +1,4 @@
-from runner.architecture import markdown, rows
+from runner.architecture import forward_flops, markdown, rows
 from runner.models import AllConvNet, Table1Net
 
 
@@ -15,3 +15,11 @@ def test_markdown_total():
     model = AllConvNet()
     text = markdown(model)
     assert text.splitlines()[-1].endswith(f"{sum(p.numel() for p in model.parameters()):,} |")
+
+
+def test_forward_flops_count_the_convs_and_matmuls_of_table1():
+    # 2 FLOPs per multiply-add: conv1 at 32x32, conv2 at 16x16, conv3 at 8x8, then FC 1024-64-10.
+    expected = 2 * (3 * 32 * 25 * 32 * 32 + 32 * 32 * 25 * 16 * 16 + 32 * 64 * 25 * 8 * 8 + 1024 * 64 + 64 * 10)
+    model = Table1Net().train()
+    assert forward_flops(model) == expected
+    assert model.training  # left as it was found
