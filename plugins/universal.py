@@ -30,7 +30,7 @@ SETTINGS = {
     "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
     "radius": Setting(10.0, "L-inf bound of the perturbation in pixel units (0-255)", min=0.0, max=255.0),
     "step": Setting(1.0, "change of v per update, pixel units", min=0.0),
-    "epochs": Setting(10, "passes over the training images at most", min=1),
+    "epochs": Setting(10, "passes over the training images at most", min=1, quick=2),
     "stop_at": Setting(0.8, "stop once this fraction of training images is fooled (the paper's 1 - delta)",
                        min=0.0, max=1.0),
     "batch_size": Setting(250, "training images per update", min=1),

@@ -87,7 +87,7 @@ def cmd_run(argv) -> int:
     seeds = [[f"seed={seed}"] for seed in args.seeds] if args.seeds else [[]]
     paths = expand_specs(args.specs)
     # Validate everything before the first run starts: a typo in the last spec fails at once.
-    quick = lambda path: quick_overrides(path) if args.quick else []
+    quick = lambda path: quick_overrides(path, catalogue) if args.quick else []
     specs = [spec_module.load(path, catalogue, quick(path) + overrides + seed) for path in paths for seed in seeds]
     if args.with_deps:
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
@@ -187,13 +187,22 @@ def topological(paths: list[Path], catalogue) -> list[Path]:
     return [p for p in dependencies_of(paths, catalogue) if p in paths]
 
 
-def quick_overrides(path) -> list[str]:
-    """--quick's overrides; an evaluate-only spec (train.iterations = 0) stays evaluate-only."""
+def quick_overrides(path, catalogue) -> list[str]:
+    """--quick's overrides: the run's (an evaluate-only spec stays evaluate-only), then each enabled
+    plugin's settings that name a quick value (an attack's step cap, say)."""
+    import json
+
     from . import run, spec as spec_module
 
     table, _ = spec_module.read(path)
     keep_zero = table.get("train", {}).get("iterations") == 0
-    return [o for o in run.QUICK if not (keep_zero and o.startswith("train.iterations="))]
+    overrides = [o for o in run.QUICK if not (keep_zero and o.startswith("train.iterations="))]
+    catalogue.add_spec_files(Path(path), table)
+    for name, settings in table.get("plugins", {}).items():
+        if isinstance(settings, dict) and settings.get("enabled", True):
+            overrides += [f"plugins.{name}.{key}={json.dumps(setting.quick)}"  # JSON scalars are TOML too
+                          for key, setting in catalogue.settings_of(name).items() if setting.quick is not None]
+    return overrides
 
 
 def dependencies(specs, catalogue) -> list[Path]:
@@ -294,7 +303,8 @@ def cmd_plugins(argv) -> int:
         print(f"    hooks: {', '.join(catalogue.hooks_of(name)) or '-'}")
         settings = catalogue.settings_of(name)
         if settings:
-            print(f"    settings: {', '.join(f'{k}={v.default!r}' for k, v in settings.items())}")
+            print("    settings: " + ", ".join(f"{k}={v.default!r}" + (f" (--quick: {v.quick!r})" if v.quick is not None else "")
+                                        for k, v in settings.items()))
         for kind, table in (("model", catalogue.models), ("transform", catalogue.transforms)):
             for entry in table.values():
                 if entry.plugin == name:

@@ -24,6 +24,7 @@ class Setting:
     max: float | None = None
     type: type | None = None
     item: type | None = None  # element type for list settings
+    quick: Any = None  # the value under --quick, where the default would make a smoke test slow
 
     @property
     def kind(self) -> type:

@@ -180,3 +180,17 @@ def test_bad_overrides(tmp_path, catalogue, override):
     path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n')
     with pytest.raises(SpecError):
         load(path, catalogue, override)
+
+
+def test_quick_shrinks_the_run_and_caps_the_attacks_of_enabled_plugins(tmp_path, catalogue):
+    from runner.cli import quick_overrides
+
+    fgsm = spec_module.load(SPECS / "p3_q1_fgsm.toml", catalogue, quick_overrides(SPECS / "p3_q1_fgsm.toml", catalogue))
+    assert fgsm["train"]["iterations"] == 0  # evaluate-only stays so
+    assert fgsm["data"]["test_limit"] == 500 and fgsm["plugins"]["fgsm"]["max_steps"] == 20
+    universal = quick_overrides(SPECS / "p3_universal.toml", catalogue)
+    assert "plugins.universal.epochs=2" in universal and "train.iterations=12" not in universal
+    # A disabled plugin gets no quick value: it would only be noise in the resolved spec.
+    (tmp_path / "off.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.fgsm]\nenabled = false\n')
+    assert not [o for o in quick_overrides(tmp_path / "off.toml", catalogue) if o.startswith("plugins.")]
+    assert "train.iterations=12" in quick_overrides(tmp_path / "off.toml", catalogue)
