@@ -1,93 +1,115 @@
-"""Runner overhead: images/s of the runner's Ignite trainer against a hand-written PyTorch loop.
+"""Runner overhead: training images/s of `runner` itself against a hand-written PyTorch loop.
 
-Both do the same work on the same data (synthetic uint8 images held as one tensor), with the same
-Table 1 net, transforms (flip, normalize, pad_crop), optimizer and channels_last; rounds alternate
-so machine noise hits both alike. The runner side includes the core's metric logging and, with
---grad-magnitude, the gradient-magnitude plugin.
+The runner side is the real thing: run.execute on specs/p1_q4_crop.toml (Table 1 net, flip +
+normalize + pad_crop, SGD, channels_last) with its core logging, divergence checks, checkpoints
+and plugins, timed by the run itself (summary.json "seconds": the trainer's run). The plain side
+is a loop written here by hand doing the same work on the same CIFAR-10 tensors: same model,
+transforms, optimizer and learning-rate schedule. Runner variants give each plugin's own cost:
+  runner            the spec as is: visdom on (with no server it records visdom.jsonl only)
+  visdom off        [plugins.visdom] enabled = false
+  +grad_magnitude   visdom off, G of every conv layer recorded at every step
+Rounds alternate the plain loop and the variants, so machine noise hits all alike. With a small
+--batch, arithmetic shrinks and each step's fixed cost (Python, dispatch: what bounds a GPU step)
+shows; the per-step difference is printed in microseconds.
 
-Usage: python bench/overhead.py [--steps 100] [--rounds 3] [--grad-magnitude]
+Usage: python bench/overhead.py [--data ARCHIVE] [--steps 100] [--rounds 3] [--batch 100]
 """
+from __future__ import annotations
+
 import argparse
+import contextlib
+import io
+import math
 import statistics
+import sys
+import tempfile
 import time
-import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from plugins.augment import Normalize, PadCrop, RandomFlip
-from runner.engine import EpochBatches, create_trainer, prepare
-from runner.metrics import MetricsLog
-from runner.models import Table1Net
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from plugins.augment import Normalize, PadCrop, RandomFlip  # noqa: E402
+from runner import data, run, spec as spec_module  # noqa: E402
+from runner.models import Table1Net  # noqa: E402
+from runner.plugins import Catalogue  # noqa: E402
+
+SPEC = ROOT / "specs" / "p1_q4_crop.toml"
+VARIANTS = {
+    "runner": [],
+    "visdom off": ["plugins.visdom.enabled=false"],
+    "+grad_magnitude": ["plugins.visdom.enabled=false", "plugins.grad_magnitude.every=1"],
+}
 
 
-def setup(n=2000):
+def plain(images, labels, steps: int, batch: int) -> float:
+    """Training seconds of a hand-written loop: the spec's recipe, nothing else."""
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (n,))
     model = Table1Net().to(memory_format=torch.channels_last)
     pipeline = torch.nn.Sequential(RandomFlip(), Normalize.fit(images), PadCrop(4))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    return images, labels, model, pipeline, optimizer
-
-
-def plain(steps: int) -> float:
-    images, labels, model, pipeline, optimizer = setup()
-    batches = iter(EpochBatches(images, labels, 100, shuffle=True))
-    losses = torch.zeros(steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                fused=True)
+    warm = int(0.1 * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: (k + 1) / warm if k < warm else 1 - (k - warm) / (steps - warm))
+    losses, correct = torch.zeros(steps), torch.zeros(steps)
+    per_epoch = len(labels) // batch
     started = time.perf_counter()
     for i in range(steps):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(EpochBatches(images, labels, 100, shuffle=True))
-            x, y = next(batches)
-        model.train()
-        loss = F.cross_entropy(model(prepare(x, pipeline, True)), y)
+        if i % per_epoch == 0:
+            order = torch.randperm(len(labels))
+        index = order[(i % per_epoch) * batch:(i % per_epoch + 1) * batch]
+        x = pipeline(images[index].float()).contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels[index], label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses[i] = loss.detach()
-    return steps * 100 / (time.perf_counter() - started)
+        schedule.step()
+        losses[i], correct[i] = loss.detach(), (logits.argmax(1) == labels[index]).sum()
+    if not math.isfinite(float(losses[-1])):
+        raise RuntimeError("the plain loop diverged")
+    return time.perf_counter() - started
 
 
-def runner(steps: int, grad_magnitude: bool) -> float:
-    from ignite.engine import Events
-
-    images, labels, model, pipeline, optimizer = setup()
-    trainer = create_trainer(model, optimizer, None, pipeline)
-    metrics = MetricsLog(steps, "cpu")
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: metrics.record(
-        e.state.iteration, e.state.output["loss"], e.state.output["correct"], e.state.output["count"]))
-    if grad_magnitude:
-        from plugins import grad_magnitude as plugin
-
-        run = types.SimpleNamespace(model=model, metrics=metrics, device=torch.device("cpu"))
-        plugin.attach(trainer=trainer, run=run, settings={"every": 1, "layers": "conv", "figures": False})
-    started = time.perf_counter()
-    trainer.run(EpochBatches(images, labels, 100, shuffle=True), max_iters=steps)
-    return steps * 100 / (time.perf_counter() - started)
+def runner(variant: list[str], steps: int, batch: int, source, catalogue) -> float:
+    """Training seconds of `runner` on the spec, as the run measured them."""
+    overrides = [f"train.iterations={steps}", f"train.batch_size={batch}", "data.test_limit=100",
+                 "train.log_every=10", 'device="cpu"', *variant]
+    spec = spec_module.load(SPEC, catalogue, overrides)
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):  # its progress lines
+        return run.execute(spec, catalogue, out=out, data_source=source, show_progress=False).results["seconds"]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="CIFAR-10 archive (default: RUNNER_DATA or the download cache)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--grad-magnitude", action="store_true")
+    parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
-    plain(5), runner(5, args.grad_magnitude)  # warm-up: oneDNN kernel creation
-    results = {"plain loop": [], "runner": []}
+    source = data.resolve_source(args.data, None)
+    images, labels = data.load_batches(data.locate(source), ["data_batch_1"])
+    catalogue = Catalogue.default()
+    timings = {"plain loop": [], **{name: [] for name in VARIANTS}}
+    plain(images, labels, 5, args.batch)  # warm-up: oneDNN creates its kernels once per shape
     for _ in range(args.rounds):
-        results["plain loop"].append(plain(args.steps))
-        results["runner"].append(runner(args.steps, args.grad_magnitude))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds"
-          + (", runner with grad_magnitude" if args.grad_magnitude else ""))
-    for name, speeds in results.items():
-        print(f"{name:11} median {statistics.median(speeds):7.0f} images/s  "
-              f"(rounds: {', '.join(f'{s:.0f}' for s in speeds)})")
-    ratio = statistics.median(results["runner"]) / statistics.median(results["plain loop"])
-    print(f"runner / plain = {ratio:.3f}")
+        timings["plain loop"].append(plain(images, labels, args.steps, args.batch))
+        for name, variant in VARIANTS.items():
+            timings[name].append(runner(variant, args.steps, args.batch, source, catalogue))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.steps} steps x {args.rounds} rounds (medians; visdom has no server)")
+    base = statistics.median(timings["plain loop"])
+    for name, seconds in timings.items():
+        median = statistics.median(seconds)
+        print(f"{name:16} {args.steps * args.batch / median:7.0f} images/s  {median / args.steps * 1e3:7.2f} ms/step  "
+              f"{median / base:5.3f} of plain's time  {(median - base) / args.steps * 1e6:+7.0f} us/step  "
+              f"(rounds: {', '.join(f'{s:.2f}' for s in seconds)} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -58,6 +58,12 @@ def prepare(x: torch.Tensor, pipeline: nn.Module, channels_last: bool) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def phase(name: str):
+    """A labelled range in torch.profiler traces (bench/step_ops.py counts device ops per phase);
+    it costs about a microsecond when no profiler runs."""
+    return torch.profiler.record_function(name)
+
+
 def resolve_precision(choice: str, device: torch.device) -> str:
     """'auto' means bf16 on CUDA (tensor cores) and fp32 on CPU (bf16 convs are slower there)."""
     if choice == "auto":
@@ -73,8 +79,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0, channels_last=True,
-                   precision="fp32", forward=None) -> Engine:
-    """One step: forward, loss, backward, BACKWARD_COMPLETED, optimizer and scheduler step.
+                   precision="fp32", forward=None, clip_grad_norm=0.0) -> Engine:
+    """One step: forward, loss, backward, BACKWARD_COMPLETED, gradient clipping if asked, optimizer
+    and scheduler step.
 
     The step's output keeps loss and the count of correct predictions as device tensors: no
     host sync per step; whoever logs them decides when to read. `forward` is the callable that
@@ -86,17 +93,25 @@ def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0
         images, labels = batch
         model.train()
         pipeline.train()
-        with autocast(labels.device, precision):
-            logits = forward(prepare(images, pipeline, channels_last))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        with phase("augment"):
+            x = prepare(images, pipeline, channels_last)
+        with phase("forward"), autocast(labels.device, precision):
+            logits = forward(x)
+        with phase("loss"):
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with phase("backward"):
+            loss.backward()
         engine.state.loss = loss
         engine.fire_event(TrainEvents.BACKWARD_COMPLETED)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        correct = (logits.detach().argmax(1) == labels).sum()
+        with phase("optimizer"):
+            if clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm, foreach=True)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        with phase("metrics"):
+            correct = (logits.detach().argmax(1) == labels).sum()
         return {"loss": loss.detach(), "correct": correct, "count": len(labels)}
 
     trainer = Engine(step)
@@ -136,11 +151,15 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
 
 
 def make_optimizer(params, train: dict) -> torch.optim.Optimizer:
+    # fused: one kernel updates every parameter, where the default launches several per tensor
+    # (CPU) or per group of tensors (CUDA): a small net's GPU step is bound by launches
+    # (bench/step_ops.py). Same update, same state_dict; 4x faster on this CPU too (0.13 vs 0.52 ms).
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], nesterov=train["nesterov"],
-                               weight_decay=train["weight_decay"])
+                               weight_decay=train["weight_decay"], fused=True)
     kind = torch.optim.Adam if train["optimizer"] == "adam" else torch.optim.AdamW
-    return kind(params, lr=train["lr"], betas=(train["momentum"], 0.999), weight_decay=train["weight_decay"])
+    return kind(params, lr=train["lr"], betas=(train["momentum"], 0.999), weight_decay=train["weight_decay"],
+                fused=True)
 
 
 def lr_factor(step: int, total: int, warmup: float, shape: str) -> float:

@@ -236,7 +236,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         forward = torch.compile(forward)
     run.trainer = create_trainer(run.model, run.optimizer, scheduler, run.train_pipeline,
                                  label_smoothing=train["label_smoothing"], channels_last=train["channels_last"],
-                                 precision=precision, forward=forward)
+                                 precision=precision, forward=forward, clip_grad_norm=train["clip_grad_norm"])
     run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
                                      channels_last=train["channels_last"], precision=precision, forward=forward)
     batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True,

@@ -111,6 +111,8 @@ TRAIN = {
     "schedule": Setting("constant", "learning-rate shape after warmup", choices=("constant", "linear", "cosine")),
     "warmup": Setting(0.0, "fraction of iterations with a linear warmup from 0", min=0.0, max=1.0),
     "label_smoothing": Setting(0.0, "cross-entropy label smoothing", min=0.0, max=1.0),
+    "clip_grad_norm": Setting(0.0, "scale the gradients down to this total L2 norm when above it, after "
+                              "plugins read them (0: off)", min=0.0),
     "channels_last": Setting(True, "channels_last memory format (much faster on CPU)"),
     "precision": Setting("auto", "arithmetic of forward passes: bf16 autocast or plain fp32 (auto: bf16 on "
                          "CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16")),

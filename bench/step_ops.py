@@ -1,0 +1,116 @@
+"""Device ops per training step, by phase: what a GPU step launches, counted on any machine.
+
+On a GPU a small net's step is bound by launching kernels from Python, not by their arithmetic
+(README: 3.5 ms per Part 1 step on an H200), so the number of ops per step is the figure to
+cut. This runs a spec through the runner itself (its plugins included), profiles a few steps
+with torch.profiler and counts the leaf compute ops (each about one kernel launch; views and
+allocations launch none) in each phase the trainer labels (runner.engine.phase): augment,
+forward, loss, backward, optimizer, metrics, and "handlers" for what event handlers (the core's
+logging, plugins) do between them.
+
+Usage: python bench/step_ops.py [SPEC ...] [--data ARCHIVE] [--steps 10] [--top 6]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner import hookimpl, run, spec as spec_module  # noqa: E402
+from runner.plugins import Catalogue  # noqa: E402
+
+PHASES = ("augment", "forward", "loss", "backward", "optimizer", "metrics")
+# Ops that only make views or allocate: no kernel runs for them.
+NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::t", "aten::transpose",
+             "aten::permute", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::slice",
+             "aten::select", "aten::detach", "aten::detach_", "aten::alias", "aten::empty",
+             "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::reshape", "aten::lift_fresh",
+             "aten::_reshape_alias", "aten::result_type", "aten::set_", "aten::item", "aten::_local_scalar_dense",
+             "aten::is_nonzero", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::flatten",
+             "aten::unflatten", "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::expand_as",
+             "aten::view_as", "aten::numpy_T", "aten::values", "aten::indices", "aten::_has_compatible_shallow_copy_type"}
+
+
+class ProfileSteps:
+    """A plugin: profiles iterations first .. first + steps - 1 of the trainer."""
+
+    def __init__(self, first: int, steps: int):
+        self.first, self.steps, self.profile = first, steps, None
+
+    @hookimpl
+    def attach(self, trainer, evaluator, run, settings):
+        last = self.first + self.steps - 1
+
+        @trainer.on(Events.ITERATION_STARTED(once=self.first))
+        def start(engine):
+            self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.profile.__enter__()
+
+        # Attached after the core's handlers, so their work on the last step is counted too.
+        @trainer.on(Events.ITERATION_COMPLETED(once=last))
+        def stop(engine):
+            self.profile.__exit__(None, None, None)
+
+
+def phase_of(event) -> str:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in PHASES:
+            return parent.name
+        parent = parent.cpu_parent
+    return "handlers"
+
+
+def count_ops(profile, steps: int) -> dict[str, collections.Counter]:
+    """Leaf compute ops per step, {phase: Counter(op name)}."""
+    found = collections.defaultdict(collections.Counter)
+    for event in profile.events():
+        if not event.name.startswith("aten::") or event.name in NO_KERNEL:
+            continue
+        if any(child.name.startswith("aten::") and child.name not in NO_KERNEL for child in event.cpu_children):
+            continue  # not a leaf: its children are counted
+        found[phase_of(event)][event.name] += 1
+    return {name: collections.Counter({op: n / steps for op, n in ops.items()}) for name, ops in found.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", default=["specs/p1_q4_crop.toml", "specs/p2_q2_gradients.toml",
+                                                     "specs/p2_q4_skip.toml"])
+    parser.add_argument("--data", help="CIFAR-10 archive (default: RUNNER_DATA or the download cache)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=6, help="most frequent ops listed per phase")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    first = 6  # past the first steps' one-off work (lazy state, allocator warm-up)
+    for path in args.specs:
+        catalogue = Catalogue.default()
+        profiler = ProfileSteps(first, args.steps)
+        catalogue.add("profile_steps", profiler, "bench/step_ops.py")
+        overrides = [f"train.iterations={first + args.steps}", "data.train_limit=2000", "data.test_limit=100",
+                     "device=\"cpu\"", "plugins.profile_steps={}", *args.overrides]
+        spec = spec_module.load(ROOT / path, catalogue, overrides)
+        with tempfile.TemporaryDirectory() as out:
+            run.execute(spec, catalogue, out=out, data_source=args.data, show_progress=False)
+        ops = count_ops(profiler.profile, args.steps)
+        total = sum(sum(c.values()) for c in ops.values())
+        print(f"\n{spec.name}: {total:.0f} compute ops per step "
+              f"({spec['train']['optimizer']}, {len(list(run.build_model(spec, catalogue).parameters()))} parameter tensors)")
+        for name in (*PHASES, "handlers"):
+            counter = ops.get(name, collections.Counter())
+            top = ", ".join(f"{op[6:]} {n:g}" for op, n in counter.most_common(args.top))
+            print(f"  {name:10} {sum(counter.values()):5.0f}  {top}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
