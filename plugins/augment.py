@@ -48,17 +48,19 @@ class PadCrop(nn.Module):
     def __init__(self, pad: int = 4):
         super().__init__()
         self.pad = pad
+        self._grids: dict = {}  # index grids per batch shape: made once, not every step (GPU launches)
 
     def forward(self, x):
         n, c, h, w = x.shape
+        key = (n, c, h, w, x.device)
+        if key not in self._grids:
+            arange = lambda size: torch.arange(size, device=x.device)
+            self._grids[key] = (arange(n)[:, None, None, None], arange(c)[None, :, None, None],
+                                arange(h)[None, None, :, None], arange(w)[None, None, None, :])
+        images, channels, rows, cols = self._grids[key]
+        top, left = torch.randint(0, 2 * self.pad + 1, (2, n, 1, 1, 1), device=x.device)
         padded = nn.functional.pad(x, (self.pad,) * 4)
-        top = torch.randint(0, 2 * self.pad + 1, (n,), device=x.device)
-        left = torch.randint(0, 2 * self.pad + 1, (n,), device=x.device)
-        rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        images = torch.arange(n, device=x.device)[:, None, None, None]
-        channels = torch.arange(c, device=x.device)[None, :, None, None]
-        return padded[images, channels, rows, cols]
+        return padded[images, channels, rows + top, cols + left]
 
 
 @hookimpl
