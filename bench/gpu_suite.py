@@ -41,12 +41,16 @@ def runner(*args, out: Path, data: str, timeout: float) -> tuple[int, float]:
     return code, time.perf_counter() - started
 
 
-def summaries(folder: Path) -> list[dict]:
+def summaries(folder: Path, started: float) -> list[dict]:
+    """One row per run; `began` is when its folder appeared, in seconds after the phase began
+    (what is left of a run's process time beyond setup_seconds + seconds + eval is its imports)."""
     rows = []
     for path in sorted(folder.glob("*/*/summary.json")):
         s = json.loads(path.read_text())
-        rows.append({key: s.get(key) for key in ("spec", "seed", "test_accuracy", "seconds", "eval_seconds",
-                                                 "images_per_second", "precision", "compiled", "device")})
+        row = {key: s.get(key) for key in ("spec", "seed", "test_accuracy", "seconds", "eval_seconds", "setup_seconds",
+                                           "wall_seconds", "images_per_second", "precision", "compiled", "device")}
+        row["began"] = round((path.parent / "spec.toml").stat().st_mtime - started, 1)
+        rows.append(row)
     return rows
 
 
@@ -76,19 +80,20 @@ def main() -> int:
 
     def phase(name: str, share: float, commands) -> None:
         folder = args.out / name
-        codes, seconds = [], 0.0
+        codes, seconds, began = [], 0.0, time.time()
         for command in commands:
             code, took = runner(*command, out=folder, data=args.data, timeout=left(share) - seconds)
             codes.append(code)
             seconds += took
-        report["phases"][name] = {"exit_codes": codes, "wall_seconds": round(seconds, 1), "runs": summaries(folder)}
+        report["phases"][name] = {"exit_codes": codes, "wall_seconds": round(seconds, 1), "runs": summaries(folder, began)}
         (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=1))
         if folder.exists():
             pack(folder, args.out / f"{name}.tar.gz", models=False)
         print(f"\n== {name}: wall {seconds:.1f} s, exit codes {codes}", flush=True)
         for row in report["phases"][name]["runs"]:
-            print(f"  {row['spec']:28} seed {row['seed']}  acc {row['test_accuracy']:.4f}  train {row['seconds']:7.1f} s"
-                  f"  eval {row['eval_seconds']:5.1f} s  {row['images_per_second'] or 0:8.0f} img/s  "
+            print(f"  {row['spec']:28} seed {row['seed']}  acc {row['test_accuracy']:.4f}  began {row['began']:6.1f} s"
+                  f"  setup {row['setup_seconds'] or 0:5.1f} s  train {row['seconds']:7.1f} s  eval {row['eval_seconds']:5.1f} s"
+                  f"  run {row['wall_seconds'] or 0:6.1f} s  {row['images_per_second'] or 0:8.0f} img/s  "
                   f"{row['precision']}{' compiled' if row['compiled'] else ''}", flush=True)
 
     jobs = ["--jobs", str(args.jobs)] if args.jobs > 1 else []

@@ -1,4 +1,4 @@
-"""`runner ... --jobs N`: several specs (or seeds) at once, each run in its own process.
+"""`runner ... --jobs N`: several specs (or seeds) at once, in N worker processes.
 
 One small CIFAR-10 run leaves a GPU mostly idle (each step is a few milliseconds of kernel
 launches), so independent runs side by side finish the suite several times sooner. A spec starts
@@ -6,13 +6,16 @@ once every spec it requires (`requires`) among those being run has completed; on
 requirement failed is not run. Of the specs ready to start, the one heading the longest chain of
 work goes first (critical path first), timed by each spec's previous run in OUT: a deep net
 whose model an attack waits for starts before short runs that nothing waits for, so the suite's
-last run ends sooner. Each process writes its output to a log beside the runs
+last run ends sooner. A worker (runner/worker.py) runs one spec at a time and then the next, so
+imports are paid once per worker, not per run; each run's output goes to a log beside the runs
 (OUT/_logs/), and the parent prints one line per start and finish.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,9 +27,8 @@ POLL_SECONDS = 0.2
 
 
 def child_command(spec, args) -> list[str]:
-    """The command that runs this one spec with the options the user gave."""
-    command = [sys.executable, "-m", "runner", str(spec.path), "--seed", str(spec["seed"]),
-               "--out", str(args.out), "--no-progress"]
+    """The `runner` arguments that run this one spec with the options the user gave."""
+    command = [str(spec.path), "--seed", str(spec["seed"]), "--out", str(args.out), "--no-progress"]
     for override in args.overrides:
         command += ["--set", override]
     for flag, value in (("--data", args.data), ("--device", args.device)):
@@ -34,6 +36,45 @@ def child_command(spec, args) -> list[str]:
             command += [flag, str(value)]
     command += ["--quick"] * bool(args.quick) + ["--resume"] * bool(args.resume)
     return command
+
+
+class Worker:
+    """A `python -m runner.worker` process: runs one job at a time and stays for the next, so
+    each process imports torch and the plugins once. Its `poll()` is the job's exit code, None
+    while the job runs, as a Popen's would be; a worker that dies takes its job with it (the
+    exit code is its signal's, negative) and is not reused."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.exit_code: int | None = None
+
+    def start(self, argv: list[str], log: Path) -> None:
+        self.exit_code = None
+        self.process.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        threading.Thread(target=self._wait_for_reply, daemon=True).start()
+
+    def _wait_for_reply(self) -> None:
+        line = self.process.stdout.readline()
+        self.exit_code = json.loads(line)["exit"] if line else (self.process.wait() or 1)
+
+    def poll(self) -> int | None:
+        return self.exit_code
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, interrupt: bool) -> None:
+        """End the worker: at once if interrupt (its run is marked interrupted and can be resumed),
+        else when it has finished its job."""
+        if interrupt and self.alive:
+            self.process.terminate()
+        try:
+            self.process.stdin.close()  # end of input: the worker exits
+        except OSError:
+            pass
 
 
 def expected_seconds(spec, out, quick: bool) -> float:
@@ -73,17 +114,22 @@ def run_in_processes(specs, args, finished: list) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     names = {spec.name for spec in specs}
     waiting = start_order(specs, args.out, bool(args.quick))
-    running: dict = {}  # Popen -> (spec, log path, start time)
+    running: dict = {}  # Worker -> (spec, log path, start time)
+    idle: list[Worker] = []
     completed, failures = set(), {}
     try:
-        _schedule(waiting, running, completed, failures, finished, names, logs, args)
+        _schedule(waiting, running, idle, completed, failures, finished, names, logs, args)
     finally:
-        for process in running:  # interrupted: stop the runs still going (they can be resumed)
-            process.terminate()
+        for worker in running:  # interrupted: stop the runs still going (they can be resumed)
+            worker.stop(interrupt=True)
+        for worker in idle:
+            worker.stop(interrupt=False)
+        for worker in [*running, *idle]:
+            worker.process.wait()
     return failures
 
 
-def _schedule(waiting, running, completed, failures, finished, names, logs, args) -> None:
+def _schedule(waiting, running, idle, completed, failures, finished, names, logs, args) -> None:
     while waiting or running:
         for spec in list(waiting):
             required = required_names(spec) & names
@@ -92,14 +138,17 @@ def _schedule(waiting, running, completed, failures, finished, names, logs, args
             elif len(running) < args.jobs and required <= completed_all(required, waiting, running, completed):
                 waiting.remove(spec)
                 log = logs / f"{spec.name}-s{spec['seed']}.log"
-                with open(log, "w") as handle:
-                    process = subprocess.Popen(child_command(spec, args), stdout=handle, stderr=subprocess.STDOUT)
-                running[process] = (spec, log, time.perf_counter())
+                worker = idle.pop() if idle else Worker()
+                worker.start(child_command(spec, args), log)
+                running[worker] = (spec, log, time.perf_counter())
                 print(f"[{spec.name}] seed {spec['seed']} started (log {log})", file=sys.stderr)
-        for process in [p for p in running if p.poll() is not None]:
-            spec, log, started = running.pop(process)
+        for worker in [w for w in running if w.poll() is not None]:
+            spec, log, started = running.pop(worker)
             seconds = time.perf_counter() - started
-            if process.returncode == 0:
+            exit_code = worker.poll()
+            if worker.alive:
+                idle.append(worker)
+            if exit_code == 0:
                 found = run_folder(log)
                 results = artifacts.read_summary(found) if found else {}
                 completed.add(spec.name)
@@ -107,13 +156,13 @@ def _schedule(waiting, running, completed, failures, finished, names, logs, args
                 print(f"[{spec.name}] seed {spec['seed']} done in {seconds:.1f} s: test accuracy "
                       f"{results.get('test_accuracy', float('nan')):.4f}", file=sys.stderr)
             else:
-                error = RunnerError(f"exit code {process.returncode}; log {log}")
-                error.exit_code = process.returncode if process.returncode > 0 else 1
+                error = RunnerError(f"exit code {exit_code}; log {log}")
+                error.exit_code = exit_code if exit_code > 0 else 1
                 failures[spec.name] = error
                 finished.append((failure_status(error.exit_code), spec, {}))
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 print(f"[{spec.name}] seed {spec['seed']} failed after {seconds:.1f} s (exit code "
-                      f"{process.returncode}):\n    " + "\n    ".join(tail), file=sys.stderr)
+                      f"{exit_code}):\n    " + "\n    ".join(tail), file=sys.stderr)
         time.sleep(POLL_SECONDS)
 
 

@@ -1,4 +1,6 @@
 """A folder of specs runs as a suite: dependency order, up-to-date specs skipped, --force reruns."""
+import json
+import time
 from pathlib import Path
 
 from runner.cli import main
@@ -92,3 +94,46 @@ def test_jobs_start_the_longest_chain_first_timed_by_previous_runs(tmp_path):
     assert [s.name for s in start_order(specs, tmp_path, quick=False)] == ["source", "long", "attack", "short", "fresh"]
     # --quick runs are timed by quick runs only: none here, so the order given stands.
     assert [s.name for s in start_order(specs, tmp_path, quick=True)] == [s.name for s in specs]
+
+
+def test_a_worker_runs_job_after_job_each_like_a_fresh_process(tmp_path, cifar_archive):
+    from runner.parallel import Worker
+
+    raw = SPECS / "p1_q1_raw.toml"
+    common = ["--quick", "--set", "train.iterations=3", "--data", str(cifar_archive), "--out", str(tmp_path / "out"),
+              "--no-progress"]
+    worker = Worker()
+    try:
+        results = []
+        for job, argv in enumerate([[str(raw), *common], [str(tmp_path / "missing.toml"), *common], [str(raw), *common]]):
+            worker.start(argv, tmp_path / f"job{job}.log")
+            while worker.poll() is None:
+                time.sleep(0.05)
+            results.append(worker.poll())
+        assert results == [0, 2, 0]  # a bad spec fails its job only; the worker goes on
+        assert "spec file not found" in (tmp_path / "job1.log").read_text()
+        first, second = sorted((tmp_path / "out" / "p1_q1_raw").iterdir())
+        # The same seed in a used process gives the same run as in a fresh one (same losses, same accuracy).
+        assert (first / "metrics.csv").read_text() == (second / "metrics.csv").read_text()
+        assert json.loads((first / "summary.json").read_text())["test_accuracy"] == \
+            json.loads((second / "summary.json").read_text())["test_accuracy"]
+    finally:
+        worker.stop(interrupt=False)
+        assert worker.process.wait(timeout=30) == 0
+
+
+def test_a_worker_that_dies_fails_its_run_only(tmp_path, cifar_archive, capsys):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (tmp_path / "die.py").write_text("import os\nfrom runner import hookimpl\n\n\n@hookimpl\n"
+                                     "def configure(spec, settings):\n    os._exit(9)\n")
+    raw = SPECS / "p1_q1_raw.toml"
+    (suite / "a_dies.toml").write_text(f'extends = "{raw}"\n[plugins.die]\npath = "{tmp_path / "die.py"}"\n')
+    for name in ("b_ok", "c_ok", "d_ok"):
+        (suite / f"{name}.toml").write_text(f'extends = "{raw}"\n')
+    args = [str(suite), "--quick", "--set", "train.iterations=2", "--data", str(cifar_archive),
+            "--out", str(tmp_path / "out"), "--jobs", "2"]
+    assert main(args) == 9
+    err = capsys.readouterr().err
+    assert "[a_dies] seed 0 failed" in err and "exit code 9" in err
+    assert all(f"[{name}] seed 0 done" in err for name in ("b_ok", "c_ok", "d_ok"))
