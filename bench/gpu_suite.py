@@ -2,6 +2,7 @@
 
 Phases, each with a share of the time budget so a slow phase cannot starve the report:
   suite     `runner specs/`: every spec once (seed 0), the command a user types, timed as a whole
+  step_ops  bench/step_ops.py --device cuda: kernel launches per training step, by phase
   seeds     every training spec of Parts 1 and 2 again with seeds 1 and 2 (same --out: 3-seed means)
   variants  wider all-conv nets for Part 2 Q1 (the README's "on a GPU" sentence), 3 seeds each
   settings  p1_q4_crop in fp32 instead of bf16, and with torch.compile
@@ -39,6 +40,20 @@ def runner(*args, out: Path, data: str, timeout: float) -> tuple[int, float]:
         process.wait()
         code = 124
     return code, time.perf_counter() - started
+
+
+def bench(script: str, *args: str, out: Path, timeout: float) -> int:
+    """Another bench/ script on this machine; its output is printed and kept in OUT/<script>.txt."""
+    command = [sys.executable, str(ROOT / "bench" / script), *args]
+    print("$", " ".join(command[1:]), flush=True)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, timeout))
+        text, code = done.stdout + done.stderr[-2000:], done.returncode
+    except subprocess.TimeoutExpired:
+        text, code = "timed out", 124
+    (out / f"{Path(script).stem}.txt").write_text(text)
+    print(text, flush=True)
+    return code
 
 
 def summaries(folder: Path, started: float) -> list[dict]:
@@ -98,8 +113,11 @@ def main() -> int:
 
     jobs = ["--jobs", str(args.jobs)] if args.jobs > 1 else []
     phase("suite", 0.45, [["specs/", *jobs]])
+    # Kernel launches per training step, by phase: what bounds a small net's step on a GPU.
+    report["step_ops_exit_code"] = bench("step_ops.py", "--device", "cuda", "--data", args.data, out=args.out,
+                                         timeout=left(0.05))
     training = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").glob("p[12]_*.toml"))
-    phase("seeds", 0.25, [[*training, "--seeds", "1,2", *jobs]])
+    phase("seeds", 0.2, [[*training, "--seeds", "1,2", *jobs]])
     phase("variants", 0.15, [["specs/p2_q1_allconv.toml", "--seeds", "0,1,2", "--set", f'name="{name}"',
                               "--set", f"model.widths={widths}", *jobs] for name, widths in WIDE.items()])
     phase("settings", 0.15, [["specs/p1_q4_crop.toml", "--set", 'name="p1_q4_crop_fp32"', "--set", 'train.precision="fp32"'],

@@ -8,7 +8,9 @@ allocations launch none) in each phase the trainer labels (runner.engine.phase):
 forward, loss, backward, optimizer, metrics, and "handlers" for what event handlers (the core's
 logging, plugins) do between them.
 
-Usage: python bench/step_ops.py [SPEC ...] [--data ARCHIVE] [--steps 10] [--top 6]
+With --device cuda it also counts the kernel launches themselves (CUDA runtime calls) per phase.
+
+Usage: python bench/step_ops.py [SPEC ...] [--data ARCHIVE] [--device cpu|cuda] [--steps 10] [--top 6]
 """
 from __future__ import annotations
 
@@ -37,13 +39,16 @@ NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::t", 
              "aten::is_nonzero", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::flatten",
              "aten::unflatten", "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::expand_as",
              "aten::view_as", "aten::numpy_T", "aten::values", "aten::indices", "aten::_has_compatible_shallow_copy_type"}
+LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+            "cudaMemcpyAsync", "cudaMemsetAsync"}
 
 
 class ProfileSteps:
     """A plugin: profiles iterations first .. first + steps - 1 of the trainer."""
 
-    def __init__(self, first: int, steps: int):
+    def __init__(self, first: int, steps: int, cuda: bool):
         self.first, self.steps, self.profile = first, steps, None
+        self.activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
 
     @hookimpl
     def attach(self, trainer, evaluator, run, settings):
@@ -51,7 +56,7 @@ class ProfileSteps:
 
         @trainer.on(Events.ITERATION_STARTED(once=self.first))
         def start(engine):
-            self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.profile = torch.profiler.profile(activities=self.activities)
             self.profile.__enter__()
 
         # Attached after the core's handlers, so their work on the last step is counted too.
@@ -69,16 +74,20 @@ def phase_of(event) -> str:
     return "handlers"
 
 
-def count_ops(profile, steps: int) -> dict[str, collections.Counter]:
-    """Leaf compute ops per step, {phase: Counter(op name)}."""
+def count_ops(profile, steps: int) -> tuple[dict[str, collections.Counter], collections.Counter]:
+    """Leaf compute ops per step, {phase: Counter(op name)}, and kernel launches per step by phase."""
     found = collections.defaultdict(collections.Counter)
+    launches = collections.Counter()
     for event in profile.events():
+        if event.name in LAUNCHES:
+            launches[phase_of(event)] += 1 / steps
+            continue
         if not event.name.startswith("aten::") or event.name in NO_KERNEL:
             continue
         if any(child.name.startswith("aten::") and child.name not in NO_KERNEL for child in event.cpu_children):
             continue  # not a leaf: its children are counted
         found[phase_of(event)][event.name] += 1
-    return {name: collections.Counter({op: n / steps for op, n in ops.items()}) for name, ops in found.items()}
+    return {name: collections.Counter({op: n / steps for op, n in ops.items()}) for name, ops in found.items()}, launches
 
 
 def main() -> int:
@@ -86,6 +95,7 @@ def main() -> int:
     parser.add_argument("specs", nargs="*", default=["specs/p1_q4_crop.toml", "specs/p2_q2_gradients.toml",
                                                      "specs/p2_q4_skip.toml"])
     parser.add_argument("--data", help="CIFAR-10 archive (default: RUNNER_DATA or the download cache)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=6, help="most frequent ops listed per phase")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -94,21 +104,24 @@ def main() -> int:
     first = 6  # past the first steps' one-off work (lazy state, allocator warm-up)
     for path in args.specs:
         catalogue = Catalogue.default()
-        profiler = ProfileSteps(first, args.steps)
+        profiler = ProfileSteps(first, args.steps, cuda=args.device == "cuda")
         catalogue.add("profile_steps", profiler, "bench/step_ops.py")
         overrides = [f"train.iterations={first + args.steps}", "data.train_limit=2000", "data.test_limit=100",
-                     "device=\"cpu\"", "plugins.profile_steps={}", *args.overrides]
+                     f'device="{args.device}"', "plugins.profile_steps={}", *args.overrides]
         spec = spec_module.load(ROOT / path, catalogue, overrides)
         with tempfile.TemporaryDirectory() as out:
             run.execute(spec, catalogue, out=out, data_source=args.data, show_progress=False)
-        ops = count_ops(profiler.profile, args.steps)
+        ops, launches = count_ops(profiler.profile, args.steps)
         total = sum(sum(c.values()) for c in ops.values())
-        print(f"\n{spec.name}: {total:.0f} compute ops per step "
-              f"({spec['train']['optimizer']}, {len(list(run.build_model(spec, catalogue).parameters()))} parameter tensors)")
+        print(f"\n{spec.name} on {args.device}: {total:.0f} compute ops per step"
+              + (f", {sum(launches.values()):.0f} kernel launches and copies" if launches else "")
+              + f" ({spec['train']['optimizer']}, {len(list(run.build_model(spec, catalogue).parameters()))} "
+              f"parameter tensors)")
         for name in (*PHASES, "handlers"):
             counter = ops.get(name, collections.Counter())
             top = ", ".join(f"{op[6:]} {n:g}" for op, n in counter.most_common(args.top))
-            print(f"  {name:10} {sum(counter.values()):5.0f}  {top}")
+            launched = f"  launches {launches[name]:4.0f}" if launches else ""
+            print(f"  {name:10} {sum(counter.values()):5.0f}{launched}  {top}")
     return 0
 
 
