@@ -12,7 +12,9 @@ imports are paid once per worker, not per run; each run's output goes to a log b
 """
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -44,9 +46,10 @@ class Worker:
     while the job runs, as a Popen's would be; a worker that dies takes its job with it (the
     exit code is its signal's, negative) and is not reused."""
 
-    def __init__(self):
+    def __init__(self, gpu: str | None = None):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu) if gpu is not None else None
         self.process = subprocess.Popen([sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+                                        stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self.exit_code: int | None = None
 
     def start(self, argv: list[str], log: Path) -> None:
@@ -75,6 +78,13 @@ class Worker:
             self.process.stdin.close()  # end of input: the worker exits
         except OSError:
             pass
+
+
+def gpu_for_worker(index: int, count: int, visible: str | None) -> str | None:
+    """The one GPU worker `index` sees (its CUDA_VISIBLE_DEVICES) when there are several: workers
+    take them in turn, so --jobs 4 on 4 GPUs puts one run on each. None with one GPU or none."""
+    devices = [d for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(count)]
+    return devices[index % len(devices)] if len(devices) > 1 else None
 
 
 def expected_seconds(spec, out, quick: bool) -> float:
@@ -116,9 +126,16 @@ def run_in_processes(specs, args, finished: list) -> dict:
     waiting = start_order(specs, args.out, bool(args.quick))
     running: dict = {}  # Worker -> (spec, log path, start time)
     idle: list[Worker] = []
+    import torch  # already loaded by the specs' plugins; device_count() starts no CUDA context
+
+    # One GPU per worker, unless a run names its GPU (cuda:1 needs to see them all) or --device cpu.
+    named = any(":" in str(device) for device in [args.device, *(spec["device"] for spec in specs)])
+    gpus = 0 if args.device == "cpu" or named else torch.cuda.device_count()
+    spawned = itertools.count()
+    new_worker = lambda: Worker(gpu_for_worker(next(spawned), gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
     completed, failures = set(), {}
     try:
-        _schedule(waiting, running, idle, completed, failures, finished, names, logs, args)
+        _schedule(waiting, running, idle, new_worker, completed, failures, finished, names, logs, args)
     finally:
         for worker in running:  # interrupted: stop the runs still going (they can be resumed)
             worker.stop(interrupt=True)
@@ -129,7 +146,7 @@ def run_in_processes(specs, args, finished: list) -> dict:
     return failures
 
 
-def _schedule(waiting, running, idle, completed, failures, finished, names, logs, args) -> None:
+def _schedule(waiting, running, idle, new_worker, completed, failures, finished, names, logs, args) -> None:
     while waiting or running:
         for spec in list(waiting):
             required = required_names(spec) & names
@@ -138,7 +155,7 @@ def _schedule(waiting, running, idle, completed, failures, finished, names, logs
             elif len(running) < args.jobs and required <= completed_all(required, waiting, running, completed):
                 waiting.remove(spec)
                 log = logs / f"{spec.name}-s{spec['seed']}.log"
-                worker = idle.pop() if idle else Worker()
+                worker = idle.pop() if idle else new_worker()
                 worker.start(child_command(spec, args), log)
                 running[worker] = (spec, log, time.perf_counter())
                 print(f"[{spec.name}] seed {spec['seed']} started (log {log})", file=sys.stderr)
