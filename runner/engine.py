@@ -10,7 +10,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from ignite.engine import Engine, EventEnum, Events
 from torch import nn
 
@@ -121,6 +120,10 @@ def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0
 
 def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, precision="fp32", forward=None) -> Engine:
     """Evaluation: eval mode, no gradients, accuracy accumulated by torchmetrics."""
+    # Imported here, not with the module: torchmetrics loads scipy (~1.5 s), which `runner
+    # validate`, `runner plugins` and `runner report` do not need.
+    import torchmetrics
+
     accuracy = None
     forward = forward or model
 
