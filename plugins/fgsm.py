@@ -55,7 +55,7 @@ SETTINGS = {
 SET_FILE = "adversarial_set.pt"  # plugins/transfer.py reads it
 
 
-# ---- finding another spec's run (shared with plugins/transfer.py) ----------------------------
+# ---- finding another spec's run (shared with transfer.py and universal.py) ------------------------
 
 def require_run(run, spec_name: str, role: str) -> Path:
     """The latest completed run of `spec_name` beside `run` (same --out, same --quick), or an error
@@ -71,11 +71,27 @@ def require_run(run, spec_name: str, role: str) -> Path:
     return found
 
 
+def completed_runs_of(run, names: list[str], skipped: list[str], label: str = ""):
+    """(name, latest completed run) for each named spec that has one beside `run` (same --out, same
+    --quick); each that has none is added to `skipped`, with the command that makes it."""
+    for name in names:
+        found = latest_run(run.dir.parent.parent, name, quick=run.quick)
+        if found is None:
+            skipped.append(f"{label}{name}: no completed run (runner specs/{name}.toml)")
+        else:
+            yield name, found
+
+
+def trained_model(run, run_dir):
+    """The trained model of a run folder on `run`'s device, in eval mode; it takes pixel values 0-255."""
+    model, _ = load_trained(run_dir, run.catalogue, run.device)
+    return model.eval()
+
+
 def load_source(run, spec_name: str, role: str):
     """(trained model in eval mode, its run folder); the model takes pixel values 0-255."""
     run_dir = require_run(run, spec_name, role)
-    model, _ = load_trained(run_dir, run.catalogue, run.device)
-    return model.eval(), run_dir
+    return trained_model(run, run_dir), run_dir
 
 
 def use_trained_model(run, plugin: str, spec_name: str, role: str, key: str = "source"):

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from runner import RunnerError, Setting, figures, hookimpl
-from runner.artifacts import latest_run, save_figure
-from runner.run import load_trained
+from runner.artifacts import save_figure
 
-from plugins.fgsm import SET_FILE, probabilities, require_evaluate_only, require_run, use_trained_model
+from plugins.fgsm import (SET_FILE, completed_runs_of, probabilities, require_evaluate_only, require_run,
+                          trained_model, use_trained_model)
 
 SETTINGS = {
     "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used"),
@@ -151,23 +151,13 @@ def _rate(count: int, n: int) -> float | None:
 
 def _matrix(run, settings) -> dict:
     """Target accuracy on each attack's successful adversarial images; missing runs are listed."""
-    out, skipped = run.dir.parent.parent, []
-
-    def runs_of(kind: str, names: list[str]):
-        """(name, latest completed run) for each name that has one; the others go to `skipped`."""
-        for name in names:
-            found = latest_run(out, name, quick=run.quick)
-            if found is None:
-                skipped.append(f"{kind} {name}: no completed run (runner specs/{name}.toml)")
-            else:
-                yield name, found
-
+    skipped = []
     sets = {}
-    for name, found in runs_of("attack", settings["matrix_sources"]):
+    for name, found in completed_runs_of(run, settings["matrix_sources"], skipped, "attack "):
         adversarial = load_set(found, run)
         sets[name] = (found, successful(adversarial), adversarial["source_spec"])
-    models = {name: (found, load_trained(found, run.catalogue, run.device)[0].eval())
-              for name, found in runs_of("model", settings["matrix_targets"])}
+    models = {name: (found, trained_model(run, found))
+              for name, found in completed_runs_of(run, settings["matrix_targets"], skipped, "model ")}
     accuracy, clean, ci = [], [], []
     for name, (_, images, _) in sets.items():
         originals = run.test_images[images["indices"]]

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from runner import Setting, figures, hookimpl
-from runner.artifacts import latest_run, save_figure, save_torch
+from runner.artifacts import save_figure, save_torch
 
-from plugins.fgsm import probabilities, require_evaluate_only, use_trained_model
+from plugins.fgsm import completed_runs_of, probabilities, require_evaluate_only, trained_model, use_trained_model
 
 SETTINGS = {
     "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
@@ -109,14 +109,9 @@ def run_finished(run, results, settings):
     noise = random_sign_noise(v, settings["radius"], generator)
     models = {settings["source"]: run.model}
     skipped = []
-    for name in settings["targets"]:
-        found = latest_run(run.dir.parent.parent, name, quick=run.quick)
-        if found is None:
-            skipped.append(f"{name}: no completed run (runner specs/{name}.toml)")
-        elif name not in models:
-            from runner.run import load_trained
-
-            models[name] = load_trained(found, run.catalogue, run.device)[0].eval()
+    for name, found in completed_runs_of(run, settings["targets"], skipped):
+        if name not in models:
+            models[name] = trained_model(run, found)
     test = {}
     for name, model in models.items():
         # One pass per input set and model: clean, with v, with noise.
