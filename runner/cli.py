@@ -50,7 +50,7 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="continue the latest interrupted or failed run of each spec from its checkpoint "
                              "(or: runner resume RUN_DIR)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run up to N specs at once, each in its own process, a spec starting once those it "
+                        help="run up to N specs at once in N worker processes, a spec starting once those it "
                              "requires are done (a GPU is mostly idle under one small run; on a CPU, N processes "
                              "share its cores)")
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",

@@ -87,6 +87,15 @@ def gpu_for_worker(index: int, count: int, visible: str | None) -> str | None:
     return devices[index % len(devices)] if len(devices) > 1 else None
 
 
+def gpus_to_share(specs, device: str | None) -> int:
+    """How many GPUs the workers take in turn: none under --device cpu, or when a run names its GPU
+    (cuda:1 needs to see them all)."""
+    import torch  # already loaded by the specs' plugins; device_count() starts no CUDA context
+
+    named = any(":" in str(choice) for choice in [device, *(spec["device"] for spec in specs)])
+    return 0 if device == "cpu" or named else torch.cuda.device_count()
+
+
 def expected_seconds(spec, out, quick: bool) -> float:
     """How long a run of this spec took last time in OUT (wall_seconds of its latest completed run);
     0 when it has not run yet, so a first suite keeps the order given."""
@@ -126,12 +135,7 @@ def run_in_processes(specs, args, finished: list) -> dict:
     waiting = start_order(specs, args.out, bool(args.quick))
     running: dict = {}  # Worker -> (spec, log path, start time)
     idle: list[Worker] = []
-    import torch  # already loaded by the specs' plugins; device_count() starts no CUDA context
-
-    # One GPU per worker, unless a run names its GPU (cuda:1 needs to see them all) or --device cpu.
-    named = any(":" in str(device) for device in [args.device, *(spec["device"] for spec in specs)])
-    gpus = 0 if args.device == "cpu" or named else torch.cuda.device_count()
-    spawned = itertools.count()
+    gpus, spawned = gpus_to_share(specs, args.device), itertools.count()
     new_worker = lambda: Worker(gpu_for_worker(next(spawned), gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
     completed, failures = set(), {}
     try:
@@ -155,6 +159,8 @@ def _schedule(waiting, running, idle, new_worker, completed, failures, finished,
             elif len(running) < args.jobs and required <= completed_all(required, waiting, running, completed):
                 waiting.remove(spec)
                 log = logs / f"{spec.name}-s{spec['seed']}.log"
+                while idle and not idle[-1].alive:  # ended while it waited (killed, say): not reused
+                    idle.pop()
                 worker = idle.pop() if idle else new_worker()
                 worker.start(child_command(spec, args), log)
                 running[worker] = (spec, log, time.perf_counter())
@@ -190,7 +196,7 @@ def completed_all(required: set, waiting: list, running: dict, completed: set) -
 
 
 def run_folder(log: Path) -> Path | None:
-    """The run folder a child process announced in its log ('[name] run folder PATH')."""
+    """The run folder a run announced in its log ('[name] run folder PATH')."""
     for line in log.read_text(errors="replace").splitlines():
         if "] run folder " in line:
             return Path(line.split("] run folder ", 1)[1].strip())

@@ -140,9 +140,12 @@ def test_a_worker_that_dies_fails_its_run_only(tmp_path, cifar_archive, capsys):
 
 
 def test_workers_take_the_gpus_in_turn():
-    from runner.parallel import gpu_for_worker
+    from runner.parallel import gpu_for_worker, gpus_to_share
 
     assert [gpu_for_worker(i, 4, None) for i in range(6)] == ["0", "1", "2", "3", "0", "1"]
     assert [gpu_for_worker(i, 4, "2,3") for i in range(3)] == ["2", "3", "2"]  # what the user let us see
     assert gpu_for_worker(0, 1, None) is None and gpu_for_worker(1, 0, None) is None  # one GPU or none: shared
     assert gpu_for_worker(3, 8, "5") is None
+    # Nothing to share under --device cpu, or when a run names its GPU (it must see them all).
+    assert gpus_to_share([{"device": "auto"}], "cpu") == 0
+    assert gpus_to_share([{"device": "auto"}, {"device": "cuda:1"}], None) == 0
