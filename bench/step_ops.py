@@ -110,12 +110,12 @@ def main() -> int:
                      f'device="{args.device}"', "plugins.profile_steps={}", *args.overrides]
         spec = spec_module.load(ROOT / path, catalogue, overrides)
         with tempfile.TemporaryDirectory() as out:
-            run.execute(spec, catalogue, out=out, data_source=args.data, show_progress=False)
+            model = run.execute(spec, catalogue, out=out, data_source=args.data, show_progress=False).model
         ops, launches = count_ops(profiler.profile, args.steps)
         total = sum(sum(c.values()) for c in ops.values())
         print(f"\n{spec.name} on {args.device}: {total:.0f} compute ops per step"
               + (f", {sum(launches.values()):.0f} kernel launches and copies" if launches else "")
-              + f" ({spec['train']['optimizer']}, {len(list(run.build_model(spec, catalogue).parameters()))} "
+              + f" ({spec['train']['optimizer']}, {len(list(model.parameters()))} "
               f"parameter tensors)")
         for name in (*PHASES, "handlers"):
             counter = ops.get(name, collections.Counter())
