@@ -53,12 +53,10 @@ def results_table(runs: dict[str, list[dict]], quick: bool = False) -> str:
         chosen = latest_per_seed(summaries, quick)
         if not chosen:
             continue
-        accuracies, mean, sd = accuracy_stats(chosen)
-        spread = f" ± {sd:.1%}" if sd is not None else ""
         seconds = [s["seconds"] for s in chosen if s.get("iterations")]
         speed = [s["images_per_second"] for s in chosen if s.get("images_per_second")]
-        lines.append(f"| {name} | {len(chosen)} | {mean:.1%}{spread} | "
-                     + ", ".join(f"{a:.1%}" for a in accuracies) + " | "
+        lines.append(f"| {name} | {len(chosen)} | {_mean_sd(chosen)} | "
+                     + ", ".join(f"{s['test_accuracy']:.1%}" for s in chosen) + " | "
                      + (f"{statistics.mean(seconds):.0f}" if seconds else "–") + " | "
                      + (f"{statistics.mean(speed):.0f}" if speed else "–") + " |")
     return "\n".join(lines) + "\n"
@@ -169,10 +167,14 @@ def _pct(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _mean_sd(chosen: list[dict]) -> str:
+    """Mean test accuracy of the runs, ± their sd when there are several."""
+    _, mean, sd = accuracy_stats(chosen)
+    return f"{mean:.1%}" + (f" ± {sd:.1%}" if sd is not None else "")
+
+
 def _accuracy_cell(chosen: list[dict]) -> str:
-    accuracies, mean, sd = accuracy_stats(chosen)
-    spread = f" ± {sd:.1%}" if sd is not None else ""
-    return f"{mean:.1%}{spread} ({len(accuracies)})"
+    return f"{_mean_sd(chosen)} ({len(chosen)})"
 
 
 PART1 = ("p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop")
