@@ -11,7 +11,6 @@ Usage: python bench/flops.py [ARTIFACTS] [--device cpu|cuda]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner.architecture import forward_flops  # noqa: E402
-from runner.artifacts import latest_run  # noqa: E402
+from runner.artifacts import latest_run, read_summary  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 from runner.run import build_model  # noqa: E402
 from runner.spec import load  # noqa: E402
@@ -71,7 +70,7 @@ def main() -> int:
         forward = forward_flops(build_model(spec, catalogue), device)
         training = 3 * forward
         run_dir = latest_run(args.artifacts, spec.name, quick=False)
-        speed = json.loads((run_dir / "summary.json").read_text()).get("images_per_second") if run_dir else None
+        speed = read_summary(run_dir).get("images_per_second") if run_dir else None
         if speed:
             achieved = training * speed / 1e9
             tail = f"{speed:,.0f} | {achieved:.1f} | {achieved / peak['matmul']:.0%} | {achieved / peak['conv']:.0%}"
