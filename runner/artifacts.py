@@ -21,6 +21,10 @@ def _umask() -> int:
     return mask
 
 
+# Read once: reading it means setting it, which would race with threads creating files.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
@@ -30,7 +34,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; a result file gets the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
