@@ -74,10 +74,26 @@ def expand_specs(paths) -> list[Path]:
 
 
 def cmd_run(argv) -> int:
+    args = _run_parser().parse_args(argv)
+    workers = []
+    if args.jobs > 1 and args.nproc_per_node <= 1:
+        from .parallel import start_workers
+
+        # Started before the imports and spec loading below, so that their imports overlap ours.
+        runs = len(expand_specs(args.specs)) * len(args.seeds or [None])
+        workers = start_workers(args.jobs if args.with_deps else min(args.jobs, runs), args.jobs)
+    try:
+        return _run_specs(args, workers)
+    finally:
+        for worker in workers:  # unused when there was one run or none (run_in_processes stops those it took)
+            worker.stop(interrupt=True)
+            worker.process.wait()
+
+
+def _run_specs(args, workers: list) -> int:
     from . import artifacts, run, spec as spec_module
     from .plugins import Catalogue
 
-    args = _run_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -111,7 +127,7 @@ def cmd_run(argv) -> int:
     elif args.jobs > 1 and len(todo) > 1:
         from .parallel import run_in_processes
 
-        failures = run_in_processes(todo, args, finished)
+        failures = run_in_processes(todo, args, finished, started=workers)
     else:
         failures = _run_in_turn(todo, args, catalogue, finished, alone=len(specs) == 1)
     if len(finished) > 1:

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import artifacts, data
+from . import artifacts
 from .cli import failure_status, required_names, skip_if_blocked
 from .errors import RunnerError
 
@@ -46,15 +46,21 @@ class Worker:
     while the job runs, as a Popen's would be; a worker that dies takes its job with it (the
     exit code is its signal's, negative) and is not reused."""
 
-    def __init__(self, gpu: str | None = None):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu) if gpu is not None else None
-        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+    def __init__(self, threads: int | None = None):
+        threads_arg = ["--threads", str(threads)] if threads else []
+        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker", *threads_arg], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
         self.exit_code: int | None = None
+        self.gpu: str | None = None  # the one GPU it is to see (gpu_for_worker), set before its first job
+        self.jobs = 0
 
     def start(self, argv: list[str], log: Path) -> None:
         self.exit_code = None
-        self.process.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        job = {"argv": argv, "log": str(log)}
+        if self.jobs == 0 and self.gpu is not None:  # CUDA reads it when it starts, in the first job
+            job["env"] = {"CUDA_VISIBLE_DEVICES": self.gpu}
+        self.jobs += 1
+        self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
         threading.Thread(target=self._wait_for_reply, daemon=True).start()
 
@@ -78,6 +84,24 @@ class Worker:
             self.process.stdin.close()  # end of input: the worker exits
         except OSError:
             pass
+
+
+def start_workers(count: int, jobs: int) -> list[Worker]:
+    """Workers started now, so that their imports run while this process loads the specs and
+    unpacks the data; each is told its GPU with its first job."""
+    return [Worker(threads_per_process(jobs)) for _ in range(count)]
+
+
+def threads_per_process(processes: int) -> int | None:
+    """CPU threads for each of `processes` torch processes on this machine: the cores shared out.
+
+    torch gives every process one thread per core; two runs with 2 threads each on 2 cores spin
+    against each other (Part 1 quick runs, 2-core CPU: 3-11 s of training each, 2 s with 1
+    thread each). None when the user set OMP_NUM_THREADS: theirs stands."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // processes)
 
 
 def gpu_for_worker(index: int, count: int, visible: str | None) -> str | None:
@@ -122,11 +146,15 @@ def start_order(specs, out, quick: bool) -> list:
     return [spec for _, spec in sorted(zip(rank, specs), key=lambda pair: -pair[0])]
 
 
-def run_in_processes(specs, args, finished: list) -> dict:
+def run_in_processes(specs, args, finished: list, started: list[Worker] = ()) -> dict:
     """Run the specs with at most args.jobs at once; appends (status, spec, results) to finished.
+    `started`: workers already starting (start_workers), used before any new one is made; this
+    function stops them all.
 
     Returns {spec name: RunnerError} for the runs that did not complete.
     """
+    from . import data
+
     # Unpack the data once here, so the processes do not race to fill the same cache.
     data.locate(data.resolve_source(args.data, specs[0]["data"]["root"] or None))
     logs = Path(args.out) / "_logs"
@@ -134,9 +162,14 @@ def run_in_processes(specs, args, finished: list) -> dict:
     names = {spec.name for spec in specs}
     waiting = start_order(specs, args.out, bool(args.quick))
     running: dict = {}  # Worker -> (spec, log path, start time)
-    idle: list[Worker] = []
-    gpus, spawned = gpus_to_share(specs, args.device), itertools.count()
-    new_worker = lambda: Worker(gpu_for_worker(next(spawned), gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
+    gpus, numbers = gpus_to_share(specs, args.device), itertools.count()
+
+    def with_gpu(worker: Worker) -> Worker:
+        worker.gpu = gpu_for_worker(next(numbers), gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return worker
+
+    idle = [with_gpu(worker) for worker in started][::-1]  # taken from the end: the first one first
+    new_worker = lambda: with_gpu(Worker(threads_per_process(args.jobs)))
     completed, failures = set(), {}
     try:
         _schedule(waiting, running, idle, new_worker, completed, failures, finished, names, logs, args)
@@ -144,7 +177,7 @@ def run_in_processes(specs, args, finished: list) -> dict:
         for worker in running:  # interrupted: stop the runs still going (they can be resumed)
             worker.stop(interrupt=True)
         for worker in idle:
-            worker.stop(interrupt=False)
+            worker.stop(interrupt=worker.jobs == 0)  # one never used may still be importing: no need to wait
         for worker in [*running, *idle]:
             worker.process.wait()
     return failures

@@ -149,3 +149,54 @@ def test_workers_take_the_gpus_in_turn():
     # Nothing to share under --device cpu, or when a run names its GPU (it must see them all).
     assert gpus_to_share([{"device": "auto"}], "cpu") == 0
     assert gpus_to_share([{"device": "auto"}, {"device": "cuda:1"}], None) == 0
+
+
+def test_workers_share_out_the_cores_unless_the_user_chose(monkeypatch):
+    import os
+
+    from runner.parallel import threads_per_process
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert [threads_per_process(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_process(2) is None  # the user's setting stands
+
+
+def test_a_worker_gets_its_gpu_with_its_first_job_and_keeps_it(tmp_path, cifar_archive):
+    from runner.parallel import Worker
+
+    # A plugin that prints what the run's process sees into the job's log.
+    (tmp_path / "show.py").write_text(
+        "import os\nimport torch\nfrom runner import hookimpl\n\n\n@hookimpl\ndef configure(spec, settings):\n"
+        "    print('sees', os.environ.get('CUDA_VISIBLE_DEVICES'), torch.get_num_threads())\n")
+    spec = tmp_path / "show.toml"
+    spec.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.show]\npath = "show.py"\n')
+    argv = [str(spec), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive), "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    worker = Worker(threads=1)
+    worker.gpu = "3"
+    try:
+        for job in range(2):
+            worker.start(argv, tmp_path / f"job{job}.log")
+            while worker.poll() is None:
+                time.sleep(0.05)
+            assert worker.poll() == 0
+            assert "sees 3 1" in (tmp_path / f"job{job}.log").read_text()
+    finally:
+        worker.stop(interrupt=False)
+        assert worker.process.wait(timeout=30) == 0
+
+
+def test_workers_start_with_the_command_and_unused_ones_are_stopped(tmp_path, cifar_archive, monkeypatch):
+    from runner import parallel
+
+    started = []
+    monkeypatch.setattr(parallel, "start_workers", lambda count, jobs: started.extend(
+        parallel.Worker() for _ in range(count)) or started)
+    # One spec with --jobs 4: one worker is started (one run), then not needed (a single run
+    # goes in this process), and stopped.
+    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
+            "--out", str(tmp_path / "out"), "--jobs", "4"]
+    assert main(args) == 0
+    assert len(started) == 1 and started[0].process.poll() is not None
