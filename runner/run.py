@@ -361,7 +361,11 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
     run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
-    with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc) as parallel:
+    # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
+    # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.
+    port = None if os.environ.get("MASTER_PORT") else _free_port()
+    with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc,
+                        master_port=port) as parallel:
         parallel.run(_distributed_worker, spec, run_dir, data_source, quick)
     summary = artifacts.read_summary(run_dir)
     if not summary:
@@ -369,9 +373,23 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     return summary
 
 
+def _free_port() -> int:
+    """A TCP port that nothing on this machine listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool) -> None:
     import ignite.distributed as idist
 
+    from .parallel import threads_per_process
+
+    threads = threads_per_process(idist.get_nproc_per_node())
+    if threads:  # the processes of this node share its cores instead of each spinning on all of them
+        torch.set_num_threads(threads)
     catalogue = Catalogue.default()
     catalogue.add_spec_files(spec.path, spec.values)
     if idist.get_rank():  # live plots from one process are enough

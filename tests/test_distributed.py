@@ -1,6 +1,7 @@
 """--nproc-per-node: data-parallel training in 2 CPU processes (gloo) through ignite.distributed."""
 import csv
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,14 @@ def runs(tmp_path_factory, cifar_archive):
     out = tmp_path_factory.mktemp("out")
     common = [str(SPECS / "p1_q4_crop.toml"), "--quick", "--data", str(cifar_archive), "--no-progress", *ARGS]
     assert main([*common, "--out", str(out / "one")]) == 0
-    assert main([*common, "--out", str(out / "two"), "--nproc-per-node", "2"]) == 0
+    # Another job holds Ignite's default rendezvous port: the run must find its own.
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 2222))
+            taken.listen()
+        except OSError:
+            pass  # held already, which tests the same thing
+        assert main([*common, "--out", str(out / "two"), "--nproc-per-node", "2"]) == 0
     (single,) = (out / "one" / "p1_q4_crop").iterdir()
     (parallel,) = (out / "two" / "p1_q4_crop").iterdir()
     return single, parallel
