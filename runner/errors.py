@@ -24,13 +24,18 @@ class SpecError(RunnerError):
             where += f":{line}" + (f":{column}" if column is not None else "")
         text = f"{where}: " + (f"{key}: " if key else "") + message
         if self.allowed:
-            text += " (allowed: " + ", ".join(map(str, self.allowed)) + ")"
+            text += " (allowed: " + ", ".join(_as_toml(value) for value in self.allowed) + ")"
         super().__init__(text)
 
     def in_file(self, file) -> "SpecError":
         """The same error attributed to a spec file (for errors raised by plugins, which know no file)."""
         return SpecError(self.message, file=file, key=self.key, allowed=self.allowed, line=self.line,
                          column=self.column)
+
+
+def _as_toml(value) -> str:
+    """A value as a spec would spell it: true, not True."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class DataError(RunnerError):

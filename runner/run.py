@@ -233,7 +233,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         forward = nn.parallel.DistributedDataParallel(run.model, device_ids=[run.device.index]
                                                       if run.device.type == "cuda" else None)
     if train["compile"]:
-        forward = torch.compile(forward)
+        forward = torch.compile(forward, mode=None if train["compile"] is True else train["compile"])
     run.trainer = create_trainer(run.model, run.optimizer, scheduler, run.train_pipeline,
                                  label_smoothing=train["label_smoothing"], channels_last=train["channels_last"],
                                  precision=precision, forward=forward, clip_grad_norm=train["clip_grad_norm"])

@@ -22,7 +22,7 @@ class Setting:
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
-    type: type | None = None
+    type: type | tuple | None = None  # a tuple of types where a key takes several (compile: bool or a mode)
     item: type | None = None  # element type for list settings
     quick: Any = None  # the value under --quick, where the default would make a smoke test slow
 
@@ -31,7 +31,9 @@ class Setting:
         return self.type or type(self.default)
 
 
-def _type_name(kind: type) -> str:
+def _type_name(kind: type | tuple) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(_type_name(k) for k in kind)
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             list: "a list", dict: "a table"}.get(kind, kind.__name__)
 
@@ -39,7 +41,8 @@ def _type_name(kind: type) -> str:
 def check_value(setting: Setting, value: Any, *, file, key: str) -> Any:
     """Return the value (ints widened to float where a float is expected) or raise SpecError."""
     kind = setting.kind
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kind) and not (bool not in kinds and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
@@ -100,6 +103,8 @@ DATA = {
     "test_limit": Setting(0, "use only the first N test images (0: all)", min=0),
 }
 
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 TRAIN = {
     "iterations": Setting(2000, "optimizer steps (0: evaluate only, e.g. a trained model a plugin loads)", min=0),
     "batch_size": Setting(100, "images per step; an epoch is a fresh permutation", min=1),
@@ -116,7 +121,10 @@ TRAIN = {
     "channels_last": Setting(True, "channels_last memory format (much faster on CPU)"),
     "precision": Setting("auto", "arithmetic of forward passes: bf16 autocast or plain fp32 (auto: bf16 on "
                          "CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16")),
-    "compile": Setting(False, "torch.compile the model (pays off for long GPU runs; compiling costs tens of seconds)"),
+    "compile": Setting(False, "torch.compile the model: true (torch's default mode) or a mode; \"reduce-overhead\" "
+                       "also replays each step as a CUDA graph on a GPU, for steps bound by kernel launches "
+                       "(compiling costs tens of seconds)",
+                       choices=COMPILE_MODES, type=(bool, str)),
     "log_every": Setting(10, "iterations between progress/log updates", min=1),
     "checkpoint_epochs": Setting(1, "save a resumable checkpoint every N epochs (0: never)", min=0),
 }

@@ -73,6 +73,20 @@ def test_same_seed_gives_identical_metrics(tmp_path, cifar_archive):
     assert read("a") == read("b")
 
 
+def test_a_compiled_run_learns_like_an_eager_one(tmp_path, cifar_archive):
+    # On the CPU "reduce-overhead" compiles without CUDA graphs; what is checked is that the mode
+    # reaches torch.compile and that the compiled model trains and evaluates like the plain one.
+    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(cifar_archive), "--no-progress",
+            "--set", "data.test_limit=500"]
+    assert main(args + ["--out", str(tmp_path / "eager")]) == 0
+    assert main(args + ["--out", str(tmp_path / "compiled"), "--set", 'train.compile="reduce-overhead"']) == 0
+    eager, compiled = (json.loads(next((tmp_path / d / "p1_q1_raw").iterdir()).joinpath("summary.json").read_text())
+                       for d in ("eager", "compiled"))
+    assert eager["compiled"] is False and compiled["compiled"] == "reduce-overhead"
+    assert compiled["test_accuracy"] == pytest.approx(eager["test_accuracy"], abs=0.03)
+    assert compiled["test_accuracy"] > 0.15  # learned something in 12 steps (chance: 0.10)
+
+
 def test_bad_spec_exits_2_with_file_and_key(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "%s"\n[train]\nlr = "fast"\n' % (SPECS / "p1_q1_raw.toml"))

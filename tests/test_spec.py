@@ -111,6 +111,8 @@ def test_unknown_top_level_section(tmp_path, catalogue):
     ('device = "tpu"\n', "device", "not allowed"),
     ('[data]\ntrain = ["data_batch_9"]\n', "data.train", "not allowed"),
     ('[data]\ntransforms = "flip"\n', "data.transforms", "expected a list"),
+    ('[train]\ncompile = "fast"\n', "train.compile", "(allowed: false, true, default, reduce-overhead,"),
+    ('[train]\ncompile = 1\n', "train.compile", "expected true or false or a string"),
 ])
 def test_wrong_type_or_range(tmp_path, catalogue, text, key, fragment):
     top, _, rest = text.partition("[")
