@@ -7,7 +7,8 @@ requirement failed is not run. Of the specs ready to start, the one heading the 
 work goes first (critical path first), timed by each spec's previous run in OUT: a deep net
 whose model an attack waits for starts before short runs that nothing waits for, so the suite's
 last run ends sooner. A worker (runner/worker.py) runs one spec at a time and then the next, so
-imports are paid once per worker, not per run; each run's output goes to a log beside the runs
+imports are paid once per worker, not per run; the workers start with the command and share
+out the CPU cores (threads_per_process); each run's output goes to a log beside the runs
 (OUT/_logs/), and the parent prints one line per start and finish.
 """
 from __future__ import annotations
