@@ -170,7 +170,7 @@ def run_in_processes(specs, args, finished: list, started: list[Worker] = ()) ->
         return worker
 
     idle = [with_gpu(worker) for worker in started][::-1]  # taken from the end: the first one first
-    new_worker = lambda: with_gpu(Worker(threads_per_process(args.jobs)))
+    new_worker = lambda: with_gpu(start_workers(1, args.jobs)[0])
     completed, failures = set(), {}
     try:
         _schedule(waiting, running, idle, new_worker, completed, failures, finished, names, logs, args)
