@@ -19,6 +19,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, RunnerError, SpecError
+from .spec import plugin_files
 
 ENTRY_POINT_GROUP = "runner.plugins"
 
@@ -111,10 +112,8 @@ class Catalogue:
         self.add(name, module, f"file {path}")
 
     def add_spec_files(self, spec_file: Path, table: dict) -> None:
-        for name, settings in (table.get("plugins") or {}).items():
-            if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]:
-                if name in self.origins and self.origins[name] == f"file {Path(settings['path'])}":
-                    continue
+        for name, settings in plugin_files(table):
+            if self.origins.get(name) != f"file {Path(settings['path'])}":
                 self.add_file(name, Path(settings["path"]), spec_file)
 
     def _call_registry_hooks(self, name: str, plugin) -> None:

@@ -105,11 +105,19 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
     return merge(merged, table), chain + [path]
 
 
+def plugin_files(table: dict) -> list[tuple[str, dict]]:
+    """(name, settings) of each plugin table that loads its plugin from a file (`path = "..."`).
+
+    Tolerates any shape: a `plugins` that is not a table of tables is validate()'s to report."""
+    plugins = table.get("plugins")
+    return [(name, settings) for name, settings in (plugins.items() if isinstance(plugins, dict) else ())
+            if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]]
+
+
 def _anchor_paths(table: dict, path: Path) -> None:
     """Paths a spec names are relative to the file that names them, whoever extends it."""
-    for settings in (table.get("plugins") or {}).values():
-        if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]:
-            settings["path"] = str((path.parent / settings["path"]).resolve())
+    for _, settings in plugin_files(table):
+        settings["path"] = str((path.parent / settings["path"]).resolve())
     if isinstance(table.get("requires"), list):
         table["requires"] = [str((path.parent / r).resolve()) if isinstance(r, str) else r for r in table["requires"]]
 

@@ -1,7 +1,7 @@
 """Property: the spec loader returns a valid spec or raises SpecError, never anything else."""
 import string
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner import SpecError
@@ -46,6 +46,7 @@ def test_random_text(tmp_path, text):
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 12), st.sampled_from(["delete", "insert", "replace"]),
                           st.sampled_from(KEYS + VALUES + ["[", "]", "=", "\n", ".", '"'])), max_size=6))
+@example([(0, "insert", "plugins")])  # `plugins = 1` once crashed the loader with AttributeError
 def test_mutated_valid_spec(tmp_path, edits):
     lines = VALID.splitlines()
     for index, action, token in edits:
