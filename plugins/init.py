@@ -6,10 +6,12 @@ activation scale neither shrinks nor grows through a deep ReLU stack. PyTorch's 
 (kaiming_uniform_ with a = sqrt(5), std sqrt(1 / (3 fan_in))) shrinks the signal by about
 sqrt(6) per conv + ReLU, which is what makes gradients vanish in the deep plain net.
 
-scheme = "fixup" (Zhang et al. 2019), for models the skip plugin has wrapped: kaiming as above,
-then in each of the L residual blocks with m convs in its branch, the branch's last conv is set
-to zero (weight and bias) and its other convs are scaled by L^(-1/(2m-2)); every block thus
-starts as its shortcut. Left out of Fixup here: its scalar biases and multipliers, and zeroing
+scheme = "fixup" (Zhang et al. 2019), for models the skip plugin has wrapped with final_relu =
+true: kaiming as above, then in each of the L residual blocks with m convs in its branch, the
+branch's last conv is set to zero (weight and bias) and its other convs are scaled by
+L^(-1/(2m-2)); every block thus starts as its shortcut. A branch must not end in a ReLU after
+that zeroed conv: the ReLU would see exactly 0, pass no gradient, and the branch would stay
+zero for good (an error says so). Left out of Fixup here: its scalar biases and multipliers, and zeroing
 the classifier (the homework's classifier is a conv outside the blocks and keeps kaiming).
 
 Projection shortcuts of residual blocks keep their identity initialization; BatchNorm is left
@@ -62,11 +64,20 @@ def fixup(model: nn.Module, which: str = "all") -> int:
         raise SpecError("scheme \"fixup\" needs residual blocks: enable the skip plugin and list [plugins.skip] "
                         "before [plugins.init] in the spec, so its blocks exist when init runs",
                         key="plugins.init.scheme")
+    branches = []  # per block: its branch's convs, in order
+    for block in blocks:
+        layers = list(block.branch.modules())
+        convs = [m for m in layers if isinstance(m, nn.modules.conv._ConvNd)]
+        if convs and any(isinstance(m, nn.ReLU) for m in layers[layers.index(convs[-1]) + 1:]):
+            raise SpecError("scheme \"fixup\" zeroes each residual branch's last conv, and a ReLU after it "
+                            "passes no gradient at 0, so the branch would never train: set final_relu = true "
+                            "in [plugins.skip] to move the ReLU after the addition",
+                            key="plugins.skip.final_relu", allowed=(True,))
+        branches.append(convs)
     kaiming(model, which)
     count = len(blocks)
     with torch.no_grad():
-        for block in blocks:
-            convs = [m for m in block.branch.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        for convs in branches:
             m = len(convs)
             for conv in convs[:-1]:  # none when m == 1: the exponent is then undefined, Fixup scales nothing
                 conv.weight.mul_(count ** (-1.0 / (2 * m - 2)))

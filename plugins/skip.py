@@ -12,11 +12,13 @@ becomes
 
 where `branch` is an nn.Sequential of the block's original layer objects, unchanged: conv,
 ReLU, conv, ReLU, so the branch ends in its own ReLU (the simplest faithful choice: no layer
-is moved or dropped). shortcut is the identity, or a 1x1 conv initialized to the identity
-(`projection`); gate is 1, or a learnable scalar starting at 0 (`zero`, as in ReZero and
-SkipInit), so a block starts as the identity. Parameters are the same objects as before;
-identity shortcuts add none, `gate = "zero"` adds one per block. With branches ending in their
-own ReLU and non-negative inputs (the homework's net), final_relu changes nothing.
+is moved or dropped). With final_relu = true the branch's trailing ReLU moves after the
+addition instead, y = relu(x + conv(relu(conv(x)))), ResNet's block: the same layers, and a
+branch whose last conv starts at zero (Fixup) still gets gradients, which a ReLU at its end
+would block (PyTorch's ReLU passes no gradient at 0). shortcut is the identity, or a 1x1 conv
+initialized to the identity (`projection`); gate is 1, or a learnable scalar starting at 0
+(`zero`, as in ReZero and SkipInit), so a block starts as the identity. Parameters are the
+same objects as before; identity shortcuts add none, `gate = "zero"` adds one per block.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ SETTINGS = {
                         choices=("identity", "projection")),
     "gate": Setting("none", "scale of the residual branch: none (1), or a learnable scalar starting at 0",
                     choices=("none", "zero")),
-    "final_relu": Setting(False, "apply ReLU after the addition (the branch keeps its own ReLUs)"),
+    "final_relu": Setting(False, "move each branch's trailing ReLU after the addition (ResNet's block; needed "
+                          "by init's fixup, whose zeroed last conv a trailing ReLU would never let train)"),
 }
 
 
@@ -141,6 +144,8 @@ def wrap(model: nn.Module, settings: dict) -> nn.Sequential:
         for b in range(0, len(units), size):
             group = [m for unit in units[b:b + size] for m in unit]
             channels = group[0].in_channels
+            if settings["final_relu"] and isinstance(group[-1], nn.ReLU):
+                group.pop()  # Residual applies it after the addition
             blocks.append(Residual(nn.Sequential(*group),
                                    identity_conv(channels) if settings["shortcut"] == "projection" else None,
                                    gate=settings["gate"] == "zero", final_relu=settings["final_relu"]))

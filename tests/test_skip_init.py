@@ -126,19 +126,55 @@ def test_kaiming_std_and_zero_biases():
     assert torch.equal(model[1].weight, linear)
 
 
+def test_final_relu_moves_the_branch_relu_after_the_addition():
+    model = built(skip_settings={"final_relu": True})
+    blocks = [m for m in model if isinstance(m, skip.Residual)]
+    assert len(blocks) == 10 and count(model, nn.Conv2d) == count(deep_plain_net(), nn.Conv2d)
+    for block in blocks:
+        assert [type(m) for m in block.branch] == [nn.Conv2d, nn.ReLU, nn.Conv2d]  # ReLU moved, none dropped
+        x = torch.randn(2, 16, 16, 16)
+        assert torch.equal(block(x), torch.relu(x + block.branch(x)))
+
+
 def test_fixup_blocks_start_as_identity_and_scale_the_rest():
-    model = skip.change_model(model=deep_plain_net(), settings=dict(SKIP, shortcut="projection"))
+    model = skip.change_model(model=deep_plain_net(), settings=dict(SKIP, shortcut="projection", final_relu=True))
     init.change_model(model=model, settings={"scheme": "fixup", "layers": "all"})
     blocks = [m for m in model if isinstance(m, skip.Residual)]
     for block in blocks:
         first, last = [m for m in block.branch if isinstance(m, nn.Conv2d)]
         assert not last.weight.any() and not last.bias.any()
         assert torch.equal(block.shortcut.weight[:, :, 0, 0], torch.eye(16))  # kept as the identity
-        x = torch.randn(2, 16, 16, 16)
+        x = torch.rand(2, 16, 16, 16)  # non-negative, as after conv1's ReLU
         assert torch.equal(block(x), x)
         # kaiming std sqrt(2 / fan_in), scaled by L^(-1/(2m-2)) = 10^(-1/2)
         expected = math.sqrt(2 / (16 * 25)) * 10 ** -0.5
         assert first.weight.std().item() == pytest.approx(expected, rel=0.1)
+
+
+def test_fixup_branches_get_gradients_and_train():
+    # The branch's last conv starts at zero; its gradient must not be: a ReLU behind it once
+    # blocked every branch for the whole run (they stayed exactly zero).
+    model = built(skip_settings={"final_relu": True}, scheme="fixup")
+    blocks = [m for m in model if isinstance(m, skip.Residual)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 3, 32, 32, generator=g) * 255, torch.randint(0, 10, (8,), generator=g)
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for block in blocks:
+        first, last = [m for m in block.branch if isinstance(m, nn.Conv2d)]
+        assert last.weight.any(), "the zero-initialized conv must move off zero"
+        assert first.weight.grad.abs().max() > 0, "with the last conv non-zero, gradients reach the first"
+
+
+def test_fixup_refuses_a_branch_ending_in_relu():
+    model = skip.change_model(model=deep_plain_net(), settings=SKIP)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(SpecError, match=r"plugins\.skip\.final_relu.*never train.*\(allowed: true\)"):
+        init.change_model(model=model, settings={"scheme": "fixup", "layers": "all"})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing half-initialized
 
 
 def test_fixup_needs_residual_blocks():
@@ -156,7 +192,7 @@ def test_fixes_lift_the_first_layer_gradient_by_orders_of_magnitude():
     fixed = {
         "kaiming": first_over_last(built(scheme="kaiming")),
         "skip": first_over_last(built(skip_settings={})),
-        "skip+fixup": first_over_last(built(skip_settings={}, scheme="fixup")),
+        "skip+fixup": first_over_last(built(skip_settings={"final_relu": True}, scheme="fixup")),
         "skip gate=zero": first_over_last(built(skip_settings={"gate": "zero"})),
     }
     for name, ratio in fixed.items():
