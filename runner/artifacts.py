@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +63,21 @@ def save_figure(path, figure) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
 
 
+# A run folder's name: start time, seed, and a counter when one second saw several runs.
+RUN_ID = re.compile(r"(\d{8}-\d{6})-s(-?\d+)(?:-(\d+))?")
+
+
+def _started(run_dir: Path) -> tuple:
+    """Sort key, oldest first: the folder's time and counter (sorting names as text put -s10 before -s2)."""
+    found = RUN_ID.fullmatch(run_dir.name)
+    return (found[1], int(found[3] or 0)) if found else ("", 0)
+
+
+def run_seed(run_dir: Path) -> int | None:
+    found = RUN_ID.fullmatch(Path(run_dir).name)
+    return int(found[2]) if found else None
+
+
 def new_run_dir(out: Path, spec_name: str, seed: int) -> Path:
     """A fresh folder named by time and seed; a counter keeps two runs in one second apart."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -77,8 +93,18 @@ def new_run_dir(out: Path, spec_name: str, seed: int) -> Path:
     raise RuntimeError(f"cannot create a run folder under {base}")
 
 
+# Facts about the run, not about one status: every later status keeps them.
+KEPT = ("quick", "pid")
+
+
 def set_status(run_dir, status: str, **extra) -> None:
-    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+    try:
+        before = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        before = {}
+    kept = {key: before[key] for key in KEPT if key in before}
+    write_json(Path(run_dir) / STATUS_FILE,
+               {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **kept, **extra})
 
 
 def read_status(run_dir) -> dict:
@@ -104,31 +130,37 @@ def _alive(pid) -> bool:
     return True
 
 
-def unfinished_runs(out, spec_name: str) -> list[Path]:
-    """Runs of a spec that stopped before completing (interrupted, failed), oldest first."""
+def _runs(out, spec_name: str, statuses: tuple[str, ...], seed: int | None, quick: bool | None) -> list[Path]:
+    """Run folders of a spec in these statuses, oldest first; with seed or quick, only those runs."""
     base = Path(out) / spec_name
     if not base.is_dir():
         return []
-    return sorted(d for d in base.iterdir() if d.is_dir()
-                  and read_status(d).get("status") in ("interrupted", "failed"))
-
-
-def completed_runs(out: Path, spec_name: str) -> list[Path]:
-    """Completed runs of a spec, oldest first."""
-    base = Path(out) / spec_name
-    if not base.is_dir():
-        return []
-    return sorted(d for d in base.iterdir() if d.is_dir() and read_status(d).get("status") == "complete")
-
-
-def latest_run(out, spec_name: str, quick: bool | None = None) -> Path | None:
-    """The newest completed run of a spec; with `quick`, only runs made with (or without) --quick."""
-    for run_dir in reversed(completed_runs(out, spec_name)):
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+    found = []
+    for run_dir in base.iterdir():
+        if not run_dir.is_dir() or (seed is not None and run_seed(run_dir) != seed):
             continue
-        if quick is None or bool(summary.get("quick")) == quick:
+        status = read_status(run_dir)
+        if status.get("status") in statuses and (quick is None or bool(status.get("quick")) == quick):
+            found.append(run_dir)
+    return sorted(found, key=_started)
+
+
+def unfinished_runs(out, spec_name: str, seed: int | None = None, quick: bool | None = None) -> list[Path]:
+    """Runs of a spec that stopped before completing (interrupted, failed), oldest first."""
+    return _runs(out, spec_name, ("interrupted", "failed"), seed, quick)
+
+
+def completed_runs(out: Path, spec_name: str, seed: int | None = None) -> list[Path]:
+    """Completed runs of a spec, oldest first."""
+    return _runs(out, spec_name, ("complete",), seed, None)
+
+
+def latest_run(out, spec_name: str, quick: bool | None = None, seed: int | None = None) -> Path | None:
+    """The newest completed run of a spec; with `quick`, only runs made with (or without) --quick;
+    with `seed`, only that seed's."""
+    for run_dir in reversed(completed_runs(out, spec_name, seed)):
+        summary = read_summary(run_dir)
+        if summary and (quick is None or bool(summary.get("quick")) == quick):
             return run_dir
     return None
 

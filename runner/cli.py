@@ -116,7 +116,7 @@ def _run_specs(args, workers: list) -> int:
     suite = any(Path(p).is_dir() for p in args.specs) and not args.force
     finished, todo = [], []
     for spec in specs:
-        done = artifacts.latest_run(args.out, spec.name, args.quick) if suite else None
+        done = artifacts.latest_run(args.out, spec.name, args.quick, seed=spec["seed"]) if suite else None
         if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
             print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
             finished.append(("skipped", spec, artifacts.read_summary(done)))
@@ -161,7 +161,9 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
         if skip_if_blocked(spec, required_names(spec), failures, finished):
             continue
         try:
-            unfinished = artifacts.unfinished_runs(args.out, spec.name) if args.resume else []
+            # Only this seed's and this mode's runs: a --seeds run resumes each seed from its own folder.
+            unfinished = (artifacts.unfinished_runs(args.out, spec.name, seed=spec["seed"], quick=bool(args.quick))
+                          if args.resume else [])
             if unfinished:
                 result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
             else:

@@ -441,6 +441,8 @@ def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=Non
     status = artifacts.read_status(run_dir)
     if status["status"] == "complete":
         raise RunnerError(f"{run_dir} is already complete; nothing to resume")
+    if status["status"] == "running":  # read_status saw its process alive: two would write one folder
+        raise RunnerError(f"{run_dir} is still running (process {status.get('pid')}); stop it first, or wait")
     if not (run_dir / "spec.toml").is_file():
         raise RunnerError(f"{run_dir} is not a run folder (no spec.toml)")
     spec = load(run_dir / "spec.toml", catalogue)

@@ -58,7 +58,7 @@ def test_resume_flag_picks_the_unfinished_run(tmp_path, cifar_archive, capsys):
     (run_dir / "spec.toml").write_text(
         (SPECS / "p1_q1_raw.toml").read_text().replace('"base/part1.toml"', f'"{SPECS / "base" / "part1.toml"}"')
         + "\n[train]\niterations = 4\n")
-    artifacts.set_status(run_dir, "interrupted")
+    artifacts.set_status(run_dir, "interrupted", quick=True)
     assert main([spec, "--resume", "--quick", "--data", str(cifar_archive), "--out", str(out)]) == 0
     assert artifacts.read_status(run_dir)["status"] == "complete"
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 4
@@ -71,3 +71,58 @@ def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
     artifacts.set_status(run_dir, "complete")
     assert main(["resume", str(run_dir)]) == 1
     assert "already complete" in capsys.readouterr().err
+
+
+def _interrupted_run(out: Path, run_id: str, quick=True) -> Path:
+    """A run folder that stopped before its first checkpoint: resuming it trains from the start."""
+    run_dir = out / "p1_q1_raw" / run_id
+    run_dir.mkdir(parents=True)
+    seed = artifacts.run_seed(run_dir)
+    (run_dir / "spec.toml").write_text(
+        f"seed = {seed}\n"
+        + (SPECS / "p1_q1_raw.toml").read_text().replace('"base/part1.toml"', f'"{SPECS / "base" / "part1.toml"}"')
+        + "\n[train]\niterations = 4\n")
+    artifacts.set_status(run_dir, "running", pid=-1, quick=quick)  # a process that is gone
+    artifacts.set_status(run_dir, "interrupted")
+    return run_dir
+
+
+def test_an_interrupted_run_keeps_its_mode(tmp_path):
+    # The status once forgot `quick` when the run stopped, so a resumed smoke run came back as a
+    # full-protocol result.
+    run_dir = _interrupted_run(tmp_path, "20200101-000000-s0")
+    assert artifacts.read_status(run_dir)["status"] == "interrupted"
+    assert artifacts.read_status(run_dir)["quick"] is True
+
+
+def test_resume_flag_resumes_each_seed_in_its_own_folder(tmp_path, cifar_archive):
+    out = tmp_path / "out"
+    # Seed 1's folder is the newer: it was the one --resume took for every seed.
+    folders = {seed: _interrupted_run(out, f"20200101-00000{i}-s{seed}") for i, seed in enumerate((0, 1))}
+    full = _interrupted_run(out, "20200101-000009-s0", quick=False)  # not a --quick run: left alone
+    assert main([str(SPECS / "p1_q1_raw.toml"), "--resume", "--quick", "--seeds", "0,1", "--data",
+                 str(cifar_archive), "--out", str(out)]) == 0
+    for seed, run_dir in folders.items():
+        assert artifacts.read_status(run_dir)["status"] == "complete"
+        assert json.loads((run_dir / "summary.json").read_text())["seed"] == seed
+    assert artifacts.read_status(full)["status"] == "interrupted"
+    assert len(list((out / "p1_q1_raw").iterdir())) == 3  # no new folder
+
+
+def test_latest_run_of_a_seed_and_in_time_order(tmp_path):
+    base = tmp_path / "spec"
+    for run_id in ("20200101-000000-s2", "20200101-000000-s10", "20200101-000000-s0-1", "20200101-000000-s0"):
+        (base / run_id).mkdir(parents=True)
+        artifacts.set_status(base / run_id, "complete")
+        artifacts.write_json(base / run_id / "summary.json", {"quick": False})
+    assert artifacts.latest_run(tmp_path, "spec", seed=2).name == "20200101-000000-s2"
+    assert artifacts.latest_run(tmp_path, "spec", seed=0).name == "20200101-000000-s0-1"  # the counter is later
+    assert artifacts.latest_run(tmp_path, "spec", seed=3) is None
+
+
+def test_resuming_a_running_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    artifacts.set_status(run_dir, "running", pid=os.getpid())  # alive: this very process
+    assert main(["resume", str(run_dir)]) == 1
+    assert "still running" in capsys.readouterr().err
