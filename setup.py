@@ -9,7 +9,7 @@ setup(
     install_requires=[
         # A range 2.13.0 satisfies: constraints.txt pins the exact build (see README).
         "torch>=2.2",
-        "pytorch-ignite>=0.5",
+        "pytorch-ignite>=0.5.5",  # resume passes max_iters to Engine.load_state_dict, new in 0.5.5
         "torchmetrics>=1.0",
         "matplotlib>=3.7",
         "pluggy>=1.3",

@@ -62,12 +62,14 @@ class AllConvNet(nn.Sequential):
 
 
 TABLE1_SETTINGS = {
-    "widths": Setting([32, 32, 64], "conv widths of the three stages", item=int),
+    # Each stage halves the 32x32 image: at most 5 stages leave a pixel for the FC layer.
+    "widths": Setting([32, 32, 64], "conv widths of the stages (the homework's three)", item=int, min=1,
+                      length=(1, 5)),
     "hidden": Setting(64, "width of the hidden fully connected layer", min=1),
 }
 
 ALLCONV_SETTINGS = {
-    "widths": Setting([64, 128, 256], "channels of each stage", item=int),
+    "widths": Setting([64, 128, 256], "channels of each stage", item=int, min=1, length=(1, 5)),
     "depth": Setting(2, "convs per stage", min=1),
     "batchnorm": Setting(True, "BatchNorm after every conv"),
     "extra_layers": Setting(0, "5x5 convs inserted between conv1 and conv2 (Part 2 Q3)", min=0),

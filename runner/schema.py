@@ -23,7 +23,8 @@ class Setting:
     min: float | None = None
     max: float | None = None
     type: type | tuple | None = None  # a tuple of types where a key takes several (compile: bool or a mode)
-    item: type | None = None  # element type for list settings
+    item: type | None = None  # element type for list settings; min and max then bound each element
+    length: tuple[int, int] | None = None  # fewest and most elements of a list setting
     quick: Any = None  # the value under --quick, where the default would make a smoke test slow
 
     @property
@@ -57,10 +58,14 @@ def check_value(setting: Setting, value: Any, *, file, key: str) -> Any:
         for element in values:
             if element not in setting.choices:
                 raise SpecError(f"{element!r} is not allowed", file=file, key=key, allowed=setting.choices)
-    if setting.min is not None and value < setting.min:
-        raise SpecError(f"{value!r} is below the minimum {setting.min}", file=file, key=key)
-    if setting.max is not None and value > setting.max:
-        raise SpecError(f"{value!r} is above the maximum {setting.max}", file=file, key=key)
+    if kind is list and setting.length is not None and not setting.length[0] <= len(value) <= setting.length[1]:
+        raise SpecError(f"expected {setting.length[0]} to {setting.length[1]} elements, got {len(value)}",
+                        file=file, key=key)
+    for element in value if kind is list else [value]:
+        if setting.min is not None and element < setting.min:
+            raise SpecError(f"{element!r} is below the minimum {setting.min}", file=file, key=key)
+        if setting.max is not None and element > setting.max:
+            raise SpecError(f"{element!r} is above the maximum {setting.max}", file=file, key=key)
     return value
 
 

@@ -121,6 +121,17 @@ def test_wrong_type_or_range(tmp_path, catalogue, text, key, fragment):
     assert err.key == key and fragment in str(err)
 
 
+@pytest.mark.parametrize("model, widths, fragment", [
+    ("table1", "[]", "expected 1 to 5 elements, got 0"),
+    ("table1", "[8, 8, 8, 8, 8, 8]", "expected 1 to 5 elements, got 6"),  # 6 halvings leave no pixel
+    ("allconv", "[16, 0, 32]", "0 is below the minimum 1"),
+])
+def test_model_widths_are_checked_before_the_run(tmp_path, catalogue, model, widths, fragment):
+    # These once passed `runner validate` and failed at run time with IndexError (exit code 1).
+    err = error(write(tmp_path, "s.toml", f'[model]\nname = "{model}"\nwidths = {widths}\n'), catalogue)
+    assert err.key == "model.widths" and fragment in str(err)
+
+
 def test_unknown_model_lists_known_ones(tmp_path, catalogue):
     err = error(write(tmp_path, "s.toml", '[model]\nname = "resnet9000"\n'), catalogue)
     assert err.key == "model.name" and "table1" in err.allowed and "allconv" in err.allowed
