@@ -60,7 +60,8 @@ class Residual(nn.Module):
         return torch.relu(y) if self.final_relu else y
 
     def extra_repr(self) -> str:
-        return f"gate={'zero-init scalar' if self.gate is not None else 'none'}, final_relu={self.final_relu}"
+        return (f"shortcut={'identity' if self.shortcut is None else 'projection'}, "
+                f"gate={'zero-init scalar' if self.gate is not None else 'none'}, final_relu={self.final_relu}")
 
 
 def identity_conv(channels: int) -> nn.Conv2d:

@@ -6,25 +6,44 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
-    """One row per leaf module, in the order the forward pass calls them."""
-    found = []
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
-    def hook(module, inputs, output):
+
+def _label(module: nn.Module, name: str) -> str:
+    """The class name; a named part (a residual block's shortcut) also its role, and a wrapper (a
+    Residual block) its settings, which tell how it combines its parts."""
+    label = type(module).__name__ if name.isdigit() or not name else f"{name}: {type(module).__name__}"
+    return f"{label} ({module.extra_repr()})" if list(module.children()) and module.extra_repr() else label
+
+
+def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
+    """One row per module the forward pass calls, in call order: every leaf, and every wrapper that
+    is more than a plain container (skip's Residual blocks), so its own parameters (a gate) count and
+    its structure shows; `depth` is how many such wrappers enclose the row."""
+    found, open_rows = [], []  # open_rows: rows of the modules still inside their forward
+    names = {m: name.rpartition(".")[2] for name, m in model.named_modules()}
+
+    def before(module, inputs):
+        open_rows.append(len(found))
         found.append({
-            "layer": type(module).__name__,
+            "layer": _label(module, names[module]),
+            "depth": len(open_rows) - 1,
             "kernel": "x".join(map(str, module.kernel_size)) if hasattr(module, "kernel_size") and
             isinstance(module.kernel_size, tuple) else str(getattr(module, "kernel_size", "")),
             "stride": str(module.stride[0] if isinstance(getattr(module, "stride", None), tuple)
                           else getattr(module, "stride", "")),
             "padding": str(module.padding[0] if isinstance(getattr(module, "padding", None), tuple)
                            else getattr(module, "padding", "")),
-            "output": "x".join(map(str, output.shape[1:])),
             "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
         })
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    def after(module, inputs, output):
+        found[open_rows.pop()]["output"] = "x".join(map(str, output.shape[1:]))
+
+    # The root is the table itself; a plain container only calls its children in order.
+    shown = [m for m in model.modules() if not list(m.children()) or
+             (m is not model and type(m) not in CONTAINERS)]
+    handles = [h for m in shown for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     was_training = model.training
     try:
         model.eval()
@@ -40,8 +59,9 @@ def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
 def markdown(model: nn.Module, input_shape=(1, 3, 32, 32)) -> str:
     table = rows(model, input_shape)
     lines = ["| # | layer | kernel | stride | padding | output (C x H x W) | parameters |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {i} | {r['layer']} | {r['kernel']} | {r['stride']} | {r['padding']} | {r['output']} | {r['parameters']:,} |"
-              for i, r in enumerate(table, 1)]
+    # Markdown strips leading spaces, so nesting inside a wrapper is drawn with a visible mark.
+    lines += [f"| {i} | {'· ' * r['depth']}{r['layer']} | {r['kernel']} | {r['stride']} | {r['padding']} | "
+              f"{r['output']} | {r['parameters']:,} |" for i, r in enumerate(table, 1)]
     lines.append(f"| | total | | | | | {sum(r['parameters'] for r in table):,} |")
     return "\n".join(lines)
 

@@ -40,6 +40,13 @@ def latest_per_seed(summaries: list[dict], quick: bool) -> list[dict]:
     return [by_seed[seed] for seed in sorted(by_seed, key=lambda s: (s is None, s))]
 
 
+def representative(chosen: list[dict]) -> dict:
+    """The one run a spec's single numbers, figures and text come from: its lowest seed. One rule
+    for the tables, the templates and the run sections, so a report never quotes two seeds' values
+    for the same quantity."""
+    return chosen[0]
+
+
 def accuracy_stats(chosen: list[dict]) -> tuple[list[float], float, float | None]:
     """Test accuracies of the chosen runs, their mean, and their sd (None for a single run)."""
     accuracies = [s["test_accuracy"] for s in chosen]
@@ -121,14 +128,15 @@ class Fields(dict):
 
 
 def template_fields(runs: dict[str, list[dict]], quick: bool) -> Fields:
-    """What explanation templates may use: each spec's latest run summary (plus `accuracy_mean`
-    and `seeds` over its runs), `fgsm`/`transfer` (P3's blocks) and the generated tables."""
+    """What explanation templates may use: each spec's representative run summary (its lowest seed,
+    plus `accuracy_mean`, `accuracy_sd` and `seeds` over its runs), `fgsm`/`transfer` (P3's blocks)
+    and the generated tables."""
     fields = {}
     for name, summaries in runs.items():
         chosen = latest_per_seed(summaries, quick)
         if chosen:
             _, mean, sd = accuracy_stats(chosen)
-            fields[name] = dict(chosen[-1], accuracy_mean=mean, seeds=len(chosen), accuracy_sd=sd or 0.0)
+            fields[name] = dict(representative(chosen), accuracy_mean=mean, seeds=len(chosen), accuracy_sd=sd or 0.0)
     for spec, block in (("p3_q1_fgsm", "fgsm"), ("p3_q2_transfer", "transfer")):
         if block in fields.get(spec, {}):
             fields[block] = fields[spec][block]
@@ -167,6 +175,11 @@ def _pct(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _sci(value) -> str:
+    """A G value or ratio; grad_magnitude writes null for NaN/inf or a zero denominator."""
+    return "–" if value is None else f"{value:.1e}"
+
+
 def _mean_sd(chosen: list[dict]) -> str:
     """Mean test accuracy of the runs, ± their sd when there are several."""
     _, mean, sd = accuracy_stats(chosen)
@@ -185,25 +198,26 @@ def part1_table(runs, quick) -> str:
     for name in PART1:
         chosen = latest_per_seed(runs.get(name, []), quick)
         if chosen:
-            transforms = _spec_table(chosen[-1]).get("data", {}).get("transforms", [])
+            transforms = _spec_table(representative(chosen)).get("data", {}).get("transforms", [])
             train = statistics.mean(s.get("final_running_train_accuracy") or 0 for s in chosen)
             lines.append(f"| {name} | {', '.join(transforms) or 'none'} | {_accuracy_cell(chosen)} | {train:.1%} |")
     return "\n".join(lines)
 
 
 def part2_table(runs, quick) -> str:
-    """Every run with gradient magnitudes: accuracy and G of the first/last conv at 1, 100 and the end."""
+    """Every spec with gradient magnitudes: accuracy over seeds, and G of the first/last conv at 1, 100
+    and the end from its representative run ("–" where that run recorded no finite value)."""
     lines = ["| spec | test accuracy (seeds) | G first @1 | G last @1 | ratio @1 | ratio @100 | ratio @end |",
              "|---|---|---|---|---|---|---|"]
     for name, summaries in runs.items():
         chosen = latest_per_seed(summaries, quick)
-        grads = [s for s in chosen if "grad_magnitude" in s]
-        if not grads:
-            continue
-        g = grads[0]["grad_magnitude"]  # the lowest seed with gradients logged
-        ratio = g["ratio_first_over_last"]
-        lines.append(f"| {name} | {_accuracy_cell(chosen)} | {g['first_G']['1']:.1e} | {g['last_G']['1']:.1e} | "
-                     f"{ratio['1']:.1e} | {ratio.get('100', float('nan')):.1e} | {ratio['last_iteration']:.1e} |")
+        if not chosen or "grad_magnitude" not in representative(chosen):
+            continue  # no gradients logged for this spec
+        g = representative(chosen)["grad_magnitude"] or {}  # the plugin writes null when nothing was recorded
+        cells = [(g.get(block) or {}).get(key) for block, key in (
+            ("first_G", "1"), ("last_G", "1"), ("ratio_first_over_last", "1"),
+            ("ratio_first_over_last", "100"), ("ratio_first_over_last", "last_iteration"))]
+        lines.append(f"| {name} | {_accuracy_cell(chosen)} | " + " | ".join(map(_sci, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -316,19 +330,20 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
             chosen = latest_per_seed(runs[name], quick)
             if not chosen:
                 continue
-            latest = Path(chosen[-1]["run_dir"])
-            question = _spec_table(chosen[-1]).get("question", "")
+            shown = representative(chosen)  # its figures match the tables' numbers
+            run_dir = Path(shown["run_dir"])
+            question = _spec_table(shown).get("question", "")
             accuracies, mean, _ = accuracy_stats(chosen)
-            lines = [question, f"spec: {chosen[-1].get('spec_file', name)}", key_settings(chosen[-1]),
+            lines = [question, f"spec: {shown.get('spec_file', name)}", key_settings(shown),
                      f"test accuracy: {mean:.2%} over {len(accuracies)} seed(s) "
                      + ", ".join(f"{a:.2%}" for a in accuracies),
-                     f"run: {latest} ({chosen[-1].get('device')}, {chosen[-1].get('seconds')} s training)"]
+                     f"run: {run_dir} ({shown.get('device')}, {shown.get('seconds')} s training)"]
             markdown += [f"## {name}", "", *[f"- {line}" for line in lines if line], ""]
-            architecture = architecture_table(chosen[-1], catalogue)
+            architecture = architecture_table(shown, catalogue)
             if architecture:
                 _text_page(pdf, f"{name}: architecture", "\n".join(lines) + "\n\n" + architecture)
                 markdown += [architecture, ""]
-            pngs = sorted(latest.glob("*.png"))
+            pngs = sorted(run_dir.glob("*.png"))
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
         for title, text in explanations(runs, fields):

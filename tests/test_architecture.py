@@ -23,3 +23,19 @@ def test_forward_flops_count_the_convs_and_matmuls_of_table1():
     model = Table1Net().train()
     assert forward_flops(model) == expected
     assert model.training  # left as it was found
+
+
+def test_residual_blocks_show_and_their_gates_count():
+    from plugins import skip
+
+    model = skip.change_model(model=AllConvNet(widths=(8, 8, 8), depth=1, batchnorm=False, extra_layers=4,
+                                               extra_width=8, extra_at="half"),
+                              settings={"layers": "inserted", "block": 2, "shortcut": "identity", "gate": "zero",
+                                        "final_relu": False})
+    real = sum(p.numel() for p in model.parameters())
+    table = rows(model)
+    blocks = [r for r in table if r["layer"].startswith("Residual")]
+    assert len(blocks) == 2 and all(r["parameters"] == 1 and r["depth"] == 0 for r in blocks)  # the gate
+    assert table[table.index(blocks[0]) + 1]["depth"] == 1  # its branch's layers sit inside it
+    assert sum(r["parameters"] for r in table) == real
+    assert markdown(model).splitlines()[-1].endswith(f"| {real:,} |")

@@ -5,7 +5,7 @@ import pytest
 from pypdf import PdfReader
 
 from runner.cli import main
-from runner.report import Fields, collect, fill_template, template_fields
+from runner.report import Fields, collect, fill_template, part2_table, template_fields
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 PART1 = ["p1_q1_raw", "p1_q2_normalize", "p1_q3_flip", "p1_q4_crop"]
@@ -65,3 +65,31 @@ def test_a_template_field_without_a_run_leaves_the_text_out(tmp_path):
     assert fill_template(template, Fields({})) is None
     assert fill_template(template, Fields({"p9_missing": {"test_accuracy": 0.5}})) == "accuracy 50.0%"
     assert Fields({"g": {"1": 2.0}})["g"][1] == 2.0  # {spec.key[1]} reads the JSON key "1"
+
+
+def _grads(ratio_at_1, **blocks):
+    g = {"first": "0", "last": "9", "every": 1, "iterations": {"1": 1, "last_iteration": 50},
+         "first_G": {"1": 1e-4, "last_iteration": 2e-4}, "last_G": {"1": 1e-2, "last_iteration": 3e-2},
+         "ratio_first_over_last": {"1": ratio_at_1, "last_iteration": 7e-3}}
+    return dict(g, **blocks)
+
+
+def test_part2_table_shows_null_gradient_values_as_dashes():
+    # grad_magnitude writes null for a NaN/inf G, for a ratio over a zero G and for a run with nothing recorded.
+    runs = {"nan_run": [{"seed": 0, "test_accuracy": 0.1,
+                         "grad_magnitude": _grads(None, first_G={"1": None}, last_G={"1": 0.0})}],
+            "empty_run": [{"seed": 0, "test_accuracy": 0.1, "grad_magnitude": None}],
+            "no_plugin": [{"seed": 0, "test_accuracy": 0.1}]}
+    table = part2_table(runs, quick=False)
+    assert "| nan_run | 10.0% (1) | – | 0.0e+00 | – | – | 7.0e-03 |" in table  # no "100": a short run
+    assert "| empty_run | 10.0% (1) | – | – | – | – | – |" in table
+    assert "no_plugin" not in table
+
+
+def test_part2_table_and_templates_quote_the_same_seed():
+    runs = {"p2_x": [{"seed": seed, "test_accuracy": 0.5, "grad_magnitude": _grads(ratio)}
+                     for seed, ratio in ((2, 5.1e-2), (0, 4.0e-2), (1, 6.0e-2))]}
+    fields = template_fields(runs, quick=False)
+    quoted = fields["p2_x"]["grad_magnitude"]["ratio_first_over_last"]["1"]
+    assert fields["p2_x"]["seed"] == 0 and quoted == 4.0e-2  # the lowest seed, as the table
+    assert f"| {quoted:.1e} |" in fields["part2_table"] and "5.1e-02" not in fields["part2_table"]
