@@ -239,16 +239,24 @@ def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
             raise RunnerError(f"circular requires: {' -> '.join(p.name for p in chain + (path,))}")
         if path in ordered:
             return
-        for required in spec_module.load(path, catalogue)["requires"]:
-            visit(Path(required), chain + (path,))
+        for required in required_files(path):
+            visit(required, chain + (path,))
         ordered.append(path)
+
+    def required_files(path: Path) -> list[Path]:
+        found = [Path(r) for r in spec_module.load(path, catalogue)["requires"]]
+        for required in found:
+            if not required.is_file():
+                raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
+                                file=path, key="requires")
+        return found
 
     for path in paths:
         if include_roots:
             visit(path, ())
         else:
-            for required in spec_module.load(path, catalogue)["requires"]:
-                visit(Path(required), (path,))
+            for required in required_files(path):
+                visit(required, (path,))
     return ordered
 
 
@@ -290,6 +298,7 @@ def cmd_validate(argv) -> int:
     for path in expand_specs(args.specs):
         try:
             spec_module.load(path, catalogue, args.overrides)
+            dependencies_of([Path(path).resolve()], catalogue)  # every required spec exists, no cycle
             print(f"ok    {path}")
         except RunnerError as exc:
             failures += 1

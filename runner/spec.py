@@ -232,4 +232,28 @@ def load(path, catalogue=None, overrides=()) -> Spec:
     table, chain = read(path, overrides)
     catalogue = catalogue or Catalogue.default()
     catalogue.add_spec_files(Path(path), table)
-    return validate(path, table, catalogue, chain)
+    try:
+        return validate(path, table, catalogue, chain)
+    except SpecError as exc:
+        origin = _origin(exc.key, chain, overrides)
+        raise (exc.in_file(origin) if origin else exc) from None
+
+
+def _origin(key: str | None, chain: list[Path], overrides) -> str | None:
+    """Who set a merged key: the last --set naming it, else the last file in the chain holding it.
+
+    validate() sees one merged table and blames the spec given; a typo in a file it extends, or in
+    --set, is that file's or that option's."""
+    if not key:
+        return None
+    parts = key.split(".")
+    for text in reversed(list(overrides)):
+        if "=" in text and text.split("=", 1)[0].strip().split(".")[:len(parts)] == parts:
+            return f"--set {text}"
+    for file in reversed(chain):
+        node = _parse(file)
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return str(file)
+    return None

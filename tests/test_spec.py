@@ -176,6 +176,17 @@ def test_missing_extends(tmp_path, catalogue):
     assert err.key == "extends" and "nowhere.toml" in str(err)
 
 
+def test_an_error_names_the_file_or_option_that_set_the_key(tmp_path, catalogue):
+    base = write(tmp_path, "base.toml", '[model]\nname = "table1"\n[train]\nlrr = 1\n')
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nlr = 0.2\n')
+    err = error(child, catalogue)
+    assert err.file == str(base) and err.key == "train.lrr"  # the typo is base's, not child's
+    write(tmp_path, "base.toml", '[model]\nname = "table1"\n')
+    err = error(child, catalogue, "train.lr=0.1", "train.momentun=0.5")
+    assert err.file == "--set train.momentun=0.5" and "did you mean 'train.momentum'" in str(err)
+    assert error(child, catalogue, 'train.lr="x"').file == '--set train.lr="x"'
+
+
 def test_circular_extends(tmp_path, catalogue):
     write(tmp_path, "a.toml", 'extends = "b.toml"\n')
     b = write(tmp_path, "b.toml", 'extends = "a.toml"\n')
@@ -207,3 +218,12 @@ def test_quick_shrinks_the_run_and_caps_the_attacks_of_enabled_plugins(tmp_path,
     (tmp_path / "off.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.fgsm]\nenabled = false\n')
     assert not [o for o in quick_overrides(tmp_path / "off.toml", catalogue) if o.startswith("plugins.")]
     assert "train.iterations=12" in quick_overrides(tmp_path / "off.toml", catalogue)
+
+
+def test_validate_checks_that_required_specs_exist(tmp_path, capsys):
+    from runner.cli import main
+
+    path = write(tmp_path, "s.toml", 'requires = ["nope.toml"]\n[model]\nname = "table1"\n')
+    assert main(["validate", str(path)]) == 2  # once "ok", and a run failed naming only nope.toml
+    err = capsys.readouterr().err
+    assert f"{path}: requires: required spec 'nope.toml' not found" in err
