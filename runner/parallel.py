@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -49,11 +50,17 @@ class Worker:
 
     def __init__(self, threads: int | None = None):
         threads_arg = ["--threads", str(threads)] if threads else []
-        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker", *threads_arg], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        # Replies come on a pipe of their own: what the worker prints outside a job (a plugin that
+        # prints on import, say) goes to our stderr and cannot be mistaken for a reply.
+        read, write = os.pipe()
+        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker", "--replies", str(write), *threads_arg],
+                                        stdin=subprocess.PIPE, stdout=2, pass_fds=(write,), text=True, bufsize=1)
+        os.close(write)  # the worker holds the only write end: its death ends our reads
+        self.replies = os.fdopen(read)
         self.exit_code: int | None = None
         self.gpu: str | None = None  # the one GPU it is to see (gpu_for_worker), set before its first job
         self.jobs = 0
+        self._reader: threading.Thread | None = None
 
     def start(self, argv: list[str], log: Path) -> None:
         self.exit_code = None
@@ -61,15 +68,35 @@ class Worker:
         if self.jobs == 0 and self.gpu is not None:  # CUDA reads it when it starts, in the first job
             job["env"] = {"CUDA_VISIBLE_DEVICES": self.gpu}
         self.jobs += 1
-        self.process.stdin.write(json.dumps(job) + "\n")
-        self.process.stdin.flush()
-        threading.Thread(target=self._wait_for_reply, daemon=True).start()
+        try:
+            self.process.stdin.write(json.dumps(job) + "\n")
+            self.process.stdin.flush()
+        except OSError:  # it died since it was last seen alive: the reader finds the end of its replies
+            pass
+        self._reader = threading.Thread(target=self._wait_for_reply, daemon=True)
+        self._reader.start()
 
     def _wait_for_reply(self) -> None:
-        line = self.process.stdout.readline()
-        self.exit_code = json.loads(line)["exit"] if line else (self.process.wait() or 1)
+        line = self.replies.readline()
+        try:
+            self.exit_code = int(json.loads(line)["exit"])
+            return
+        except (ValueError, KeyError, TypeError):
+            pass
+        if line:  # not a reply: a broken worker, whose job is failed and which is not reused
+            self.process.kill()
+            self.process.wait()
+            self.exit_code = 1
+        else:  # end of file: it died
+            self.exit_code = self.process.wait() or 1
 
     def poll(self) -> int | None:
+        if self.exit_code is None and self._reader is not None and not self.alive:
+            # It died mid-job, but a process it forked (a data loader, say) may hold the reply pipe
+            # open, and then the reader never sees its end: take a reply already sent, else its death.
+            self._reader.join(timeout=1)
+            if self.exit_code is None:
+                self.exit_code = self.process.returncode or 1
         return self.exit_code
 
     @property
@@ -217,7 +244,7 @@ def _schedule(waiting, running, idle, new_worker, completed, failures, finished,
                 error.exit_code = exit_code if exit_code > 0 else 1
                 failures[spec.name] = error
                 finished.append((failure_status(error.exit_code), spec, {}))
-                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                tail = log_tail(log, exit_code)
                 print(f"[{spec.name}] seed {spec['seed']} failed after {seconds:.1f} s (exit code "
                       f"{exit_code}):\n    " + "\n    ".join(tail), file=sys.stderr)
         time.sleep(POLL_SECONDS)
@@ -227,6 +254,16 @@ def completed_all(required: set, waiting: list, running: dict, completed: set) -
     """The required names none of whose runs (any seed) is still waiting or running."""
     pending = {spec.name for spec in waiting} | {spec.name for spec, _, _ in running.values()}
     return {name for name in required if name in completed and name not in pending}
+
+
+def log_tail(log: Path, exit_code: int) -> list[str]:
+    """The last lines of a failed run's log. A worker killed after taking its job but before the
+    run began (OOM, a kill) left no log: say what is known instead."""
+    try:
+        return log.read_text(errors="replace").strip().splitlines()[-3:]
+    except FileNotFoundError:
+        how = f"signal {-exit_code}: {signal.strsignal(-exit_code)}" if exit_code < 0 else f"exit code {exit_code}"
+        return [f"no log: its worker ended before the run began ({how})"]
 
 
 def run_folder(log: Path) -> Path | None:

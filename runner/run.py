@@ -351,6 +351,9 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     gloo on CPU, nccl on GPUs, one GPU per process). Each process takes batch_size / nproc images
     of every batch; gradients are averaged, so the run follows the same recipe. Returns the summary.
     """
+    import pickle
+    import tempfile
+
     import ignite.distributed as idist
 
     if spec["train"]["iterations"] == 0:
@@ -360,13 +363,31 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     device = resolve_device(spec["device"])
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
+    # Find (and unpack) the data here, once: missing data fails before any process starts, and
+    # the processes do not race to unpack the same cache.
+    data.locate(data.resolve_source(data_source, spec["data"]["root"] or None))
     run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
     # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
     # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.
     port = None if os.environ.get("MASTER_PORT") else _free_port()
-    with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc,
-                        master_port=port) as parallel:
-        parallel.run(_distributed_worker, spec, run_dir, data_source, quick)
+    with tempfile.TemporaryDirectory(prefix="runner-errors-") as errors:
+        try:
+            with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc,
+                                master_port=port) as parallel:
+                parallel.run(_distributed_worker, spec, run_dir, data_source, quick, Path(errors))
+        except Exception as exc:  # torch.multiprocessing's: it carries a process's traceback as text only
+            # The failed process left its RunnerError: raise that (the lowest rank's), so the
+            # command reports it, and exits with its code, as a run in one process would.
+            for path in sorted(Path(errors).iterdir(), key=lambda path: int(path.stem)):
+                try:
+                    cls, args, state = pickle.loads(path.read_bytes())
+                except Exception:  # a class this process cannot import (a plugin file's, say): the traceback
+                    continue
+                error = cls.__new__(cls)
+                error.args = args
+                error.__dict__.update(state)
+                raise error from exc
+            raise
     summary = artifacts.read_summary(run_dir)
     if not summary:
         raise RunnerError(f"the data-parallel run in {run_dir} did not finish; see its status.json")
@@ -382,7 +403,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool) -> None:
+def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool, errors: Path) -> None:
+    import contextlib
+    import pickle
+
     import ignite.distributed as idist
 
     from .parallel import threads_per_process
@@ -390,12 +414,20 @@ def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source,
     threads = threads_per_process(idist.get_nproc_per_node())
     if threads:  # the processes of this node share its cores instead of each spinning on all of them
         torch.set_num_threads(threads)
-    catalogue = Catalogue.default()
-    catalogue.add_spec_files(spec.path, spec.values)
     if idist.get_rank():  # live plots from one process are enough
         spec.values.get("plugins", {}).get("visdom", {})["enabled"] = False
-    execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
-            rank=idist.get_rank(), world=idist.get_world_size())
+    try:
+        catalogue = Catalogue.default()
+        catalogue.add_spec_files(spec.path, spec.values)
+        execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
+                rank=idist.get_rank(), world=idist.get_world_size())
+    except RunnerError as exc:
+        # Left for execute_distributed to raise again: the parent gets only a traceback's text. Not
+        # pickled whole, as unpickling would call __init__ with args (SpecError's rewords them).
+        with contextlib.suppress(Exception):  # state that cannot be pickled: the traceback it is
+            state = pickle.dumps((type(exc), exc.args, exc.__dict__))
+            (errors / f"{idist.get_rank()}.pickle").write_bytes(state)
+        raise
 
 
 def code_version() -> str:

@@ -8,13 +8,15 @@ A worker starts importing at once, before its first job arrives: `runner --jobs`
 workers before it loads the specs and unpacks the data, so that work and theirs overlap.
 
 Protocol (runner/parallel.py is the other end): one JSON job per line on stdin,
-{"argv": [...], "log": PATH, "env": {...}}; one JSON line back per job, {"exit": CODE}. End of
-stdin ends it. "env" (optional) is set before the job runs: the first job carries the worker's
+{"argv": [...], "log": PATH, "env": {...}}; one JSON line back per job, {"exit": CODE}, on the
+pipe whose file descriptor `--replies` names, never on stdout, which anything may print to. End
+of stdin ends it. "env" (optional) is set before the job runs: the first job carries the worker's
 CUDA_VISIBLE_DEVICES, which CUDA reads when it starts, at the first run on the GPU, so the
 warm-up below must not start CUDA.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -70,9 +72,13 @@ def warm_up(threads: int | None) -> None:
 
 
 def main() -> int:
-    replies = os.fdopen(os.dup(1), "w", buffering=1)  # stdout itself goes to each job's log
+    parser = argparse.ArgumentParser(prog="python -m runner.worker")
+    parser.add_argument("--replies", type=int, required=True, help="file descriptor of the pipe for the replies")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (parallel.threads_per_process)")
+    options = parser.parse_args()
+    replies = os.fdopen(options.replies, "w", buffering=1)
     try:
-        warm_up(int(sys.argv[2]) if sys.argv[1:2] == ["--threads"] else None)
+        warm_up(options.threads)
         for line in sys.stdin:
             job = json.loads(line)
             os.environ.update(job.get("env", {}))

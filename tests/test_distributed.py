@@ -57,3 +57,22 @@ def test_what_cannot_run_data_parallel_says_why(tmp_path, capsys):
     assert "train.batch_size 100 must divide by --nproc-per-node 3" in capsys.readouterr().err
     assert main([str(SPECS / "p3_q1_fgsm.toml"), *base]) == 1
     assert "--nproc-per-node is for training" in capsys.readouterr().err
+
+
+def test_a_missing_archive_fails_before_any_process_starts(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--nproc-per-node", "2", "--data", str(missing),
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 3  # DataError's exit code, as in one process
+    err = capsys.readouterr().err
+    assert f"runner: error: {missing} does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "p1_q1_raw").exists()  # no run folder for a run that never started
+
+
+def test_an_error_in_a_training_process_keeps_its_type_message_and_exit_code(tmp_path, cifar_archive, capsys):
+    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--nproc-per-node", "2", "--data", str(cifar_archive),
+            "--out", str(tmp_path), "--no-progress", *ARGS, "--set", "train.iterations=4", "--set", "train.lr=1e6",
+            "--set", "train.log_every=1"]
+    assert main(args) == 5  # DivergedError, raised in the training processes
+    err = capsys.readouterr().err
+    assert "runner: error: loss became" in err and "Traceback" not in err

@@ -200,3 +200,52 @@ def test_workers_start_with_the_command_and_unused_ones_are_stopped(tmp_path, ci
             "--out", str(tmp_path / "out"), "--jobs", "4"]
     assert main(args) == 0
     assert len(started) == 1 and started[0].process.poll() is not None
+
+
+def test_a_worker_killed_before_its_run_starts_fails_that_run_only(tmp_path, cifar_archive, monkeypatch, capsys):
+    from runner import parallel
+
+    class KilledAtItsJob(parallel.Worker):
+        def start(self, argv, log):
+            super().start(argv, log)
+            if "a_killed" in argv[0]:
+                self.process.kill()  # still importing: it never opens the run's log
+
+    monkeypatch.setattr(parallel, "start_workers", lambda count, jobs: [KilledAtItsJob() for _ in range(count)])
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for name in ("a_killed", "b_ok"):
+        (suite / f"{name}.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n')
+    args = [str(suite), "--quick", "--set", "train.iterations=2", "--data", str(cifar_archive),
+            "--out", str(tmp_path / "out"), "--jobs", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "[a_killed] seed 0 failed" in err and "signal 9" in err and "[b_ok] seed 0 done" in err
+
+
+def test_what_a_worker_prints_outside_a_job_is_not_taken_for_a_reply(tmp_path, cifar_archive, monkeypatch, capfd):
+    import os
+
+    from runner.parallel import Worker
+
+    # An entry-point plugin that prints on import, which the worker's warm-up does before any job:
+    # a line that is no reply, and one that looks like one.
+    site = tmp_path / "site"
+    (site / "noisy-0.dist-info").mkdir(parents=True)
+    (site / "noisy-0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: noisy\nVersion: 0\n")
+    (site / "noisy-0.dist-info" / "entry_points.txt").write_text("[runner.plugins]\nnoisy = noisy_plugin\n")
+    (site / "noisy_plugin.py").write_text("print('noisy plugin loaded')\nprint('{\"exit\": 7}')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    argv = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    worker = Worker()
+    try:
+        worker.start(argv, tmp_path / "job.log")
+        deadline = time.monotonic() + 180  # the old stdout protocol waited here forever
+        while worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.poll() == 0
+        assert '{"exit": 7}' in capfd.readouterr().err  # the worker's stdout goes to our stderr
+    finally:
+        worker.stop(interrupt=True)
+        worker.process.wait(timeout=30)
