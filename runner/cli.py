@@ -169,13 +169,16 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
             else:
                 result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
                                      show_progress=args.progress)
-        except RunnerError as exc:
-            if alone or isinstance(exc, (DataError, SpecError)):
-                raise  # alone, or an error every later run would hit too
-            # One diverged or broken run must not cost the rest of a suite; the exit code still tells.
+        except Exception as exc:
+            # Every spec was validated before the first run, so a SpecError here is one run's (a
+            # plugin's check of its model); missing data would stop every later run too.
+            if alone or isinstance(exc, DataError):
+                raise
+            # One diverged or broken run must not cost the rest of a suite; the exit code still tells,
+            # and its status.json keeps the traceback. --jobs workers behave the same.
             print(f"[{spec.name}] {type(exc).__name__}: {exc}; going on with the other specs", file=sys.stderr)
-            failures[spec.name] = exc
-            finished.append((failure_status(exc.exit_code), spec, {}))
+            failures[spec.name] = exc if isinstance(exc, RunnerError) else RunnerError(f"{type(exc).__name__}: {exc}")
+            finished.append((failure_status(failures[spec.name].exit_code), spec, {}))
             continue
         finished.append(("ran", spec, result.results))
     return failures

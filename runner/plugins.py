@@ -172,7 +172,8 @@ def attributed(handler: Callable, plugin: str, event) -> Callable:
         except RunnerError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin {plugin!r} failed in its {event} handler: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            # An event with a filter (once=2, every=50) prints as a function's address; its name reads.
+            raise PluginError(f"plugin {plugin!r} failed in its {getattr(event, 'name', event)} handler "
+                              f"{getattr(handler, '__name__', '')}(): {type(exc).__name__}: {exc}") from exc
 
     return wrapper

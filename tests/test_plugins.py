@@ -166,3 +166,35 @@ def test_the_readme_plugin_runs_end_to_end(tmp_path, cifar_archive):
     assert recorded == [4.0, 8.0, 12.0]
     assert (run_dir / "weight_norms.png").stat().st_size > 1000
     assert "weight_norms_final" in (run_dir / "summary.json").read_text()
+
+
+def test_runs_that_crash_fail_alone_in_a_suite(tmp_path, cifar_archive, capsys):
+    # A handler's error is the plugin's (PluginError, named readably); an error in the training
+    # step itself reaches the runner as a plain RuntimeError, which once stopped the whole suite
+    # with a traceback while --jobs went on.
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "crash.py").write_text(
+        "import torch\nfrom ignite.engine import Events\nfrom runner import Setting, hookimpl\n"
+        "SETTINGS = {'where': Setting('handler', choices=('handler', 'forward'))}\n"
+        "class Broken(torch.nn.Linear):\n"
+        "    def forward(self, x):\n        raise RuntimeError('boom in forward')\n"
+        "@hookimpl\ndef change_model(model, settings):\n"
+        "    return Broken(1, 1) if settings['where'] == 'forward' else None\n"
+        "@hookimpl\ndef attach(trainer):\n"
+        "    @trainer.on(Events.ITERATION_COMPLETED(once=2))\n"
+        "    def explode(engine):\n        raise RuntimeError('boom at iteration 2')\n")
+    raw = SPECS / "p1_q1_raw.toml"
+    (suite / "a_handler.toml").write_text(f'extends = "{raw}"\n[plugins.crash]\npath = "crash.py"\n')
+    (suite / "b_forward.toml").write_text(f'extends = "{raw}"\n[plugins.crash]\npath = "crash.py"\nwhere = "forward"\n')
+    (suite / "c_runs.toml").write_text(f'extends = "{raw}"\n')
+    assert main([str(suite), "--quick", "--set", "train.iterations=4", "--data", str(cifar_archive),
+                 "--out", str(tmp_path / "out")]) == PluginError.exit_code  # the first failure's
+    err = capsys.readouterr().err
+    assert ("[a_handler] PluginError: plugin 'crash' failed in its ITERATION_COMPLETED handler explode(): "
+            "RuntimeError: boom at iteration 2; going on with the other specs") in err
+    assert "[b_forward] RuntimeError: boom in forward; going on with the other specs" in err
+    assert "2 of 3 runs did not complete: a_handler, b_forward" in err
+    assert (next((tmp_path / "out" / "c_runs").iterdir()) / "summary.json").is_file()
+    (crashed,) = (tmp_path / "out" / "b_forward").iterdir()
+    assert "boom in forward" in (crashed / "status.json").read_text()  # with its traceback
