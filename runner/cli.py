@@ -105,6 +105,7 @@ def _run_specs(args, workers: list) -> int:
     # Validate everything before the first run starts: a typo in the last spec fails at once.
     quick = lambda path: quick_overrides(path, catalogue) if args.quick else []
     specs = [spec_module.load(path, catalogue, quick(path) + overrides + seed) for path in paths for seed in seeds]
+    spec_module.check_overrides_used(specs, args.overrides)
     if args.with_deps:
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
                    and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
@@ -215,7 +216,7 @@ def quick_overrides(path, catalogue) -> list[str]:
 
     from . import run, spec as spec_module
 
-    table, _ = spec_module.read(path)
+    table, _, _ = spec_module.read(path)
     keep_zero = table.get("train", {}).get("iterations") == 0
     overrides = [o for o in run.QUICK if not (keep_zero and o.startswith("train.iterations="))]
     catalogue.add_spec_files(Path(path), table)
@@ -297,15 +298,20 @@ def cmd_validate(argv) -> int:
     parser.add_argument("specs", nargs="+", metavar="SPEC")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)
-    catalogue, failures = Catalogue.default(), 0
+    catalogue, failures, specs = Catalogue.default(), 0, []
     for path in expand_specs(args.specs):
         try:
-            spec_module.load(path, catalogue, args.overrides)
+            specs.append(spec_module.load(path, catalogue, args.overrides))
             dependencies_of([Path(path).resolve()], catalogue)  # every required spec exists, no cycle
             print(f"ok    {path}")
         except RunnerError as exc:
             failures += 1
             print(f"error {exc}", file=sys.stderr)
+    try:
+        spec_module.check_overrides_used(specs, args.overrides)
+    except RunnerError as exc:
+        failures += 1
+        print(f"error {exc}", file=sys.stderr)
     return 2 if failures else 0
 
 

@@ -33,7 +33,7 @@ POLL_SECONDS = 0.2
 def child_command(spec, args) -> list[str]:
     """The `runner` arguments that run this one spec with the options the user gave."""
     command = [str(spec.path), "--seed", str(spec["seed"]), "--out", str(args.out), "--no-progress"]
-    for override in args.overrides:
+    for override in spec.overrides:  # its own: a dependency --with-deps added was loaded without the user's
         command += ["--set", override]
     for flag, value in (("--data", args.data), ("--device", args.device)):
         if value:

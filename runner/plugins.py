@@ -128,6 +128,10 @@ class Catalogue:
         self.call(name, "register_models", register=registrar(self.models, "model"))
         self.call(name, "register_transforms", register=registrar(self.transforms, "transform"))
 
+    def default_enabled(self) -> set[str]:
+        """Plugins that are on unless a spec turns them off (`DEFAULT_ENABLED = True`: visdom)."""
+        return {name for name, plugin in self.plugins.items() if getattr(plugin, "DEFAULT_ENABLED", False)}
+
     def settings_of(self, name: str) -> dict:
         return getattr(self.pm.get_plugin(name), "SETTINGS", {})
 

@@ -26,6 +26,8 @@ class Spec:
     path: Path
     values: dict
     chain: list[Path] = field(default_factory=list)  # the file and every file it extends
+    overrides: list[str] = field(default_factory=list)  # the --set texts applied, in order
+    unused_overrides: list[str] = field(default_factory=list)  # plugin settings for a plugin it does not use
 
     @property
     def name(self) -> str:
@@ -137,12 +139,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def read(path, overrides=()) -> tuple[dict, list[Path]]:
-    """The merged raw table of a spec and its chain of files, overrides applied."""
+def read(path, overrides=(), default_plugins=()) -> tuple[dict, list[Path], list[str]]:
+    """The merged raw table of a spec, its chain of files, and the overrides it had no use for.
+
+    An override of a plugin's setting (plugins.fgsm.max_steps=5) applies only where the spec uses
+    that plugin (it has a [plugins.fgsm] table, or the plugin is in default_plugins, on unless
+    turned off): `runner specs/ --set plugins.fgsm.max_steps=5` must not add an attack to every
+    spec. plugins.NAME.enabled=true, or a whole table (plugins.NAME={}), adds a plugin."""
     path = Path(path)
     table, chain = _resolve(path, ())
+    unused = []
     for text in overrides:
         parts, value = parse_override(text)
+        plugins = table.get("plugins")
+        if (len(parts) > 2 and parts[0] == "plugins" and parts[2] != "enabled" and parts[1] not in default_plugins
+                and not (isinstance(plugins, dict) and parts[1] in plugins)):
+            unused.append(text)
+            continue
         node = table
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -150,7 +163,7 @@ def read(path, overrides=()) -> tuple[dict, list[Path]]:
                 raise SpecError(f"--set {text!r}: {part!r} is not a table", file=path, key=".".join(parts))
         node[parts[-1]] = value
     table.setdefault("name", path.stem)
-    return table, chain
+    return table, chain, unused
 
 
 def validate(path, table: dict, catalogue, chain=()) -> Spec:
@@ -210,8 +223,8 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
                             allowed=sorted(catalogue.plugins))
         values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
     # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
-    for name, plugin in catalogue.plugins.items():
-        if getattr(plugin, "DEFAULT_ENABLED", False) and name not in values["plugins"]:
+    for name in sorted(catalogue.default_enabled()):
+        if name not in values["plugins"]:
             values["plugins"][name] = schema.validate_table({}, _declared(catalogue, name), file=file,
                                                             prefix=f"plugins.{name}.")
     return Spec(path=file, values=values, chain=list(chain))
@@ -229,14 +242,27 @@ def load(path, catalogue=None, overrides=()) -> Spec:
     """Read, merge and validate a spec; plugin files it names join the catalogue first."""
     from .plugins import Catalogue
 
-    table, chain = read(path, overrides)
     catalogue = catalogue or Catalogue.default()
+    table, chain, unused = read(path, overrides, catalogue.default_enabled())
     catalogue.add_spec_files(Path(path), table)
     try:
-        return validate(path, table, catalogue, chain)
+        spec = validate(path, table, catalogue, chain)
     except SpecError as exc:
         origin = _origin(exc.key, chain, overrides)
         raise (exc.in_file(origin) if origin else exc) from None
+    spec.overrides = [text for text in overrides if text not in unused]
+    spec.unused_overrides = unused
+    return spec
+
+
+def check_overrides_used(specs: list[Spec], overrides) -> None:
+    """A --set that no given spec had a use for is a mistake (a plugin none of them uses)."""
+    for text in overrides:
+        if specs and all(text in spec.unused_overrides for spec in specs):
+            plugin = text.split(".")[1]
+            raise SpecError(f"no spec given uses plugin {plugin!r}, so this setting would change nothing; "
+                            f"to add the plugin, also --set plugins.{plugin}.enabled=true",
+                            file=f"--set {text}", key=f"plugins.{plugin}")
 
 
 def _origin(key: str | None, chain: list[Path], overrides) -> str | None:

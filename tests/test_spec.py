@@ -227,3 +227,36 @@ def test_validate_checks_that_required_specs_exist(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2  # once "ok", and a run failed naming only nope.toml
     err = capsys.readouterr().err
     assert f"{path}: requires: required spec 'nope.toml' not found" in err
+
+
+def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue, capsys):
+    from runner.cli import main
+
+    override = "plugins.fgsm.max_steps=5"
+    raw = load(SPECS / "p1_q1_raw.toml", catalogue, override, "train.lr=0.2")
+    assert "fgsm" not in raw.plugin_names()  # once it silently added an attack to the spec
+    assert raw.overrides == ["train.lr=0.2"] and raw.unused_overrides == [override]
+    attack = load(SPECS / "p3_q1_fgsm.toml", catalogue, override)
+    assert attack["plugins"]["fgsm"]["max_steps"] == 5 and attack.unused_overrides == []
+    added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.fgsm.enabled=true", override)
+    assert "fgsm" in added.plugin_names() and added["plugins"]["fgsm"]["max_steps"] == 5
+    # visdom is on unless turned off, so its settings apply to a spec with no [plugins.visdom].
+    assert load(SPECS / "p1_q1_raw.toml", catalogue, 'plugins.visdom.env="x"')["plugins"]["visdom"]["env"] == "x"
+
+    assert main(["validate", str(SPECS / "p1_q1_raw.toml"), "--set", override]) == 2
+    assert "--set plugins.fgsm.max_steps=5: plugins.fgsm: no spec given uses plugin 'fgsm'" in capsys.readouterr().err
+    assert main(["validate", str(SPECS / "p1_q1_raw.toml"), str(SPECS / "p3_q1_fgsm.toml"), "--set", override]) == 0
+
+
+def test_a_worker_gets_the_overrides_its_own_spec_was_loaded_with(catalogue):
+    # --with-deps loads the specs it adds without the user's --set; under --jobs they once got them all.
+    import argparse
+
+    from runner.parallel import child_command
+
+    args = argparse.Namespace(overrides=["train.lr=0.2"], data=None, device=None, quick=False, resume=False,
+                              out="artifacts")
+    named = load(SPECS / "p1_q1_raw.toml", catalogue, "train.lr=0.2")
+    dependency = load(SPECS / "p1_q4_crop.toml", catalogue)
+    assert "train.lr=0.2" in child_command(named, args)
+    assert "train.lr=0.2" not in child_command(dependency, args)
