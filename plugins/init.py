@@ -32,6 +32,12 @@ SETTINGS = {
                       choices=("all", "conv")),
 }
 
+NO_BLOCKS = ("scheme \"fixup\" needs residual blocks: enable the skip plugin and list [plugins.skip] before "
+             "[plugins.init] in the spec, so its blocks exist when init runs")
+FINAL_RELU_NEEDED = ("scheme \"fixup\" zeroes each residual branch's last conv, and a ReLU after it passes no "
+                     "gradient at 0, so the branch would never train: set final_relu = true in [plugins.skip] "
+                     "to move the ReLU after the addition")
+
 
 def _residual_class():
     from plugins.skip import Residual
@@ -61,18 +67,13 @@ def fixup(model: nn.Module, which: str = "all") -> int:
     Residual = _residual_class()
     blocks = [m for m in model.modules() if isinstance(m, Residual)]
     if not blocks:
-        raise SpecError("scheme \"fixup\" needs residual blocks: enable the skip plugin and list [plugins.skip] "
-                        "before [plugins.init] in the spec, so its blocks exist when init runs",
-                        key="plugins.init.scheme")
+        raise SpecError(NO_BLOCKS, key="plugins.init.scheme")
     branches = []  # per block: its branch's convs, in order
     for block in blocks:
         layers = list(block.branch.modules())
         convs = [m for m in layers if isinstance(m, nn.modules.conv._ConvNd)]
         if convs and any(isinstance(m, nn.ReLU) for m in layers[layers.index(convs[-1]) + 1:]):
-            raise SpecError("scheme \"fixup\" zeroes each residual branch's last conv, and a ReLU after it "
-                            "passes no gradient at 0, so the branch would never train: set final_relu = true "
-                            "in [plugins.skip] to move the ReLU after the addition",
-                            key="plugins.skip.final_relu", allowed=(True,))
+            raise SpecError(FINAL_RELU_NEEDED, key="plugins.skip.final_relu", allowed=(True,))
         branches.append(convs)
     kaiming(model, which)
     count = len(blocks)
@@ -86,6 +87,19 @@ def fixup(model: nn.Module, which: str = "all") -> int:
                 if convs[-1].bias is not None:
                     convs[-1].bias.zero_()
     return count
+
+
+@hookimpl
+def configure(spec, settings):
+    # Checked from the spec, before any model exists (runner validate, a suite's first step);
+    # fixup() checks the blocks themselves again.
+    if settings["scheme"] != "fixup":
+        return
+    order = spec.plugin_names()
+    if "skip" not in order or order.index("skip") > order.index("init"):
+        raise SpecError(NO_BLOCKS, key="plugins.init.scheme")
+    if not spec["plugins"]["skip"]["final_relu"]:
+        raise SpecError(FINAL_RELU_NEEDED, key="plugins.skip.final_relu", allowed=(True,))
 
 
 @hookimpl

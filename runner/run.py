@@ -22,7 +22,7 @@ from torch import nn
 from . import artifacts, data, figures
 from .engine import (EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler,
                      resolve_precision)
-from .errors import DivergedError, RunnerError, SpecError
+from .errors import DataError, DivergedError, RunnerError, SpecError
 from .metrics import MetricsLog
 from .plugins import Catalogue, attributed
 from .spec import Spec
@@ -99,8 +99,18 @@ def build_model(spec: Spec, catalogue: Catalogue, run: Run | None = None) -> nn.
     return model
 
 
+def locate_data(spec: Spec, source: str | None) -> Path:
+    """The folder holding CIFAR-10 for a run of spec; a bad data.root is named as the spec's."""
+    try:
+        return data.locate(data.resolve_source(source, spec["data"]["root"] or None))
+    except DataError as exc:
+        if data.resolve_source(source, None) is None and spec["data"]["root"]:
+            raise DataError(f"{exc} (data.root of {spec.path})") from exc
+        raise
+
+
 def load_data(spec: Spec, source: str | None, device: torch.device):
-    directory = data.locate(data.resolve_source(source, spec["data"]["root"] or None))
+    directory = locate_data(spec, source)
     train_x, train_y = data.load_batches(directory, spec["data"]["train"])
     test_x, test_y = data.load_batches(directory, spec["data"]["test"])
     if spec["data"]["train_limit"]:
@@ -177,6 +187,8 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     device = resolve_device(spec["device"])
     if rank:
         device = torch.device(device.type, rank) if device.type == "cuda" else device
+    if not (resume_dir or run_dir):
+        locate_data(spec, data_source)  # missing data fails before a run folder exists, not inside one
     run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec["seed"]))
     run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
     if rank:
@@ -270,7 +282,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     table = run.metrics.table()
     run.results.update({
         "spec": spec.name,
-        "spec_file": str(spec.path),
+        "spec_file": str(spec.path.resolve()),  # the report finds the spec's explanation beside it, from anywhere
         "seed": spec["seed"],
         "quick": run.quick,
         "iterations": run.metrics.done,
@@ -365,7 +377,7 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
         raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
     # Find (and unpack) the data here, once: missing data fails before any process starts, and
     # the processes do not race to unpack the same cache.
-    data.locate(data.resolve_source(data_source, spec["data"]["root"] or None))
+    locate_data(spec, data_source)
     run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
     # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
     # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.

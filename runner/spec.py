@@ -122,6 +122,10 @@ def _anchor_paths(table: dict, path: Path) -> None:
         settings["path"] = str((path.parent / settings["path"]).resolve())
     if isinstance(table.get("requires"), list):
         table["requires"] = [str((path.parent / r).resolve()) if isinstance(r, str) else r for r in table["requires"]]
+    data = table.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"]:
+        # A run (or runner resume) from another folder must find the same data.
+        data["root"] = str((path.parent / Path(data["root"]).expanduser()).resolve())
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -191,6 +195,7 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     params = schema.validate_table({k: v for k, v in model.items() if k != "name"}, entry.settings,
                                    file=file, prefix="model.")
     values["model"] = {"name": model["name"], **params}
+    _check_optimizer(values["train"], file)
 
     ops = values["data"]["transforms"]
     for op in ops:
@@ -230,6 +235,16 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     return Spec(path=file, values=values, chain=list(chain))
 
 
+def _check_optimizer(train: dict, file: Path) -> None:
+    """Settings each valid alone that the optimizer would reject together (torch raises a bare ValueError)."""
+    if train["optimizer"] == "sgd" and train["nesterov"] and train["momentum"] == 0:
+        raise SpecError("Nesterov momentum needs a momentum above 0: set train.momentum (e.g. 0.9) or "
+                        "train.nesterov = false", file=file, key="train.momentum")
+    if train["optimizer"] != "sgd" and train["momentum"] >= 1:
+        raise SpecError(f"train.momentum is {train['optimizer']}'s beta1, which must be below 1", file=file,
+                        key="train.momentum")
+
+
 def _declared(catalogue, name: str) -> dict:
     """A plugin's own settings plus the two every plugin table may hold."""
     declared = dict(catalogue.settings_of(name))
@@ -250,6 +265,14 @@ def load(path, catalogue=None, overrides=()) -> Spec:
     except SpecError as exc:
         origin = _origin(exc.key, chain, overrides)
         raise (exc.in_file(origin) if origin else exc) from None
+    try:
+        # The plugins' own checks (an attack needs train.iterations = 0, ...): a spec that would
+        # fail at its run's start fails here, before a suite spends hours on the specs before it.
+        for name in spec.plugin_names():
+            catalogue.call(name, "configure", spec=spec, settings=spec["plugins"][name])
+    except SpecError as exc:
+        origin = _origin(exc.key, [], overrides)  # a --set, else the spec given (not the base holding a default)
+        raise exc.in_file(origin or Path(path)) from None
     spec.overrides = [text for text in overrides if text not in unused]
     spec.unused_overrides = unused
     return spec

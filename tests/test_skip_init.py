@@ -1,5 +1,6 @@
 """The skip (residual blocks) and init (kaiming, fixup) plugins on tiny models and the deep plain net."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 
 from plugins import init, skip
 from runner import SpecError
+from runner import spec as spec_module
 from runner.models import AllConvNet
 
 SKIP = {"layers": "inserted", "block": 2, "shortcut": "identity", "gate": "none", "final_relu": False}
@@ -205,3 +207,11 @@ def test_catalogue_lists_skip_and_init(catalogue):
         assert "change_model" in catalogue.hooks_of(name)
     assert set(catalogue.settings_of("skip")) == {"layers", "block", "shortcut", "gate", "final_relu"}
     assert set(catalogue.settings_of("init")) == {"scheme", "layers"}
+
+
+def test_fixup_without_final_relu_or_skip_fails_when_the_spec_loads(catalogue):
+    fixup_spec = Path(__file__).resolve().parents[1] / "specs" / "p2_fix_fixup.toml"
+    with pytest.raises(SpecError, match=r"plugins\.skip\.final_relu.*never train"):
+        spec_module.load(fixup_spec, catalogue, ["plugins.skip.final_relu=false"])
+    with pytest.raises(SpecError, match=r"plugins\.init\.scheme.*\[plugins\.skip\] before"):
+        spec_module.load(fixup_spec, catalogue, ["plugins.skip.enabled=false"])

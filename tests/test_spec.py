@@ -238,7 +238,7 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
     assert raw.overrides == ["train.lr=0.2"] and raw.unused_overrides == [override]
     attack = load(SPECS / "p3_q1_fgsm.toml", catalogue, override)
     assert attack["plugins"]["fgsm"]["max_steps"] == 5 and attack.unused_overrides == []
-    added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.fgsm.enabled=true", override)
+    added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.fgsm.enabled=true", override, "train.iterations=0")
     assert "fgsm" in added.plugin_names() and added["plugins"]["fgsm"]["max_steps"] == 5
     # visdom is on unless turned off, so its settings apply to a spec with no [plugins.visdom].
     assert load(SPECS / "p1_q1_raw.toml", catalogue, 'plugins.visdom.env="x"')["plugins"]["visdom"]["env"] == "x"
@@ -260,3 +260,33 @@ def test_a_worker_gets_the_overrides_its_own_spec_was_loaded_with(catalogue):
     dependency = load(SPECS / "p1_q4_crop.toml", catalogue)
     assert "train.lr=0.2" in child_command(named, args)
     assert "train.lr=0.2" not in child_command(dependency, args)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["train.momentum=0"], "Nesterov momentum needs a momentum above 0"),
+    (['train.optimizer="adam"', "train.momentum=1.0"], "adam's beta1, which must be below 1"),
+])
+def test_optimizer_settings_the_optimizer_would_reject_together(overrides, fragment, catalogue):
+    # Each value is in range alone; torch would raise a bare ValueError at the run's start.
+    err = error(SPECS / "p1_q1_raw.toml", catalogue, *overrides)
+    assert err.key == "train.momentum" and fragment in str(err) and err.file == f"--set {overrides[-1]}"
+
+
+def test_plugin_checks_run_when_the_spec_loads(tmp_path, catalogue):
+    # The attack needs train.iterations = 0: a suite must learn that before its first run, not hours in.
+    err = error(SPECS / "p3_q1_fgsm.toml", catalogue, "train.iterations=5")
+    assert err.key == "train.iterations" and err.file == "--set train.iterations=5" and "fgsm" in str(err)
+    spec = write(tmp_path, "attack.toml", f'extends = "{SPECS / "base/part1.toml"}"\n[plugins.fgsm]\n')
+    err = error(spec, catalogue)
+    assert err.file == str(spec) and err.key == "train.iterations"  # the spec given, not the base holding 2000
+    err = error(SPECS / "p2_fix_fixup.toml", catalogue, "plugins.skip.final_relu=false")
+    assert err.key == "plugins.skip.final_relu" and "never train" in str(err)
+
+
+def test_data_root_is_relative_to_the_spec_that_names_it(tmp_path, catalogue, monkeypatch):
+    write(tmp_path, "specs/base.toml", '[model]\nname = "table1"\n[data]\nroot = "../cifar"\n')
+    child = write(tmp_path, "specs/sub/child.toml", 'extends = "../base.toml"\n')
+    monkeypatch.chdir(tmp_path / "specs" / "sub")
+    assert load(child, catalogue)["data"]["root"] == str(tmp_path / "cifar")
+    # A --set value is the command line's: relative to where the command runs.
+    assert load(child, catalogue, 'data.root="here"')["data"]["root"] == "here"
