@@ -57,11 +57,19 @@ SET_FILE = "adversarial_set.pt"  # plugins/transfer.py reads it
 
 # ---- finding another spec's run (shared with transfer.py and universal.py) ------------------------
 
+def source_run(run, spec_name: str) -> Path | None:
+    """The latest completed run of `spec_name` beside `run` (same --out, same --quick), of run's own
+    seed where there is one: `--seeds 0,1,2` attacks three models, not the newest three times."""
+    out = run.dir.parent.parent
+    return (latest_run(out, spec_name, quick=run.quick, seed=run.spec["seed"])
+            or latest_run(out, spec_name, quick=run.quick))
+
+
 def require_run(run, spec_name: str, role: str) -> Path:
     """The latest completed run of `spec_name` beside `run` (same --out, same --quick), or an error
     that says which command makes it."""
     out = run.dir.parent.parent
-    found = latest_run(out, spec_name, quick=run.quick)
+    found = source_run(run, spec_name)
     if found is None:
         quick = " --quick" if run.quick else ""
         raise RunnerError(
@@ -75,7 +83,7 @@ def completed_runs_of(run, names: list[str], skipped: list[str], label: str = ""
     """(name, latest completed run) for each named spec that has one beside `run` (same --out, same
     --quick); each that has none is added to `skipped`, with the command that makes it."""
     for name in names:
-        found = latest_run(run.dir.parent.parent, name, quick=run.quick)
+        found = source_run(run, name)
         if found is None:
             skipped.append(f"{label}{name}: no completed run (runner specs/{name}.toml)")
         else:

@@ -214,3 +214,23 @@ def test_training_is_refused(tmp_path, capsys):
     args = [str(SPECS / "p3_q1_fgsm.toml"), "--out", str(tmp_path), "--set", "train.iterations=5"]
     assert main(args) == 2
     assert "train.iterations" in capsys.readouterr().err
+
+
+def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from plugins.fgsm import source_run
+    from runner import artifacts
+
+    def completed(seed):
+        run_dir = artifacts.new_run_dir(tmp_path, "p1_q4_crop", seed)
+        artifacts.write_json(run_dir / "summary.json", {"seed": seed, "quick": False})
+        artifacts.set_status(run_dir, "complete")
+        return run_dir
+
+    seed1, seed0 = completed(1), completed(0)  # seed 0's run is the newest
+    attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False, spec={"seed": seed})
+    assert source_run(attack(1), "p1_q4_crop") == seed1
+    assert source_run(attack(0), "p1_q4_crop") == seed0
+    assert source_run(attack(2), "p1_q4_crop") == seed0  # no seed-2 model: the newest of any seed
+    assert source_run(attack(0), "p2_q1_allconv") is None
