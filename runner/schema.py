@@ -50,7 +50,7 @@ def check_value(setting: Setting, value: Any, *, file, key: str) -> Any:
         raise SpecError(f"expected {_type_name(kind)}, got {value!r}", file=file, key=key)
     if kind is list and setting.item is not None:
         for element in value:
-            if not isinstance(element, setting.item):
+            if not isinstance(element, setting.item) or (isinstance(element, bool) and setting.item is not bool):
                 raise SpecError(f"every element must be {_type_name(setting.item)}, got {element!r}",
                                 file=file, key=key)
     if setting.choices is not None:

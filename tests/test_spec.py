@@ -125,6 +125,7 @@ def test_wrong_type_or_range(tmp_path, catalogue, text, key, fragment):
     ("table1", "[]", "expected 1 to 5 elements, got 0"),
     ("table1", "[8, 8, 8, 8, 8, 8]", "expected 1 to 5 elements, got 6"),  # 6 halvings leave no pixel
     ("allconv", "[16, 0, 32]", "0 is below the minimum 1"),
+    ("table1", "[true, 32, 64]", "every element must be an integer, got True"),  # Python's bool is an int
 ])
 def test_model_widths_are_checked_before_the_run(tmp_path, catalogue, model, widths, fragment):
     # These once passed `runner validate` and failed at run time with IndexError (exit code 1).
