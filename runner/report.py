@@ -1,14 +1,21 @@
-"""`runner report`: a results table (Markdown) and a PDF with every run's figures, from artifacts.
+"""`runner report`: a results table (Markdown) and a PDF with each spec's figures (from one run, see
+representative), from artifacts.
 
-Numbers come from the runs' summary.json files, never typed by hand. Only completed runs count;
-a report that includes --quick runs says so on its first page.
+Numbers come from the runs' summary.json files, never typed by hand. Only completed runs count, and
+of full-protocol runs only those made as their spec file says now (no --set); a report that
+includes --quick runs says so on its first page.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
+import string
+import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 from . import artifacts, figures
@@ -29,6 +36,85 @@ def collect(out: Path) -> dict[str, list[dict]]:
                 continue
             runs.setdefault(spec_dir.name, []).append(dict(summary, run_dir=str(run_dir)))
     return runs
+
+
+# This project's own specs: the last place a run's spec file is looked for.
+PROJECT_SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def spec_path(summary: dict, out: Path) -> Path | None:
+    """A run's spec file, or None. Older runs recorded it relative to the folder they ran in: try it
+    as written (right when the report runs where the runs did), then relative to the artifacts
+    folder's parent (the folder a run with the default --out ran in), then by name in this project's
+    specs/ (its own specs, wherever they ran: another folder, the device machine's copy)."""
+    if not summary.get("spec_file"):
+        return None
+    recorded = Path(summary["spec_file"])
+    candidates = [recorded] + ([] if recorded.is_absolute() else [Path(out).resolve().parent / recorded])
+    return next((p for p in candidates + [PROJECT_SPECS / recorded.name] if p.is_file()), None)
+
+
+def _comparable(values: dict) -> dict:
+    """A resolved spec as the protocol sees it. Where the device and the data are is not the
+    protocol (--device is routine), and paths are anchored in the checkout that made the run,
+    so required specs and plugin files count by file name."""
+    values = dict(values, requires=[Path(p).name for p in values.get("requires", [])])
+    values.pop("device", None)
+    values["data"] = {k: v for k, v in values.get("data", {}).items() if k != "root"}
+    values["plugins"] = {name: dict(table, path=Path(table["path"]).name) if table.get("path") else table
+                         for name, table in values.get("plugins", {}).items()}
+    return values
+
+
+def _differences(run: dict, now: dict, both: bool, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ; with `both`, also keys only one side has."""
+    found = []
+    for key in sorted(set(run) | set(now)):
+        a, b = run.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, both, f"{prefix}{key}.")
+        elif a != b and (both or (key in run and key in now)):
+            found.append(f"{prefix}{key} = {a!r} (spec file: {b!r})")
+    return found
+
+
+def spec_changes(summary: dict, out: Path, catalogue) -> list[str]:
+    """How a run's spec differs from its spec file's now, with the run's seed (a --set, or a spec
+    edited since). Both are resolved by the current code, so a setting added since reads as its
+    default; an older spec.toml the code no longer reads is compared on the keys both have.
+    [] when they match or cannot be compared (no spec file, a spec file that no longer loads)."""
+    from .spec import load
+
+    path, run_file = spec_path(summary, out), Path(summary["run_dir"]) / "spec.toml"
+    if path is None or not run_file.is_file():
+        return []
+    seed = [] if summary.get("seed") is None else [f"seed={summary['seed']}"]
+    try:
+        now = tomllib.loads(load(path, catalogue, seed).dumps())
+    except Exception as exc:  # a spec file broken or changed beyond loading: nothing to compare with
+        print(f"report: cannot check {run_file.parent} against {path}: {exc}", file=sys.stderr)
+        return []
+    try:
+        run, both = tomllib.loads(load(run_file, catalogue).dumps()), True
+    except Exception:
+        run, both = tomllib.loads(run_file.read_text()), False
+    return _differences(_comparable(run), _comparable(now), both)
+
+
+def protocol_runs(runs: dict[str, list[dict]], out: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """The runs whose spec is their spec file's (see spec_changes), and a note on each one left out.
+    Quick runs stay: --quick's own overrides make every one differ, and their report says they are
+    not results. Filtering before latest_per_seed lets an older matching run stand for its seed."""
+    catalogue = Catalogue.default()
+    kept, notes = {}, []
+    for name, summaries in runs.items():
+        for summary in summaries:
+            changes = [] if summary.get("quick") else spec_changes(summary, out, catalogue)
+            if changes:
+                notes.append(f"{name}/{Path(summary['run_dir']).name} ({'; '.join(changes)})")
+            else:
+                kept.setdefault(name, []).append(summary)
+    return kept, notes
 
 
 def latest_per_seed(summaries: list[dict], quick: bool) -> list[dict]:
@@ -129,45 +215,110 @@ class Fields(dict):
 
 def template_fields(runs: dict[str, list[dict]], quick: bool) -> Fields:
     """What explanation templates may use: each spec's representative run summary (its lowest seed,
-    plus `accuracy_mean`, `accuracy_sd` and `seeds` over its runs), `fgsm`/`transfer` (P3's blocks)
-    and the generated tables."""
+    plus `accuracy_mean`, `accuracy_sd` and `seeds` over its runs), Part 1's comparisons (see
+    part1_fields), `fgsm`/`transfer` (P3's blocks) and the generated tables (None without data)."""
     fields = {}
     for name, summaries in runs.items():
         chosen = latest_per_seed(summaries, quick)
         if chosen:
             _, mean, sd = accuracy_stats(chosen)
             fields[name] = dict(representative(chosen), accuracy_mean=mean, seeds=len(chosen), accuracy_sd=sd or 0.0)
+    part1_fields(runs, quick, fields)
     for spec, block in (("p3_q1_fgsm", "fgsm"), ("p3_q2_transfer", "transfer")):
         if block in fields.get(spec, {}):
             fields[block] = fields[spec][block]
     fields["part1_table"] = part1_table(runs, quick)
     fields["part2_table"] = part2_table(runs, quick)
-    fields["transfer_matrix_table"] = transfer_matrix_table(fields.get("transfer", {}).get("matrix"))
-    fields["universal_table"] = universal_table(fields.get("p3_universal", {}).get("universal"))
+    # None, not a placeholder, without data: the template section built on the table is left out.
+    matrix = fields.get("transfer", {}).get("matrix")
+    fields["transfer_matrix_table"] = transfer_matrix_table(matrix) if matrix and matrix.get("sources") else None
+    universal = fields.get("p3_universal", {}).get("universal")
+    fields["universal_table"] = universal_table(universal) if universal else None
     return Fields(fields)
 
 
+def _compare(change: float, noise: float, words: tuple[str, str]) -> str:
+    """A difference in words; within the noise it is "about the same as"."""
+    return "about the same as" if abs(change) <= noise else words[change < 0]
+
+
+def part1_fields(runs, quick, fields: dict) -> None:
+    """Adds to each Part 1 spec's fields `train_accuracy_mean` (final running training accuracy, mean
+    over seeds, as part1_table), `gap` (that minus the mean test accuracy: the overfitting) and, from
+    Q2 on, `vs_previous`: the changes from the previous question and their words ("higher than",
+    "lower than", "about the same as"; for the gap "wider than", "narrower than"). A change within
+    1 point, or within 2 standard errors of the difference of the means, is about the same."""
+    previous = None
+    for name in PART1:
+        chosen = latest_per_seed(runs.get(name, []), quick)
+        if not chosen:
+            previous = None  # compare with the question before only
+            continue
+        train = [s.get("final_running_train_accuracy") for s in chosen]
+        this = fields[name]
+        this["train_accuracy_mean"] = train = statistics.mean(train) if None not in train else None
+        this["gap"] = None if train is None else train - this["accuracy_mean"]
+        if previous is not None:
+            noise = max(0.01, 2 * math.sqrt(this["accuracy_sd"] ** 2 / this["seeds"]
+                                            + previous["accuracy_sd"] ** 2 / previous["seeds"]))
+            compared = {"test_change": this["accuracy_mean"] - previous["accuracy_mean"]}
+            compared["test_word"] = _compare(compared["test_change"], noise, ("higher than", "lower than"))
+            if this["gap"] is not None and previous["gap"] is not None:
+                compared["train_change"] = this["train_accuracy_mean"] - previous["train_accuracy_mean"]
+                compared["train_word"] = _compare(compared["train_change"], noise, ("higher than", "lower than"))
+                compared["gap_change"] = this["gap"] - previous["gap"]
+                compared["gap_word"] = _compare(compared["gap_change"], noise, ("wider than", "narrower than"))
+            this["vs_previous"] = compared
+        previous = this
+
+
+def _missing(text: str, fields: Fields) -> list[str]:
+    """The fields of a template text without a value: no run behind them, None, or unformattable."""
+    formatter, missing = string.Formatter(), []
+    for _, name, spec, _ in formatter.parse(text):
+        if name is None:
+            continue
+        try:
+            value, _ = formatter.get_field(name, (), fields)
+            if value is None:  # "{x}" would print None
+                raise ValueError
+            format(value, spec or "")
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+            if name not in missing:
+                missing.append(name)
+    return missing
+
+
 def fill_template(path: Path, fields: Fields) -> str | None:
-    """The template with its fields filled, or None when a field it uses has no run yet."""
-    import re
-
+    """The template with its fields filled, section by section (a section runs from a heading line
+    to the next), so one question's missing run leaves out that question's text only; None when no
+    section with text is left. What is left out, and for which fields, goes to stderr."""
     template = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)  # comments may hold braces
-    try:
-        return template.format_map(fields).strip()
-    except (KeyError, AttributeError, IndexError, TypeError, ValueError):
-        return None  # a field without a run, or empty (a quick run's missing statistic)
+    filled, texts = [], 0
+    for section in filter(str.strip, re.split(r"(?m)^(?=#)", template.strip())):
+        heading, _, body = section.partition("\n") if section.startswith("#") else ("", "", section)
+        missing = _missing(section, fields)
+        if missing:
+            names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            print(f"report: {path.name}: left out {heading.strip() or 'the text'!r}: no value for {names}",
+                  file=sys.stderr)
+            continue
+        filled.append(section.format_map(fields).strip())
+        texts += bool(body.strip())
+    return "\n\n".join(filled) if texts else None
 
 
-def explanations(runs: dict[str, list[dict]], fields: Fields) -> list[tuple[str, str]]:
-    """(title, filled text) for every *_explanation.md beside the specs whose fields all exist."""
-    folders = {Path(s["spec_file"]).parent for summaries in runs.values() for s in summaries if s.get("spec_file")}
+def explanations(runs: dict[str, list[dict]], fields: Fields, out: Path) -> list[tuple[str, str, str]]:
+    """(file name, title, filled text) of every *_explanation.md beside the runs' spec files that has
+    a section with all its fields."""
+    folders = {path.parent for summaries in runs.values() for s in summaries if (path := spec_path(s, out))}
     found = []
     for folder in sorted(folders):
         for path in sorted(folder.glob("*_explanation.md")):
             text = fill_template(path, fields)
             if text:
                 title, _, body = text.partition("\n")
-                found.append((title.lstrip("# "), body.strip()))
+                found.append((path.name, title.lstrip("# "), body.strip()))
     return found
 
 
@@ -305,17 +456,36 @@ def section_order(name: str) -> tuple:
     return part, not rest.startswith("q"), name
 
 
-def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
-    runs = collect(out)
+def gather(out: Path, quick: bool) -> tuple[dict[str, list[dict]], list[str]]:
+    """The runs a report uses and notes on the full-protocol runs left out (see protocol_runs)."""
+    runs, left_out = collect(out), []
+    if not quick:
+        runs, left_out = protocol_runs(runs, out)
+    for note in left_out:
+        print(f"report: left out {note}: its spec is not its spec file's now", file=sys.stderr)
+    return runs, left_out
+
+
+def write_report(out: Path, pdf_path: Path, quick: bool = False, gathered=None) -> Path:
+    """gathered: gather()'s answer, when the caller has it already."""
+    runs, left_out = gathered or gather(out, quick)
     table = results_table(runs, quick)
     fields = template_fields(runs, quick)
-    markdown = ["# runner report", "",
-                ("**Made from --quick smoke runs: the numbers are not results.**" if quick else
-                 "Full-protocol runs (train batch 1, 2,000 iterations at batch 100, test batch)."), "", table,
-                "## Part 1 compared", "", fields["part1_table"], "",
+    texts = explanations(runs, fields, out)
+    # Part 1's text answers the questions about the Part 1 table: it goes right below it.
+    part1 = [text for name, _, text in texts if name == "p1_explanation.md"]
+    heading = ("**Made from --quick smoke runs: the numbers are not results.**" if quick else
+               "Full-protocol runs (train batch 1, 2,000 iterations at batch 100, test batch).")
+    if left_out:
+        heading += (f" Left out: {len(left_out)} run(s) whose spec differs from their spec file's now "
+                    "(made with --set, or before the spec changed): "
+                    + ", ".join(note.partition(" (")[0] for note in left_out) + ".")
+    markdown = ["# runner report", "", heading, "", table,
+                "## Part 1 compared", "", fields["part1_table"], "", *[t for text in part1 for t in (text, "")],
                 "## Part 2: plain deep net against every fix", "", fields["part2_table"], "",
-                "## Part 3: transfer matrix (accuracy on adversarial images)", "", fields["transfer_matrix_table"], "",
-                "## Universal perturbation (test set)", "", fields["universal_table"], ""]
+                "## Part 3: transfer matrix (accuracy on adversarial images)", "",
+                fields["transfer_matrix_table"] or transfer_matrix_table(None), "",
+                "## Universal perturbation (test set)", "", fields["universal_table"] or universal_table(None), ""]
     catalogue = Catalogue.default()  # one, for every architecture table
     with artifacts.atomic_path(pdf_path) as tmp, PdfPages(tmp) as pdf:
         _text_page(pdf, "runner report" + (" (QUICK RUNS: not results)" if quick else ""), "\n".join(markdown[2:]))
@@ -346,9 +516,10 @@ def write_report(out: Path, pdf_path: Path, quick: bool = False) -> Path:
             pngs = sorted(run_dir.glob("*.png"))
             for start in range(0, max(1, len(pngs)), 3):
                 _figure_page(pdf, name, lines, pngs[start:start + 3])
-        for title, text in explanations(runs, fields):
-            _text_page(pdf, title, text)
-            markdown += ["", f"## {title}", "", text]
+        for file, title, text in texts:
+            if file != "p1_explanation.md":
+                _text_page(pdf, title, text)
+                markdown += ["", f"## {title}", "", text]
     markdown_path = pdf_path.with_suffix(".md")
     artifacts.write_text(markdown_path, "\n".join(markdown))
     return pdf_path
@@ -362,7 +533,8 @@ def cmd_report(argv) -> int:
     args = parser.parse_args(argv)
     out = Path(args.artifacts)
     pdf = Path(args.output) if args.output else out / ("report-quick.pdf" if args.quick else "report.pdf")
-    write_report(out, pdf, args.quick)
-    print(results_table(collect(out), args.quick))
+    gathered = gather(out, args.quick)
+    write_report(out, pdf, args.quick, gathered)
+    print(results_table(gathered[0], args.quick))
     print(f"wrote {pdf} and {pdf.with_suffix('.md')}")
     return 0
