@@ -73,6 +73,11 @@ def _started(run_dir: Path) -> tuple:
     return (found[1], int(found[3] or 0)) if found else ("", 0)
 
 
+def started_after(run_dir, other) -> bool:
+    """Whether run folder `run_dir` was started after `other` (their names' time and counter)."""
+    return _started(Path(run_dir)) > _started(Path(other))
+
+
 def run_seed(run_dir: Path) -> int | None:
     found = RUN_ID.fullmatch(Path(run_dir).name)
     return int(found[2]) if found else None

@@ -27,7 +27,8 @@ def _run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("specs", nargs="+", metavar="SPEC",
                         help="spec files, or a folder of specs: the suite, run in dependency order, skipping "
-                             "specs whose latest completed run used the same resolved spec and code")
+                             "specs whose latest completed run used the same resolved spec and code, unless a "
+                             "spec they require is rerun or has run since")
     parser.add_argument("--data", metavar="PATH",
                         help="CIFAR-10: a folder holding cifar-10-batches-py or an archive (.tar.gz/.tar.xz); "
                              "overrides RUNNER_DATA and the spec's data.root; default: a per-user cache, "
@@ -47,8 +48,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="with a folder of specs: rerun specs whose latest run is up to date")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the latest interrupted or failed run of each spec from its checkpoint "
-                             "(or: runner resume RUN_DIR)")
+                        help="continue the latest interrupted or failed run of each spec from its checkpoint, if "
+                             "it was made from the same spec, else start afresh (or: runner resume RUN_DIR)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run up to N specs at once in N worker processes, a spec starting once those it "
                              "requires are done (a GPU is mostly idle under one small run; on a CPU, N processes "
@@ -113,16 +114,19 @@ def _run_specs(args, workers: list) -> int:
     order = topological([spec.path.resolve() for spec in specs], catalogue)
     specs.sort(key=lambda spec: order.index(spec.path.resolve()))  # stable: seeds keep their order
     # A folder of specs is a suite: specs whose latest completed run used the same resolved spec
-    # and code are skipped unless --force.
+    # and code, and the models of the specs they require as they are now, are skipped unless --force.
     suite = any(Path(p).is_dir() for p in args.specs) and not args.force
     finished, todo = [], []
     for spec in specs:
         done = artifacts.latest_run(args.out, spec.name, args.quick, seed=spec["seed"]) if suite else None
         if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
-            print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
-            finished.append(("skipped", spec, artifacts.read_summary(done)))
-        else:
-            todo.append(spec)
+            why = outdated_by(spec, done, {s.name for s in todo}, args.out, args.quick)
+            if why is None:
+                print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
+                finished.append(("skipped", spec, artifacts.read_summary(done)))
+                continue
+            print(f"[{spec.name}] reruns: {why}", file=sys.stderr)
+        todo.append(spec)
     if args.nproc_per_node > 1:
         failures = _run_data_parallel(todo, args, finished)
     elif args.jobs > 1 and len(todo) > 1:
@@ -165,7 +169,14 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
             # Only this seed's and this mode's runs: a --seeds run resumes each seed from its own folder.
             unfinished = (artifacts.unfinished_runs(args.out, spec.name, seed=spec["seed"], quick=bool(args.quick))
                           if args.resume else [])
-            if unfinished:
+            # Resuming reloads the run's own spec.toml: one made from another spec (a --set since
+            # changed, say) would silently run that spec, not the one asked for.
+            differs = spec_differences(unfinished[-1], spec, catalogue) if unfinished else []
+            if differs:
+                print(f"[{spec.name}] not resuming {unfinished[-1]}: it was made from a different spec "
+                      f"(differing: {', '.join(differs)}; `runner resume {unfinished[-1]}` continues it as it was); "
+                      f"starting a fresh run", file=sys.stderr)
+            if unfinished and not differs:
                 result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
             else:
                 result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
@@ -183,6 +194,53 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
             continue
         finished.append(("ran", spec, result.results))
     return failures
+
+
+def outdated_by(spec, done: Path, rerun: set[str], out, quick: bool) -> str | None:
+    """Why a spec whose latest run `done` has its fingerprint must run again, or None: a spec it
+    requires is rerun now (any seed: one it may fall back to), or the run of it that the source
+    plugins would take now (plugins/fgsm.py source_run: its own seed's, else any seed's) started
+    after `done`, which used an older model. `rerun`: the specs this invocation runs before it; it
+    holds those rerun for this reason too, so a rerun reaches every spec that needs it, however
+    indirectly."""
+    from . import artifacts
+
+    required = required_names(spec)
+    if required & rerun:
+        return f"{', '.join(sorted(required & rerun))} {'is' if len(required & rerun) == 1 else 'are'} rerun"
+    for name in sorted(required):
+        latest = artifacts.latest_run(out, name, quick, seed=spec["seed"]) or artifacts.latest_run(out, name, quick)
+        if latest is not None and artifacts.started_after(latest, done):
+            return f"{name} ran after it ({latest} is newer than {done.name})"
+    return None
+
+
+def spec_differences(run_dir, spec, catalogue) -> list[str]:
+    """The keys in which the spec an unfinished run was made from (its spec.toml, as resuming loads
+    it) differs from `spec`; none means resuming it runs `spec`. The code is not compared: resuming
+    after fixing what crashed a run is what resuming is for."""
+    import tomllib
+
+    from . import spec as spec_module
+
+    path = Path(run_dir) / "spec.toml"
+    try:
+        return _differing_keys(spec_module.load(path, catalogue).values, spec.values)
+    except RunnerError:  # not a valid spec now (a plugin's check refuses it, say): its keys as written
+        try:
+            return _differing_keys(tomllib.loads(path.read_text()), spec.values) or [f"{path} is invalid"]
+        except (OSError, ValueError):
+            return [f"{path} is unreadable"]
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            keys += _differing_keys(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            keys.append(prefix + key)
+    return keys
 
 
 def required_names(spec) -> set[str]:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from runner import artifacts
@@ -55,11 +56,10 @@ def test_resume_flag_picks_the_unfinished_run(tmp_path, cifar_archive, capsys):
     out = tmp_path / "out"
     run_dir = out / "p1_q1_raw" / "20200101-000000-s0"
     run_dir.mkdir(parents=True)
-    (run_dir / "spec.toml").write_text(
-        (SPECS / "p1_q1_raw.toml").read_text().replace('"base/part1.toml"', f'"{SPECS / "base" / "part1.toml"}"')
-        + "\n[train]\niterations = 4\n")
+    (run_dir / "spec.toml").write_text(_resolved(0, quick=True, iterations=4))
     artifacts.set_status(run_dir, "interrupted", quick=True)
-    assert main([spec, "--resume", "--quick", "--data", str(cifar_archive), "--out", str(out)]) == 0
+    assert main([spec, "--resume", "--quick", "--set", "train.iterations=4", "--data", str(cifar_archive),
+                 "--out", str(out)]) == 0
     assert artifacts.read_status(run_dir)["status"] == "complete"
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 4
     assert len(list((out / "p1_q1_raw").iterdir())) == 1  # no new folder
@@ -73,15 +73,22 @@ def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().err
 
 
-def _interrupted_run(out: Path, run_id: str, quick=True) -> Path:
+def _resolved(seed: int, quick: bool, iterations: int) -> str:
+    """The spec.toml a run of `runner p1_q1_raw.toml [--quick] --set train.iterations=N --seed S` writes."""
+    from runner.cli import quick_overrides
+    from runner.plugins import Catalogue
+    from runner.spec import load
+
+    catalogue, path = Catalogue.default(), SPECS / "p1_q1_raw.toml"
+    overrides = (quick_overrides(path, catalogue) if quick else []) + [f"train.iterations={iterations}", f"seed={seed}"]
+    return load(path, catalogue, overrides).dumps()
+
+
+def _interrupted_run(out: Path, run_id: str, quick=True, iterations=4) -> Path:
     """A run folder that stopped before its first checkpoint: resuming it trains from the start."""
     run_dir = out / "p1_q1_raw" / run_id
     run_dir.mkdir(parents=True)
-    seed = artifacts.run_seed(run_dir)
-    (run_dir / "spec.toml").write_text(
-        f"seed = {seed}\n"
-        + (SPECS / "p1_q1_raw.toml").read_text().replace('"base/part1.toml"', f'"{SPECS / "base" / "part1.toml"}"')
-        + "\n[train]\niterations = 4\n")
+    (run_dir / "spec.toml").write_text(_resolved(artifacts.run_seed(run_dir), quick, iterations))
     artifacts.set_status(run_dir, "running", pid=-1, quick=quick)  # a process that is gone
     artifacts.set_status(run_dir, "interrupted")
     return run_dir
@@ -100,13 +107,30 @@ def test_resume_flag_resumes_each_seed_in_its_own_folder(tmp_path, cifar_archive
     # Seed 1's folder is the newer: it was the one --resume took for every seed.
     folders = {seed: _interrupted_run(out, f"20200101-00000{i}-s{seed}") for i, seed in enumerate((0, 1))}
     full = _interrupted_run(out, "20200101-000009-s0", quick=False)  # not a --quick run: left alone
-    assert main([str(SPECS / "p1_q1_raw.toml"), "--resume", "--quick", "--seeds", "0,1", "--data",
-                 str(cifar_archive), "--out", str(out)]) == 0
+    assert main([str(SPECS / "p1_q1_raw.toml"), "--resume", "--quick", "--set", "train.iterations=4", "--seeds", "0,1",
+                 "--data", str(cifar_archive), "--out", str(out)]) == 0
     for seed, run_dir in folders.items():
         assert artifacts.read_status(run_dir)["status"] == "complete"
         assert json.loads((run_dir / "summary.json").read_text())["seed"] == seed
     assert artifacts.read_status(full)["status"] == "interrupted"
     assert len(list((out / "p1_q1_raw").iterdir())) == 3  # no new folder
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_resume_flag_leaves_a_run_made_from_another_spec(tmp_path, cifar_archive, capsys, jobs):
+    # It once resumed the run with its own spec.toml, ignoring the spec and --set given now.
+    out = tmp_path / "out"
+    same = _interrupted_run(out, "20200101-000000-s0")
+    other = _interrupted_run(out, "20200101-000000-s1", iterations=5)
+    assert main([str(SPECS / "p1_q1_raw.toml"), "--resume", "--quick", "--set", "train.iterations=4", "--seeds", "0,1",
+                 "--data", str(cifar_archive), "--out", str(out), "--jobs", jobs]) == 0
+    err = capsys.readouterr().err + "".join(log.read_text() for log in out.glob("_logs/*.log"))
+    assert f"[p1_q1_raw] not resuming {other}: it was made from a different spec (differing: train.iterations;" in err
+    assert f"`runner resume {other}` continues it as it was" in err
+    assert artifacts.read_status(same)["status"] == "complete"  # the same spec: resumed
+    assert artifacts.read_status(other)["status"] == "interrupted"
+    (fresh,) = set((out / "p1_q1_raw").iterdir()) - {same, other}
+    assert artifacts.run_seed(fresh) == 1 and json.loads((fresh / "summary.json").read_text())["iterations"] == 4
 
 
 def test_latest_run_of_a_seed_and_in_time_order(tmp_path):

@@ -30,11 +30,41 @@ def test_suite_order_and_skipping(tmp_path, cifar_archive, capsys):
     (suite / "b_base.toml").write_text(f'extends = "{raw}"\n[train]\nlr = 0.02\n')  # b changed
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "[b_base] run folder" in err and "[a_needs_b] up to date" in err
+    # a attacks or evaluates b's model, say: its old run used b's old model.
+    assert "[b_base] run folder" in err and "[a_needs_b] reruns: b_base is rerun" in err
+    assert "[a_needs_b] run folder" in err
 
     assert main(args + ["--force"]) == 0
     assert capsys.readouterr().err.count("run folder") == 2
     assert len(list((tmp_path / "out" / "b_base").iterdir())) == 3
+
+
+def test_a_spec_reruns_when_a_spec_it_requires_ran_since(tmp_path, cifar_archive, capsys):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    raw = SPECS / "p1_q1_raw.toml"
+    (suite / "a_needs_b.toml").write_text(f'extends = "{raw}"\nrequires = ["b_base.toml"]\n')
+    (suite / "b_base.toml").write_text(f'extends = "{raw}"\n')
+    (suite / "c_needs_a.toml").write_text(f'extends = "{raw}"\nrequires = ["a_needs_b.toml"]\n')
+    common = ["--quick", "--set", "train.iterations=2", "--data", str(cifar_archive), "--out", str(tmp_path / "out")]
+    assert main([str(suite), *common]) == 0
+    time.sleep(1)  # run folders are named by the second
+    # b retrained on its own with another seed: a (seed 0) takes b's seed 0 run, unchanged.
+    assert main([str(suite / "b_base.toml"), "--seed", "1", *common]) == 0
+    assert main([str(suite), *common]) == 0
+    assert capsys.readouterr().err.count("up to date") == 3
+    # b retrained on its own with a's seed: a used the older model.
+    assert main([str(suite / "b_base.toml"), *common]) == 0
+    capsys.readouterr()
+
+    assert main([str(suite), *common]) == 0
+    err = capsys.readouterr().err
+    assert "[b_base] up to date" in err  # it needs nothing
+    assert "[a_needs_b] reruns: b_base ran after it" in err and "[a_needs_b] run folder" in err
+    assert "[c_needs_a] reruns: a_needs_b is rerun" in err and "[c_needs_a] run folder" in err
+
+    assert main([str(suite), *common]) == 0
+    assert capsys.readouterr().err.count("up to date") == 3
 
 
 def _failing_suite(tmp_path):
@@ -125,8 +155,9 @@ def test_a_worker_runs_job_after_job_each_like_a_fresh_process(tmp_path, cifar_a
 def test_a_worker_that_dies_fails_its_run_only(tmp_path, cifar_archive, capsys):
     suite = tmp_path / "suite"
     suite.mkdir()
+    # At the run's start: configure also runs when a spec loads, in this process.
     (tmp_path / "die.py").write_text("import os\nfrom runner import hookimpl\n\n\n@hookimpl\n"
-                                     "def configure(spec, settings):\n    os._exit(9)\n")
+                                     "def attach(run, settings):\n    os._exit(9)\n")
     raw = SPECS / "p1_q1_raw.toml"
     (suite / "a_dies.toml").write_text(f'extends = "{raw}"\n[plugins.die]\npath = "{tmp_path / "die.py"}"\n')
     for name in ("b_ok", "c_ok", "d_ok"):
