@@ -225,22 +225,13 @@ def spec_differences(run_dir, spec, catalogue) -> list[str]:
 
     path = Path(run_dir) / "spec.toml"
     try:
-        return _differing_keys(spec_module.load(path, catalogue).values, spec.values)
+        return [key for key, _, _ in spec_module.differences(spec_module.load(path, catalogue).values, spec.values)]
     except RunnerError:  # not a valid spec now (a plugin's check refuses it, say): its keys as written
         try:
-            return _differing_keys(tomllib.loads(path.read_text()), spec.values) or [f"{path} is invalid"]
+            return ([key for key, _, _ in spec_module.differences(tomllib.loads(path.read_text()), spec.values)]
+                    or [f"{path} is invalid"])
         except (OSError, ValueError):
             return [f"{path} is unreadable"]
-
-
-def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            keys += _differing_keys(a[key], b[key], f"{prefix}{key}.")
-        elif a.get(key) != b.get(key):
-            keys.append(prefix + key)
-    return keys
 
 
 def required_names(spec) -> set[str]:

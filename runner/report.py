@@ -66,24 +66,12 @@ def _comparable(values: dict) -> dict:
     return values
 
 
-def _differences(run: dict, now: dict, both: bool, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ; with `both`, also keys only one side has."""
-    found = []
-    for key in sorted(set(run) | set(now)):
-        a, b = run.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, both, f"{prefix}{key}.")
-        elif a != b and (both or (key in run and key in now)):
-            found.append(f"{prefix}{key} = {a!r} (spec file: {b!r})")
-    return found
-
-
 def spec_changes(summary: dict, out: Path, catalogue) -> list[str]:
     """How a run's spec differs from its spec file's now, with the run's seed (a --set, or a spec
     edited since). Both are resolved by the current code, so a setting added since reads as its
     default; an older spec.toml the code no longer reads is compared on the keys both have.
     [] when they match or cannot be compared (no spec file, a spec file that no longer loads)."""
-    from .spec import load
+    from .spec import differences, load
 
     path, run_file = spec_path(summary, out), Path(summary["run_dir"]) / "spec.toml"
     if path is None or not run_file.is_file():
@@ -98,7 +86,8 @@ def spec_changes(summary: dict, out: Path, catalogue) -> list[str]:
         run, both = tomllib.loads(load(run_file, catalogue).dumps()), True
     except Exception:
         run, both = tomllib.loads(run_file.read_text()), False
-    return _differences(_comparable(run), _comparable(now), both)
+    return [f"{key} = {was!r} (spec file: {is_now!r})"
+            for key, was, is_now in differences(_comparable(run), _comparable(now), both)]
 
 
 def protocol_runs(runs: dict[str, list[dict]], out: Path) -> tuple[dict[str, list[dict]], list[str]]:

@@ -278,6 +278,19 @@ def load(path, catalogue=None, overrides=()) -> Spec:
     return spec
 
 
+def differences(a: dict, b: dict, both: bool = True, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of each setting in which two spec tables differ; without
+    `both`, keys only one of them has are not differences (an older spec.toml's)."""
+    found = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found += differences(x, y, both, f"{prefix}{key}.")
+        elif x != y and (both or (key in a and key in b)):
+            found.append((prefix + key, x, y))
+    return found
+
+
 def check_overrides_used(specs: list[Spec], overrides) -> None:
     """A --set that no given spec had a use for is a mistake (a plugin none of them uses)."""
     for text in overrides:
