@@ -68,7 +68,10 @@ def expand_specs(paths) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out += sorted(p for p in path.glob("*.toml"))
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                raise SpecError(f"no spec files (*.toml) in folder {path}")
+            out += found
         else:
             out.append(path)
     return out
@@ -110,7 +113,10 @@ def _run_specs(args, workers: list) -> int:
     if args.with_deps:
         missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
                    and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
-        specs = [spec_module.load(path, catalogue, quick(path)) for path in missing] + specs
+        # The user's --set is for the specs named, but where they run (--device) holds for all, as
+        # the --jobs workers get it.
+        device = [f'device="{args.device}"'] if args.device else []
+        specs = [spec_module.load(path, catalogue, quick(path) + device) for path in missing] + specs
     order = topological([spec.path.resolve() for spec in specs], catalogue)
     specs.sort(key=lambda spec: order.index(spec.path.resolve()))  # stable: seeds keep their order
     # A folder of specs is a suite: specs whose latest completed run used the same resolved spec

@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from . import artifacts, figures
+from .errors import RunnerError
 from .plugins import Catalogue
 from matplotlib.backends.backend_pdf import PdfPages
 
@@ -521,8 +522,15 @@ def cmd_report(argv) -> int:
     parser.add_argument("--quick", action="store_true", help="report the --quick runs instead of full ones")
     args = parser.parse_args(argv)
     out = Path(args.artifacts)
+    if not out.is_dir():
+        raise RunnerError(f"no artifacts folder {out}: runs write there (runner SPEC --out {out})")
     pdf = Path(args.output) if args.output else out / ("report-quick.pdf" if args.quick else "report.pdf")
     gathered = gather(out, args.quick)
+    if not any(latest_per_seed(summaries, args.quick) for summaries in gathered[0].values()):
+        other = "full-protocol" if args.quick else "--quick"
+        hint = (f"; it has {other} runs: runner report {out}{'' if args.quick else ' --quick'}"
+                if any(latest_per_seed(s, not args.quick) for s in gathered[0].values()) else "")
+        raise RunnerError(f"no completed {'--quick' if args.quick else 'full-protocol'} runs in {out}{hint}")
     write_report(out, pdf, args.quick, gathered)
     print(results_table(gathered[0], args.quick))
     print(f"wrote {pdf} and {pdf.with_suffix('.md')}")

@@ -142,7 +142,8 @@ def _attach_core(run: Run, show_progress: bool) -> None:
         loss = float(engine.state.output["loss"])
         if not math.isfinite(loss):
             raise DivergedError(f"loss became {loss} at iteration {engine.state.iteration}; "
-                                "lower train.lr or add warmup (train.warmup)")
+                                "lower train.lr, add warmup (train.warmup) or cap the gradient norm "
+                                "(train.clip_grad_norm)")
         engine.state.metrics["loss"] = loss
         engine.state.metrics["accuracy"] = metrics.table_value("running_accuracy", engine.state.iteration)
 

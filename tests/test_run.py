@@ -122,6 +122,21 @@ def test_report_from_quick_runs_says_so(quick_run, tmp_path, capsys):
     assert "p1_q4_crop" in capsys.readouterr().out
 
 
+def test_report_without_runs_to_report_says_what_there_is(quick_run, tmp_path, capsys):
+    out = quick_run.parent.parent
+    assert main(["report", str(out), "-o", str(tmp_path / "r.pdf")]) == 1  # only --quick runs there
+    assert f"no completed full-protocol runs in {out}; it has --quick runs: runner report {out} --quick" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "r.pdf").exists()
+    assert main(["report", str(tmp_path / "absent")]) == 1
+    assert "no artifacts folder" in capsys.readouterr().err
+
+
+def test_a_folder_without_specs_is_an_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2 and main(["validate", str(tmp_path)]) == 2
+    assert f"no spec files (*.toml) in folder {tmp_path}" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_the_run_as_diverged(tmp_path, cifar_archive, capsys):
     code = main([str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(cifar_archive), "--out", str(tmp_path),
                  "--set", "train.lr=1e30", "--set", "train.label_smoothing=0.0"])
