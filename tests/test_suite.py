@@ -8,13 +8,18 @@ from runner.cli import main
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
-def test_suite_order_and_skipping(tmp_path, cifar_archive, capsys):
+def two_spec_suite(tmp_path) -> tuple[Path, Path]:
+    """A folder where "a" sorts first but requires "b" (b must run first); and the spec both extend."""
     suite = tmp_path / "suite"
     suite.mkdir()
     raw = SPECS / "p1_q1_raw.toml"
-    # "a" sorts first but requires "b": b must run first.
     (suite / "a_needs_b.toml").write_text(f'extends = "{raw}"\nrequires = ["b_base.toml"]\n')
     (suite / "b_base.toml").write_text(f'extends = "{raw}"\n')
+    return suite, raw
+
+
+def test_suite_order_and_skipping(tmp_path, cifar_archive, capsys):
+    suite, raw = two_spec_suite(tmp_path)
     args = [str(suite), "--quick", "--set", "train.iterations=2", "--data", str(cifar_archive),
             "--out", str(tmp_path / "out")]
 
@@ -40,11 +45,7 @@ def test_suite_order_and_skipping(tmp_path, cifar_archive, capsys):
 
 
 def test_a_spec_reruns_when_a_spec_it_requires_ran_since(tmp_path, cifar_archive, capsys):
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    raw = SPECS / "p1_q1_raw.toml"
-    (suite / "a_needs_b.toml").write_text(f'extends = "{raw}"\nrequires = ["b_base.toml"]\n')
-    (suite / "b_base.toml").write_text(f'extends = "{raw}"\n')
+    suite, raw = two_spec_suite(tmp_path)
     (suite / "c_needs_a.toml").write_text(f'extends = "{raw}"\nrequires = ["a_needs_b.toml"]\n')
     common = ["--quick", "--set", "train.iterations=2", "--data", str(cifar_archive), "--out", str(tmp_path / "out")]
     assert main([str(suite), *common]) == 0
