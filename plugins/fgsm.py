@@ -373,12 +373,24 @@ def _attack_set(run, model, indices, attack, settings, summary) -> dict:
         "mean_linf": mean("linf"), "mean_l2": mean("l2"), "mean_psnr": mean("psnr"),
         "attack_seconds": round(seconds, 3),
         "attack_images_per_second": round(attacked / seconds, 2) if seconds > 0 else None,
+        "top_switches": top_switches(labels[success], probs.argmax(1)[success], run.class_names),
     })
     figure = _steps_figure(steps.tolist(), success.tolist(), attack["max_steps"], run.spec.name, summary)
     save_figure(run.dir / "steps_histogram.png", figure)
     figures.close(figure)
     return {"images": images, "labels": labels, "indices": indices, "success": success, "steps": steps,
             "predicted": probs.argmax(1)}
+
+
+def top_switches(labels: torch.Tensor, predicted: torch.Tensor, names, most: int = 5) -> list[dict]:
+    """The most common (true class -> class the attack reached) among fooled images, with their
+    share of them: which wrong classes the attack finds nearest."""
+    classes = len(names)
+    counts = torch.bincount(labels * classes + predicted, minlength=classes * classes).cpu()
+    total = int(counts.sum())
+    top = [int(i) for i in counts.argsort(descending=True, stable=True)[:most] if counts[i] > 0]
+    return [{"from": names[i // classes], "to": names[i % classes], "count": int(counts[i]),
+             "share": round(int(counts[i]) / total, 4)} for i in top]
 
 
 # ---- outputs --------------------------------------------------------------------------------

@@ -217,6 +217,10 @@ def template_fields(runs: dict[str, list[dict]], quick: bool) -> Fields:
     for spec, block in (("p3_q1_fgsm", "fgsm"), ("p3_q2_transfer", "transfer")):
         if block in fields.get(spec, {}):
             fields[block] = fields[spec][block]
+    switches = fields.get("fgsm", {}).get("top_switches")
+    # Text, not a table: "cat to dog (14.2%), ..."; None (section left out) for runs made before it was recorded.
+    fields["fgsm_switches"] = ", ".join(f"{s['from']} to {s['to']} ({s['share']:.1%})" for s in switches) \
+        if switches else None
     fields["part1_table"] = part1_table(runs, quick)
     fields["part2_table"] = part2_table(runs, quick)
     # None, not a placeholder, without data: the template section built on the table is left out.

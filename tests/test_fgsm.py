@@ -2,6 +2,7 @@
 and the Part 3 Q1 spec end to end on a quick-trained Part 1 model."""
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -228,9 +229,21 @@ def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
         artifacts.set_status(run_dir, "complete")
         return run_dir
 
-    seed1, seed0 = completed(1), completed(0)  # seed 0's run is the newest
+    seed1 = completed(1)
+    time.sleep(1.05)  # run folders are named by the second
+    seed0 = completed(0)  # the newest
     attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False, spec={"seed": seed})
     assert source_run(attack(1), "p1_q4_crop") == seed1
     assert source_run(attack(0), "p1_q4_crop") == seed0
     assert source_run(attack(2), "p1_q4_crop") == seed0  # no seed-2 model: the newest of any seed
     assert source_run(attack(0), "p2_q1_allconv") is None
+
+
+def test_top_switches_count_true_to_reached_class_pairs():
+    from plugins.fgsm import top_switches
+
+    labels, reached = torch.tensor([3, 3, 3, 5, 1, 9]), torch.tensor([5, 5, 2, 3, 9, 1])
+    top = top_switches(labels, reached, [f"c{i}" for i in range(10)], most=2)
+    assert top[0] == {"from": "c3", "to": "c5", "count": 2, "share": round(2 / 6, 4)}
+    assert len(top) == 2 and top[1]["count"] == 1
+    assert top_switches(labels[:0], reached[:0], [f"c{i}" for i in range(10)]) == []
