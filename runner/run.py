@@ -93,7 +93,7 @@ def build_model(spec: Spec, catalogue: Catalogue, run: Run | None = None) -> nn.
         try:
             changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec["plugins"][name])
         except SpecError as exc:
-            raise (exc.in_file(spec.path) if exc.file is None else exc) from exc
+            raise (exc.in_file(spec.origin(exc.key)) if exc.file is None else exc) from exc
         if changed is not None:
             model = changed
     return model

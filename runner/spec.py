@@ -50,6 +50,10 @@ class Spec:
     def dumps(self) -> str:
         return tomli_w.dumps(self.values)
 
+    def origin(self, key: str | None) -> str:
+        """Who set a key: the --set naming it, else the last file of the chain holding it, else this spec."""
+        return _origin(key, self.chain, self.overrides) or str(self.path)
+
 
 def _parse(path: Path) -> dict:
     try:

@@ -139,6 +139,21 @@ def test_plugin_from_a_py_file_next_to_the_spec(tmp_path, catalogue):
     assert build_model(spec, catalogue).scale_seen == 3.0
 
 
+def test_a_plugin_error_about_a_setting_names_who_set_it(tmp_path, catalogue):
+    (tmp_path / "picky.py").write_text(
+        "from runner import hookimpl, Setting, SpecError\nSETTINGS = {'scale': Setting(2.0)}\n"
+        "@hookimpl\ndef change_model(model, settings):\n"
+        "    if settings['scale'] > 5:\n        raise SpecError('too large for this model', key='plugins.picky.scale')\n")
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.picky]\npath = "picky.py"\nscale = 9.0\n')
+    with pytest.raises(SpecError) as err:
+        build_model(load(spec_path, catalogue), catalogue)
+    assert err.value.file == str(spec_path.resolve()) and err.value.key == "plugins.picky.scale"
+    with pytest.raises(SpecError) as err:
+        build_model(load(spec_path, catalogue, ["plugins.picky.scale=7.0"]), catalogue)
+    assert err.value.file == "--set plugins.picky.scale=7.0"  # the option, not the file it overrode
+
+
 def test_missing_plugin_file(tmp_path, catalogue):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text('[model]\nname = "table1"\n[plugins.mine]\npath = "absent.py"\n')
