@@ -146,7 +146,8 @@ def test_a_section_without_its_fields_is_left_out_and_named(tmp_path, capsys):
 def test_part3_q1_stays_without_the_transfer_run(capsys):
     names = [name for _, name, _, _ in string.Formatter().parse((SPECS / "p3_explanation.md").read_text()) if name]
     fgsm = {name.split(".")[1]: 0 for name in names if name.startswith("fgsm.")}
-    text = fill_template(SPECS / "p3_explanation.md", Fields({"fgsm": fgsm}))
+    # fgsm_switches: template_fields' text of fgsm.top_switches
+    text = fill_template(SPECS / "p3_explanation.md", Fields({"fgsm": fgsm, "fgsm_switches": "cat to dog (9.0%)"}))
     assert "### Q1: iterative FGSM" in text and "### Q2" not in text and "{" not in text
     err = capsys.readouterr().err
     assert "### Q2: the same images on the Part 2 network" in err and "transfer.target_spec" in err
@@ -209,3 +210,12 @@ def test_full_report_leaves_out_runs_not_made_as_their_spec_file_says(tmp_path, 
     assert "p1_q1_raw/20260101-000000-s4 (train.lr = 0.1 (spec file: 0.05))" in captured.err
     assert ("Left out: 2 run(s) whose spec differs from their spec file's now (made with --set, or before the "
             "spec changed): p1_q1_raw/20260101-000000-s4, p1_q1_raw/20260102-000000-s0.") in markdown
+
+
+def test_the_commonest_switches_become_text():
+    switches = [{"from": "cat", "to": "dog", "count": 9, "share": 0.09}, {"from": "truck", "to": "automobile",
+                                                                         "count": 5, "share": 0.05}]
+    fields = template_fields({"p3_q1_fgsm": [{"seed": 0, "test_accuracy": 0.7, "quick": False,
+                                              "fgsm": {"top_switches": switches}}]}, quick=False)
+    assert fields["fgsm_switches"] == "cat to dog (9.0%), truck to automobile (5.0%)"
+    assert template_fields({}, quick=False)["fgsm_switches"] is None  # runs made before it was recorded
