@@ -52,7 +52,8 @@ def spec_path(summary: dict, out: Path) -> Path | None:
         return None
     recorded = Path(summary["spec_file"])
     candidates = [recorded] + ([] if recorded.is_absolute() else [Path(out).resolve().parent / recorded])
-    return next((p for p in candidates + [PROJECT_SPECS / recorded.name] if p.is_file()), None)
+    found = next((p for p in candidates + [PROJECT_SPECS / recorded.name] if p.is_file()), None)
+    return found.resolve() if found else None  # one folder, however runs spelled it: its templates once each
 
 
 def _comparable(values: dict) -> dict:

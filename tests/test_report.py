@@ -172,6 +172,8 @@ def test_templates_are_found_for_relative_spec_files_from_anywhere(tmp_path, mon
     (project / "specs" / "p9_explanation.md").write_text("# P9\n\naccuracy {p9_x.test_accuracy:.0%}\n")
     out = project / "artifacts"
     _run_folder(out, "p9_x", "20260101-000000-s0", "", spec_file="specs/p9_x.toml", seed=0)  # as run from project/
+    # A newer run of the same spec recorded its path absolute: still one folder, one text.
+    _run_folder(out, "p9_x", "20260102-000000-s1", "", spec_file=str(project / "specs" / "p9_x.toml"), seed=1)
     monkeypatch.chdir(elsewhere)
     runs = collect(out)
     assert explanations(runs, template_fields(runs, quick=False), out) == [("p9_explanation.md", "P9", "accuracy 50%")]
