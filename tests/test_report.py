@@ -177,6 +177,8 @@ def test_templates_are_found_for_relative_spec_files_from_anywhere(tmp_path, mon
     monkeypatch.chdir(elsewhere)
     runs = collect(out)
     assert explanations(runs, template_fields(runs, quick=False), out) == [("p9_explanation.md", "P9", "accuracy 50%")]
+    monkeypatch.chdir(project)  # where the relative path holds as written
+    assert len(explanations(runs, template_fields(runs, quick=False), out)) == 1
     # A spec recorded where it no longer is (another checkout, the device machine's copy): this project's specs/.
     assert spec_path({"spec_file": "/gone/specs/p1_q1_raw.toml"}, out) == SPECS / "p1_q1_raw.toml"
     assert spec_path({"spec_file": "/gone/specs/p9_nowhere.toml"}, out) is None
