@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from runner import RunnerError, Setting, SpecError, figures, hookimpl
-from runner.artifacts import atomic_path, latest_run, save_figure, save_torch, write_text
+from runner import artifacts
+from runner.artifacts import atomic_path, save_figure, save_torch, write_text
 from runner.run import load_trained
 
 SETTINGS = {
@@ -60,9 +61,7 @@ SET_FILE = "adversarial_set.pt"  # plugins/transfer.py reads it
 def source_run(run, spec_name: str) -> Path | None:
     """The latest completed run of `spec_name` beside `run` (same --out, same --quick), of run's own
     seed where there is one: `--seeds 0,1,2` attacks three models, not the newest three times."""
-    out = run.dir.parent.parent
-    return (latest_run(out, spec_name, quick=run.quick, seed=run.spec["seed"])
-            or latest_run(out, spec_name, quick=run.quick))
+    return artifacts.source_run(run.dir.parent.parent, spec_name, run.quick, run.spec["seed"])
 
 
 def require_run(run, spec_name: str, role: str) -> Path:

@@ -170,6 +170,12 @@ def latest_run(out, spec_name: str, quick: bool | None = None, seed: int | None 
     return None
 
 
+def source_run(out, spec_name: str, quick: bool, seed: int) -> Path | None:
+    """The run of `spec_name` a run of `seed` takes another spec's model from (plugins/fgsm.py and
+    the suite's up-to-date check): its latest completed run of that seed, else of any seed."""
+    return latest_run(out, spec_name, quick, seed=seed) or latest_run(out, spec_name, quick)
+
+
 def read_summary(run_dir) -> dict:
     try:
         return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -205,7 +205,7 @@ def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
 def outdated_by(spec, done: Path, rerun: set[str], out, quick: bool) -> str | None:
     """Why a spec whose latest run `done` has its fingerprint must run again, or None: a spec it
     requires is rerun now (any seed: one it may fall back to), or the run of it that the source
-    plugins would take now (plugins/fgsm.py source_run: its own seed's, else any seed's) started
+    plugins would take now (artifacts.source_run: its own seed's, else any seed's) started
     after `done`, which used an older model. `rerun`: the specs this invocation runs before it; it
     holds those rerun for this reason too, so a rerun reaches every spec that needs it, however
     indirectly."""
@@ -215,7 +215,7 @@ def outdated_by(spec, done: Path, rerun: set[str], out, quick: bool) -> str | No
     if required & rerun:
         return f"{', '.join(sorted(required & rerun))} {'is' if len(required & rerun) == 1 else 'are'} rerun"
     for name in sorted(required):
-        latest = artifacts.latest_run(out, name, quick, seed=spec["seed"]) or artifacts.latest_run(out, name, quick)
+        latest = artifacts.source_run(out, name, quick, spec["seed"])
         if latest is not None and artifacts.started_after(latest, done):
             return f"{name} ran after it ({latest} is newer than {done.name})"
     return None
