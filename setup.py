@@ -16,6 +16,8 @@ setup(
         "tomli-w>=1.0",
         "visdom>=0.2.4",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"],
+                    # runner SUITE --executor dask: the suite on a Dask cluster
+                    "dask": ["dask[distributed]>=2024.1"]},
     entry_points={"console_scripts": ["runner=runner.cli:main"]},
 )
