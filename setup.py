@@ -15,6 +15,11 @@ setup(
         "pluggy>=1.3",
         "tomli-w>=1.0",
         "visdom>=0.2.4",
+        # Imported directly too, so declared although the packages above bring them.
+        "numpy>=1.24",
+        "requests>=2.28",
+        "tornado>=6.2",
+        "tqdm>=4.66",  # the progress bar
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"],
                     # runner SUITE --executor dask: the suite on a Dask cluster

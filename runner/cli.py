@@ -133,7 +133,9 @@ def _run_specs(args, workers: list) -> int:
                 continue
             print(f"[{spec.name}] reruns: {why}", file=sys.stderr)
         todo.append(spec)
-    if args.nproc_per_node > 1:
+    from .distributed import launched_by_torchrun
+
+    if args.nproc_per_node > 1 or launched_by_torchrun():
         failures = _run_data_parallel(todo, args, finished)
     elif args.jobs > 1 and len(todo) > 1:
         from .parallel import run_in_processes
@@ -151,14 +153,23 @@ def _run_specs(args, workers: list) -> int:
 
 
 def _run_data_parallel(specs, args, finished: list) -> dict:
-    """Each spec in turn, each trained by args.nproc_per_node processes (ignite.distributed)."""
-    from . import run
+    """Each spec in turn, each trained data-parallel (ignite.distributed): by args.nproc_per_node
+    processes started here, or by the processes torchrun started, this one among them."""
+    from . import distributed
 
+    if distributed.launched_by_torchrun():
+        if args.jobs > 1 or args.nproc_per_node > 1:
+            raise RunnerError("under torchrun, its processes train one spec at a time together (torchrun's "
+                              "--nproc-per-node sets how many per machine): drop runner's --jobs and --nproc-per-node")
+        summaries = distributed.execute_under_torchrun(specs, out=args.out, data_source=args.data, quick=args.quick,
+                                                       resume=args.resume)
+        finished += [("ran", spec, summary) for spec, summary in zip(specs, summaries)]
+        return {}
     if args.jobs > 1 or args.resume:
         raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --jobs and --resume")
     for spec in specs:
-        summary = run.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
-                                          quick=args.quick)
+        summary = distributed.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
+                                                  quick=args.quick)
         finished.append(("ran", spec, summary))
     return {}
 
@@ -425,7 +436,8 @@ def main(argv=None) -> int:
     try:
         return command(argv[1:]) if command else cmd_run(argv)
     except RunnerError as exc:
-        print(f"runner: error: {exc}", file=sys.stderr)
+        details = f" (full traceback: {exc.details})" if exc.details else ""
+        print(f"runner: error: {exc}{details}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("runner: interrupted", file=sys.stderr)

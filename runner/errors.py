@@ -6,6 +6,7 @@ class RunnerError(Exception):
     """Base of every error the command line reports without a traceback."""
 
     exit_code = 1
+    details = None  # where more is written (a failed run's status.json, with the traceback)
 
 
 class SpecError(RunnerError):

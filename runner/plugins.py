@@ -151,7 +151,8 @@ class Catalogue:
         except RunnerError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}") from exc
+            where = failing_line(exc, getattr(plugin, "__file__", None))
+            raise PluginError(f"plugin {name!r} failed in hook {hook!r} at {where}: {type(exc).__name__}: {exc}") from exc
 
 
 def _entry_points():
@@ -177,7 +178,27 @@ def attributed(handler: Callable, plugin: str, event) -> Callable:
             raise
         except Exception as exc:
             # An event with a filter (once=2, every=50) prints as a function's address; its name reads.
+            where = failing_line(exc, getattr(getattr(handler, "__code__", None), "co_filename", None))
             raise PluginError(f"plugin {plugin!r} failed in its {getattr(event, 'name', event)} handler "
-                              f"{getattr(handler, '__name__', '')}(): {type(exc).__name__}: {exc}") from exc
+                              f"{getattr(handler, '__name__', '')}() at {where}: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
+
+
+def failing_line(exc: BaseException, plugin_file: str | None) -> str:
+    """'crash.py:12': the last line of the plugin's own file the error passed through (where its
+    author looks first), else the line that raised it."""
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    mine = [f for f in frames if plugin_file and os.path.realpath(f.filename) == os.path.realpath(plugin_file)]
+    frame = (mine or frames)[-1]
+    path = Path(frame.filename)
+    try:
+        path = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{path}:{frame.lineno}"

@@ -5,6 +5,7 @@ seed -> configure -> data -> transforms -> model (+ change_model) -> trainer/eva
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -23,8 +24,9 @@ from . import artifacts, data, figures
 from .engine import (EpochBatches, create_evaluator, create_trainer, make_optimizer, make_scheduler,
                      resolve_precision)
 from .errors import DataError, DivergedError, RunnerError, SpecError
-from .metrics import MetricsLog
+from .metrics import MetricsLog, per_class
 from .plugins import Catalogue, attributed
+from .progress import Progress
 from .spec import Spec
 
 QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4")
@@ -55,6 +57,7 @@ class Run:
     rank: int = 0   # this process in a data-parallel run (--nproc-per-node); 0 writes the artifacts
     world: int = 1  # processes in the run
     started: float = field(default_factory=time.perf_counter)  # for setup_seconds and wall_seconds
+    progress: Progress | None = None  # the training display, open while the trainer runs
 
     def settings(self, plugin: str) -> dict:
         return self.spec["plugins"][plugin]
@@ -147,18 +150,27 @@ def _attach_core(run: Run, show_progress: bool) -> None:
         engine.state.metrics["loss"] = loss
         engine.state.metrics["accuracy"] = metrics.table_value("running_accuracy", engine.state.iteration)
 
-    if show_progress:
-        from ignite.handlers import ProgressBar
+    if run.rank == 0:
+        _attach_progress(run, show_progress)
 
-        ProgressBar(persist=False, desc=run.spec.name).attach(
-            trainer, metric_names=["loss", "accuracy"], event_name=Events.ITERATION_COMPLETED(every=log_every))
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def epoch_line(engine):
-        if not show_progress and run.rank == 0:
-            print(f"[{run.spec.name}] iteration {engine.state.iteration}/{run.spec['train']['iterations']} "
-                  f"loss {engine.state.metrics.get('loss', float('nan')):.3f} "
-                  f"running accuracy {engine.state.metrics.get('accuracy', float('nan')):.3f}", file=sys.stderr)
+def _attach_progress(run: Run, interactive: bool) -> None:
+    """One display over the whole run (a resumed run's starts where it stopped): a bar in a
+    terminal, a line at every tenth otherwise, both with rate, ETA, loss and running accuracy."""
+    trainer, total = run.trainer, run.spec["train"]["iterations"]
+
+    @trainer.on(Events.STARTED)
+    def open_display(engine):
+        run.progress = Progress(total, run.spec.name, unit="it", interactive=interactive,
+                                initial=engine.state.iteration)
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=run.spec["train"]["log_every"]) | Events.COMPLETED)
+    def advance(engine):
+        if engine.state.iteration > run.progress.done:  # COMPLETED right after the last every-th
+            run.progress.update(engine.state.iteration - run.progress.done, loss=engine.state.metrics["loss"],
+                                accuracy=engine.state.metrics["accuracy"])
+
+    trainer.add_event_handler(Events.COMPLETED, lambda _: run.progress.close())
 
 
 def _attach_plugins(run: Run) -> None:
@@ -187,9 +199,12 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     """
     device = resolve_device(spec["device"])
     if rank:
-        device = torch.device(device.type, rank) if device.type == "cuda" else device
-    if not (resume_dir or run_dir):
-        locate_data(spec, data_source)  # missing data fails before a run folder exists, not inside one
+        # This machine's GPU for the process (ignite set it from LOCAL_RANK): across nodes, ranks outnumber GPUs.
+        device = torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device
+    if not rank:
+        # Missing data fails before a run folder exists (or, resuming, before the run is marked
+        # running): a resume that finds no data leaves its run interrupted, to be resumed again.
+        data_source = str(locate_data(spec, data_source))
     run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec["seed"]))
     run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
     if rank:
@@ -197,13 +212,16 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         return run
     if not resume_dir:
         artifacts.write_text(run_dir / "spec.toml", spec.dumps())
-    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick)
+    # The data's folder is kept, so `runner resume` needs no --data.
+    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick, data=data_source)
     print(f"[{spec.name}] run folder {run_dir}", file=sys.stderr)
     try:
         _train_and_evaluate(run, data_source, sys.stderr.isatty() if show_progress is None else show_progress)
     except KeyboardInterrupt:
         _write_partial(run)
         artifacts.set_status(run_dir, "interrupted")
+        print(f"[{spec.name}] interrupted{_at_iteration(run)}; continue it with: runner resume {run_dir}",
+              file=sys.stderr)
         raise
     except DivergedError as exc:
         _write_partial(run)
@@ -218,9 +236,25 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         _write_partial(run)
         artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())
+        if isinstance(exc, RunnerError):
+            exc.details = run_dir / artifacts.STATUS_FILE  # the command line points there
         raise
+    finally:
+        if run.progress is not None:
+            run.progress.close()
     artifacts.set_status(run_dir, "complete")
     return run
+
+
+def _at_iteration(run: Run) -> str:
+    """' at iteration 812 of 2000 (checkpoint at 800)', or '' before training started."""
+    state = getattr(run.trainer, "state", None)
+    if not state or not state.iteration:
+        return ""
+    every = run.spec["train"]["checkpoint_epochs"] * state.epoch_length
+    saved = (state.iteration // every) * every if every else 0
+    return (f" at iteration {state.iteration} of {run.spec['train']['iterations']}"
+            + (f" (it goes on from the checkpoint at {saved})" if saved else " (no checkpoint yet: it starts over)"))
 
 
 def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
@@ -252,6 +286,9 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
                                  precision=precision, forward=forward, clip_grad_norm=train["clip_grad_norm"])
     run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
                                      channels_last=train["channels_last"], precision=precision, forward=forward)
+    for engine in (run.trainer, run.evaluator):
+        # Ignite logs every exception before raising it; the command line reports it once, itself.
+        engine.logger.setLevel(logging.CRITICAL)
     batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True,
                            shard=(run.rank, run.world))
     run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
@@ -300,11 +337,19 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "compiled": train["compile"],
         "threads": torch.get_num_threads(),
         "processes": run.world,
+        "nodes": _nodes(run.world),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "fingerprint": fingerprint(spec),
         "code_version": code_version(),
+        # Rows: true class, columns: predicted; each class's accuracy from it (the report's per-class tables).
+        "per_class": per_class(run.evaluator.state.metrics.get("confusion_matrix"), run.class_names),
     })
+    if run.metrics.done and run.results["per_class"]:  # an evaluate-only run's matrix is its source model's
+        figure = figures.confusion_matrix(run.results["per_class"]["confusion_matrix"], run.class_names,
+                                          f"{spec.name} (seed {spec['seed']}): test images")
+        artifacts.save_figure(run.dir / "confusion_matrix.png", figure)
+        figures.close(figure)
     run.call_plugins("run_finished", run=run, results=run.results)
     # This process's time on the run, attacks and other run_finished work included: what --jobs
     # schedules by (a resumed run counts from its resumption).
@@ -359,90 +404,6 @@ def _checkpointing(run: Run, scheduler) -> int:
     return state["trainer"]["iteration"]
 
 
-def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=None, quick=False) -> dict:
-    """Data-parallel training of one spec in nproc processes on this machine (ignite.distributed:
-    gloo on CPU, nccl on GPUs, one GPU per process). Each process takes batch_size / nproc images
-    of every batch; gradients are averaged, so the run follows the same recipe. Returns the summary.
-    """
-    import pickle
-    import tempfile
-
-    import ignite.distributed as idist
-
-    if spec["train"]["iterations"] == 0:
-        raise RunnerError(f"{spec.name} trains nothing (train.iterations = 0): --nproc-per-node is for training")
-    if spec["train"]["batch_size"] % nproc:
-        raise RunnerError(f"train.batch_size {spec['train']['batch_size']} must divide by --nproc-per-node {nproc}")
-    device = resolve_device(spec["device"])
-    if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
-    # Find (and unpack) the data here, once: missing data fails before any process starts, and
-    # the processes do not race to unpack the same cache.
-    locate_data(spec, data_source)
-    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
-    # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
-    # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.
-    port = None if os.environ.get("MASTER_PORT") else _free_port()
-    with tempfile.TemporaryDirectory(prefix="runner-errors-") as errors:
-        try:
-            with idist.Parallel(backend="nccl" if device.type == "cuda" else "gloo", nproc_per_node=nproc,
-                                master_port=port) as parallel:
-                parallel.run(_distributed_worker, spec, run_dir, data_source, quick, Path(errors))
-        except Exception as exc:  # torch.multiprocessing's: it carries a process's traceback as text only
-            # The failed process left its RunnerError: raise that (the lowest rank's), so the
-            # command reports it, and exits with its code, as a run in one process would.
-            for path in sorted(Path(errors).iterdir(), key=lambda path: int(path.stem)):
-                try:
-                    cls, args, state = pickle.loads(path.read_bytes())
-                except Exception:  # a class this process cannot import (a plugin file's, say): the traceback
-                    continue
-                error = cls.__new__(cls)
-                error.args = args
-                error.__dict__.update(state)
-                raise error from exc
-            raise
-    summary = artifacts.read_summary(run_dir)
-    if not summary:
-        raise RunnerError(f"the data-parallel run in {run_dir} did not finish; see its status.json")
-    return summary
-
-
-def _free_port() -> int:
-    """A TCP port that nothing on this machine listens on now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool, errors: Path) -> None:
-    import contextlib
-    import pickle
-
-    import ignite.distributed as idist
-
-    from .parallel import threads_per_process
-
-    threads = threads_per_process(idist.get_nproc_per_node())
-    if threads:  # the processes of this node share its cores instead of each spinning on all of them
-        torch.set_num_threads(threads)
-    if idist.get_rank():  # live plots from one process are enough
-        spec.values.get("plugins", {}).get("visdom", {})["enabled"] = False
-    try:
-        catalogue = Catalogue.default()
-        catalogue.add_spec_files(spec.path, spec.values)
-        execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
-                rank=idist.get_rank(), world=idist.get_world_size())
-    except RunnerError as exc:
-        # Left for execute_distributed to raise again: the parent gets only a traceback's text. Not
-        # pickled whole, as unpickling would call __init__ with args (SpecError's rewords them).
-        with contextlib.suppress(Exception):  # state that cannot be pickled: the traceback it is
-            state = pickle.dumps((type(exc), exc.args, exc.__dict__))
-            (errors / f"{idist.get_rank()}.pickle").write_bytes(state)
-        raise
-
-
 def code_version() -> str:
     """A hash of the runner's and built-in plugins' source: a run made by other code is not up to date."""
     import hashlib
@@ -491,7 +452,7 @@ def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=Non
     if not (run_dir / "spec.toml").is_file():
         raise RunnerError(f"{run_dir} is not a run folder (no spec.toml)")
     spec = load(run_dir / "spec.toml", catalogue)
-    return execute(spec, catalogue, out=run_dir.parent.parent, data_source=data_source,
+    return execute(spec, catalogue, out=run_dir.parent.parent, data_source=data_source or status.get("data"),
                    quick=bool(status.get("quick")), show_progress=show_progress, resume_dir=run_dir)
 
 
@@ -502,6 +463,15 @@ def _write_partial(run: Run) -> None:
             artifacts.write_text(run.dir / "metrics.csv", run.metrics.to_csv())
         except Exception:  # the original error matters more than this one
             pass
+
+
+def _nodes(world: int) -> int:
+    """Machines the run's processes ran on (torchrun across nodes; 1 for one process or --nproc-per-node)."""
+    if world == 1:
+        return 1
+    import ignite.distributed as idist
+
+    return idist.get_nnodes()
 
 
 def _sync(device: torch.device) -> None:

@@ -1,0 +1,111 @@
+"""Progress of long work: a bar in a terminal, plain lines with an ETA when output is a file or pipe.
+
+Plugins use it too (`runner.progress.Progress`), so an attack shows images done and fooled so
+far the way training shows its iterations:
+
+    with Progress(len(images), "fgsm", unit="images") as bar:
+        for batch in batches:
+            ...
+            bar.update(len(batch), fooled=f"{fooled}/{done}")
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def is_terminal(stream=None) -> bool:
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def duration(seconds: float | None) -> str:
+    """12 s, 3:05, 1:02:09: how long, in the shortest form that reads at a glance."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes}:{seconds:02}"
+
+
+class Progress:
+    """How far `total` units of work have got: update(n, **figures) as units are done.
+
+    In a terminal (or with interactive=True) one tqdm bar redrawn in place, with rate and ETA;
+    otherwise a line at every tenth of the work (and at the end), each with rate and ETA, so a
+    log shows both how far a run got and when it will end.
+    """
+
+    def __init__(self, total: int, desc: str, *, unit: str = "it", interactive: bool | None = None,
+                 stream=None, initial: int = 0, lines: int = 10):
+        self.total, self.desc, self.unit, self.done = total, desc, unit, initial
+        self.stream = stream or sys.stderr
+        self.interactive = is_terminal(self.stream) if interactive is None else interactive
+        self.started, self.start_count = time.perf_counter(), initial
+        self.figures: dict = {}
+        self._step = max(1, total // lines)
+        self._next_line = (initial // self._step + 1) * self._step
+        self._bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            # A terminal that reports no size (a pty nobody sized) would get a bar tqdm hides.
+            sized = _columns(self.stream) > 0
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, leave=True,
+                             dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+                             smoothing=0.1)
+
+    def update(self, n: int = 1, **figures) -> None:
+        self.done += n
+        self.figures.update(figures)
+        if self._bar is not None:
+            if figures:
+                self._bar.set_postfix({k: _short(v) for k, v in self.figures.items()}, refresh=False)
+            self._bar.update(n)
+        elif self.done >= self._next_line or self.done >= self.total:
+            self._next_line = (self.done // self._step + 1) * self._step
+            print(self.line(), file=self.stream, flush=True)
+
+    def rate(self) -> float | None:
+        elapsed = time.perf_counter() - self.started
+        return (self.done - self.start_count) / elapsed if elapsed > 0 and self.done > self.start_count else None
+
+    def line(self) -> str:
+        """'[desc] 400/2000 it (20%), 6.1 it/s, ETA 4:22, loss 1.23': the plain form."""
+        rate = self.rate()
+        eta = (self.total - self.done) / rate if rate else None
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        parts = [f"[{self.desc}] {self.done}/{self.total} {self.unit}{share}"]
+        if rate:
+            parts.append(f"{rate:.1f} {self.unit}/s")
+        parts.append("done in " + duration(time.perf_counter() - self.started) if self.done >= self.total
+                     else f"ETA {duration(eta)}")
+        parts += [f"{key} {_short(value)}" for key, value in self.figures.items()]
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _columns(stream) -> int:
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
