@@ -1,11 +1,19 @@
-"""--nproc-per-node: data-parallel training in 2 CPU processes (gloo) through ignite.distributed."""
+"""Data-parallel training through ignite.distributed, on CPU processes (gloo): --nproc-per-node
+spawning 2 processes, and torchrun starting them on two "nodes" (two torchrun agents on this
+machine, all traffic on the loopback interface)."""
+import contextlib
 import csv
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from runner import artifacts
 from runner.cli import main
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -76,3 +84,87 @@ def test_an_error_in_a_training_process_keeps_its_type_message_and_exit_code(tmp
     assert main(args) == 5  # DivergedError, raised in the training processes
     err = capsys.readouterr().err
     assert "runner: error: loss became" in err and "Traceback" not in err
+
+
+# Stops training as Ctrl-C would, at the same iteration in every process, when the variable is set.
+STOP_PLUGIN = """
+import os
+
+from ignite.engine import Events
+
+from runner import hookimpl
+
+
+@hookimpl
+def attach(trainer, run, settings):
+    stop_at = int(os.environ.get("RUNNER_TEST_STOP_AT", 0))
+    if stop_at:
+        @trainer.on(Events.ITERATION_COMPLETED(once=stop_at))
+        def stop(engine):
+            raise KeyboardInterrupt
+"""
+
+
+def _torchrun_two_nodes(command: list[str], log: Path, **env) -> list[int]:
+    """Two torchrun agents, node ranks 0 and 1 of --nnodes 2 with one process each, meeting on a
+    free port of 127.0.0.1 (gloo too stays on the loopback interface); their exit codes. Every
+    process they started is gone when this returns."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env}
+    agents = []
+    try:
+        with open(log, "w") as output:
+            for node in (0, 1):
+                # Each agent leads a process group of its own, so the cleanup below reaches its workers.
+                agents.append(subprocess.Popen(
+                    [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                     "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), *command],
+                    env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True))
+            return [agent.wait(timeout=240) for agent in agents]
+    finally:
+        for agent in agents:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+
+
+def test_torchrun_on_two_nodes_resumes_and_matches_nproc_per_node(runs, tmp_path, cifar_archive):
+    _, spawned = runs
+    (tmp_path / "stop_at.py").write_text(STOP_PLUGIN)
+    spec = tmp_path / "crop_two_nodes.toml"
+    spec.write_text(f'extends = "{SPECS / "p1_q4_crop.toml"}"\n\n[plugins.stop_at]\npath = "stop_at.py"\n')
+    out = tmp_path / "out"
+    args = [str(spec), "--quick", "--data", str(cifar_archive), "--out", str(out), "--no-progress", *ARGS]
+
+    # Interrupted at iteration 25 of 40, after the checkpoint at the end of epoch 1 (20 iterations).
+    codes = _torchrun_two_nodes(["-m", "runner", *args], tmp_path / "interrupted.log", RUNNER_TEST_STOP_AT="25")
+    assert codes != [0, 0], (tmp_path / "interrupted.log").read_text()
+    (run_dir,) = (out / "crop_two_nodes").iterdir()
+    assert artifacts.read_status(run_dir)["status"] == "interrupted"
+
+    # The `runner` script this time, as `torchrun --no-python runner ...` starts it.
+    runner_script = str(Path(sys.executable).parent / "runner")
+    codes = _torchrun_two_nodes(["--no-python", runner_script, *args, "--resume"], tmp_path / "resumed.log")
+    log = (tmp_path / "resumed.log").read_text()
+    assert codes == [0, 0], log
+    assert "resumed at iteration 20" in log
+    assert list((out / "crop_two_nodes").iterdir()) == [run_dir]  # resumed in place, no new folder
+    assert artifacts.read_status(run_dir)["status"] == "complete"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["processes"], summary["nodes"], summary["iterations"]) == (2, 2, 40)
+    # The same 2 ranks, shards and seed as --nproc-per-node 2: the same run, number for number.
+    assert summary["test_accuracy"] == json.loads((spawned / "summary.json").read_text())["test_accuracy"]
+    assert (run_dir / "metrics.csv").read_text() == (spawned / "metrics.csv").read_text()
+
+
+def test_what_torchrun_cannot_run_says_why_before_any_process_meets(tmp_path, capsys, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    spec = str(SPECS / "p1_q4_crop.toml")
+    assert main([spec, "--out", str(tmp_path)]) == 1
+    assert "train.batch_size 100 must divide by WORLD_SIZE (torchrun's processes) 3" in capsys.readouterr().err
+    assert main([spec, "--out", str(tmp_path), "--nproc-per-node", "2"]) == 1
+    assert "drop runner's --jobs and --nproc-per-node" in capsys.readouterr().err
