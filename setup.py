@@ -15,6 +15,7 @@ setup(
         "pluggy>=1.3",
         "tomli-w>=1.0",
         "visdom>=0.2.4",
+        "typst>=0.13",  # runner report's PDF: a Typst compiler inside the wheel, no system packages
         # Imported directly too, so declared although the packages above bring them.
         "numpy>=1.24",
         "requests>=2.28",

@@ -73,3 +73,110 @@ def register_transforms(register):
     register("pad_crop", lambda settings, _: PadCrop(settings["pad"]),
              {"pad": Setting(4, "zero padding on each side", min=0)},
              train_only=True, help="zero-pad then random crop back to 32x32; training only")
+
+
+# ---- the report: what each added transform changed ------------------------------------------
+
+def _protocol(spec) -> tuple:
+    """What must match for two specs to differ only in their transforms: the model, the training
+    recipe and the data's batches."""
+    table = spec.spec
+    data = {k: v for k, v in table.get("data", {}).items() if k != "transforms"}
+    return repr((table.get("model"), table.get("train"), data))
+
+
+def _extends(longer: list, shorter: list) -> bool:
+    """Whether `shorter` is `longer` with some transforms left out (same order)."""
+    rest = iter(longer)
+    return len(shorter) < len(longer) and all(name in rest for name in shorter)
+
+
+def _word(change: float, noise: float, words: tuple[str, str]) -> str:
+    """A difference in words; within the noise it is "about the same as"."""
+    return "about the same as" if abs(change) <= noise else words[change < 0]
+
+
+def compare(this, previous) -> dict:
+    """Fields `vs_previous` of a spec against the one with a transform fewer: test_change,
+    train_change, gap_change (fractions) and their words ("higher than", "lower than", "about the
+    same as"; for the gap between training and test accuracy "wider than", "narrower than"). A
+    change within 1 point, or within 2 standard errors of the difference of the means, is about the same."""
+    import math
+
+    (test, sd), (before, sd_before) = this.mean_sd(), previous.mean_sd()
+    noise = max(0.01, 2 * math.sqrt((sd or 0) ** 2 / len(this.runs) + (sd_before or 0) ** 2 / len(previous.runs)))
+    fields = {"spec": previous.name, "test_change": test - before}
+    fields["test_word"] = _word(fields["test_change"], noise, ("higher than", "lower than"))
+    train, train_before = this.mean_sd("final_running_train_accuracy")[0], previous.mean_sd("final_running_train_accuracy")[0]
+    if train is not None and train_before is not None:
+        fields["train_change"] = train - train_before
+        fields["train_word"] = _word(fields["train_change"], noise, ("higher than", "lower than"))
+        fields["gap_change"] = (train - test) - (train_before - before)
+        fields["gap_word"] = _word(fields["gap_change"], noise, ("wider than", "narrower than"))
+    return fields
+
+
+def class_changes(this, previous) -> list[tuple[str, float, float, float]]:
+    """(class, accuracy before, after, change) per class, mean over seeds; [] without per-class results."""
+    from runner.report.build import class_means
+
+    if not (this.representative.get("per_class") and previous.representative.get("per_class")):
+        return []
+    classes = this.representative["per_class"]["classes"]
+    return [(name, b, a, a - b) for name, b, a in zip(classes, class_means(previous), class_means(this))
+            if a is not None and b is not None]
+
+
+def _classes_text(changes, sign: int) -> str | None:
+    """The three classes that gained (sign 1) or lost (-1) most, as text: "cat (+8.0 points), ..."."""
+    moved = sorted((c for c in changes if c[3] * sign > 0), key=lambda c: -c[3] * sign)[:3]
+    return ", ".join(f"{name} ({change * 100:+.1f} points)" for name, _, _, change in moved) or "none"
+
+
+@hookimpl
+def report_sections(runs):
+    """For each trained spec whose spec is another's with transforms added (same model, recipe and
+    data): the changes in words and per class (fields vs_previous, gap, class_gains, class_losses),
+    a per-class table; and, in the last spec of such a chain, its runs' training curves on one plot."""
+    from runner import figures
+    from runner.artifacts import save_figure
+    from runner.report import Figure, Section, Table
+
+    trained = [spec for spec in runs.values() if spec.trained]
+    sections, chains = [], {}
+    for i, this in enumerate(trained):
+        transforms = this.spec.get("data", {}).get("transforms", [])
+        earlier = [s for s in trained[:i] if _protocol(s) == _protocol(this)
+                   and _extends(transforms, s.spec.get("data", {}).get("transforms", []))]
+        if not earlier:
+            continue
+        previous = earlier[-1]
+        chain = chains.pop(previous.name, [previous])
+        chains[this.name] = chain + [this]
+        fields = {"vs_previous": compare(this, previous)}
+        train = this.mean_sd("final_running_train_accuracy")[0]
+        fields["gap"] = None if train is None else train - this.mean_sd()[0]
+        before = previous.mean_sd("final_running_train_accuracy")[0]
+        fields["vs_previous"]["gap"] = None if before is None else before - previous.mean_sd()[0]
+        changes = class_changes(this, previous)
+        blocks = []
+        if changes:
+            fields["class_gains"], fields["class_losses"] = _classes_text(changes, 1), _classes_text(changes, -1)
+            added = [t for t in transforms if t not in previous.spec.get("data", {}).get("transforms", [])]
+            blocks.append(Table(["spec"] + [c[0] for c in changes], [
+                [previous.name] + [f"{c[1]:.1%}" for c in changes],
+                [this.name] + [f"{c[2]:.1%}" for c in changes],
+                ["change (points)"] + [f"{c[3] * 100:+.1f}" for c in changes]],
+                f"Per-class test accuracy before and after adding {', '.join(added)} (mean over seeds).", small=True))
+        sections.append(Section(spec=this.name, blocks=blocks, fields=fields))
+    for last, chain in chains.items():
+        figure = figures.running_accuracy_compared(
+            {s.name: [f"{r['run_dir']}/metrics.csv" for r in s.runs] for s in chain},
+            {s.name: s.mean_sd()[0] for s in chain})
+        path = runs.workdir / f"transforms_compared_{last}.png"
+        save_figure(path, figure)
+        figures.close(figure)
+        sections.append(Section(spec=last, blocks=[Figure(
+            path, "Running training accuracy (over the last epoch, mean over seeds) of " + ", ".join(s.name for s in chain)
+            + ", each adding transforms to the one before; dots: test accuracy.", 0.75)]))
+    return sections

@@ -480,3 +480,69 @@ def _show(run, originals, adversarial) -> None:
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+def switches_text(switches) -> str | None:
+    """The commonest true -> reached class switches as text: "cat to dog (14.2%), ..."."""
+    return ", ".join(f"{s['from']} to {s['to']} ({s['share']:.1%})" for s in switches) if switches else None
+
+
+def reached_figure(run_dir: Path, title: str):
+    """True class against the class the attack reached, over the fooled images of the run's
+    adversarial set (None when the run kept none)."""
+    path = Path(run_dir) / SET_FILE
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    names, fooled = saved["class_names"], saved["success"].bool()
+    if not fooled.any():
+        return None
+    classes = len(names)
+    counts = torch.bincount(saved["labels"][fooled] * classes + saved["predicted"][fooled], minlength=classes ** 2)
+    return figures.confusion_matrix(counts.view(classes, classes).tolist(), names, title,
+                                    xlabel="class reached by the attack", ylabel="true class")
+
+
+@hookimpl
+def report_sections(runs):
+    """Each attack's numbers as a table, its images, its steps and where its images went (true
+    class against the class reached); the field `switches` for its explanation template."""
+    from runner.artifacts import save_figure
+    from runner.report import Figure, Section, Table
+
+    sections = []
+    for spec in runs.using("fgsm"):
+        summary = spec.representative.get("fgsm") or {}
+        if not summary:
+            continue
+        pct = lambda key: "–" if summary.get(key) is None else f"{summary[key]:.1%}"
+        number = lambda key, form="": "–" if summary.get(key) is None else format(summary[key], form)
+        blocks = [Table(
+            ["attacked net (its test accuracy)", "images attacked", "fooled", "median steps (most)",
+             "mean L-inf", "mean L2", "mean PSNR (dB)", "seconds"],
+            [[f"{summary.get('source_spec')} ({pct('source_test_accuracy')})", number("attacked"),
+              f"{number('succeeded')} ({pct('success_rate')})",
+              f"{number('median_steps', 'g')} ({number('max_steps_used')})", number("mean_linf", ".1f"),
+              number("mean_l2", ".0f"), number("mean_psnr", ".1f"), number("attack_seconds", ".0f")]],
+            f"Iterative FGSM on every correctly classified test image (eps {summary.get('eps'):g} gray level per step, "
+            f"at most {summary.get('max_steps')} steps, until a wrong class has at least "
+            f"{summary.get('confidence', 0):.0%}); distances in gray levels over the 3,072 values of an image.",
+            small=True)]
+        if path := spec.figure("adversarial_pairs.png"):
+            blocks.append(Figure(path, f"The {summary.get('pairs_count')} shown images ({spec.name}): original, "
+                                       "adversarial (the class the net gives it and its probability) and the "
+                                       "perturbation, amplified.", 0.55))
+        if path := spec.figure("steps_histogram.png"):
+            blocks.append(Figure(path, f"Steps each attacked image needed ({spec.name}).", 0.5))
+        figure = reached_figure(spec.run_dir, f"{spec.name}: where the fooled images went")
+        if figure is not None:
+            path = runs.workdir / f"reached_{spec.name}.png"
+            save_figure(path, figure)
+            figures.close(figure)
+            blocks.append(Figure(path, f"True class against the class the attack reached, over the "
+                                       f"{summary.get('succeeded')} fooled images ({spec.name}).", 0.5))
+        sections.append(Section(spec=spec.name, blocks=blocks,
+                                fields={"switches": switches_text(summary.get("top_switches"))}))
+    return sections

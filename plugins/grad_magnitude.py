@@ -254,3 +254,58 @@ def heatmap_figure(table: dict, state: GradMagnitude, title: str = ""):
              title=f"log10 G per layer{' - ' + title if title else ''}")
     figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|  (grey: zero or no gradient)")
     return figure
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+def _sci(value) -> str:
+    """A G value or ratio; summaries hold null for NaN/inf or a zero denominator."""
+    return "–" if value is None else f"{value:.1e}"
+
+
+def gradients_table(runs) -> list[list[str]]:
+    """A row per spec with gradients: test accuracy over its seeds, and G of the first and last
+    conv at iteration 1 and their ratio at 1, 100 and the end, from its representative run."""
+    from runner.report.templates import accuracy_text
+
+    rows = []
+    for spec in runs.values():
+        g = spec.representative.get("grad_magnitude")
+        if "grad_magnitude" not in spec.representative:
+            continue
+        g = g or {}  # the plugin writes null when nothing was recorded
+        cells = [(g.get(block) or {}).get(key) for block, key in (
+            ("first_G", "1"), ("last_G", "1"), ("ratio_first_over_last", "1"),
+            ("ratio_first_over_last", "100"), ("ratio_first_over_last", "last_iteration"))]
+        mean, sd = spec.mean_sd()
+        rows.append([spec.name, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else "–"]
+                    + [_sci(c) for c in cells])
+    return rows
+
+
+@hookimpl
+def report_sections(runs):
+    """Each spec's G figures, and one section comparing every spec's gradients."""
+    from runner.report import Figure, Paragraph, Section, Table
+
+    sections = []
+    for spec in runs.values():
+        shown = f"seed {spec.representative.get('seed')}"
+        blocks = []
+        if path := spec.figure("grad_first_last.png"):
+            blocks.append(Figure(path, f"G = max |dL/dw| of the first and the last conv layer of {spec.name} over "
+                                       f"iterations ({shown}, log scale).", 0.33))
+        if path := spec.figure("grad_heatmap.png"):
+            blocks.append(Figure(path, f"log10 G of every conv layer of {spec.name} (rows, forward order) over "
+                                       f"iterations ({shown}).", 0.33))
+        if blocks:
+            sections.append(Section(spec=spec.name, blocks=blocks))
+    rows = gradients_table(runs)
+    if len(rows) > 1:
+        sections.append(Section("Gradient magnitudes of every net compared", [
+            Paragraph("G = max |dL/dw| over a layer's weights, read after the backward pass and before the "
+                      "optimizer step; first is the first conv layer, last the classifier's. A ratio far below 1 "
+                      "means the gradient vanishes on its way back to the first layer."),
+            Table(["spec", "test accuracy", "G first @1", "G last @1", "ratio @1", "ratio @100", "ratio @end"], rows,
+                  "Gradient magnitudes (from each spec's lowest seed) and test accuracy (over its seeds).")]))
+    return sections

@@ -234,3 +234,51 @@ def _matrix_figure(matrix):
              title="accuracy on adversarial images\n(white-box where the evaluated model is the attacked one)")
     figure.colorbar(image, ax=axes, fraction=0.046)
     return figure
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+def _share(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _interval(block: dict) -> str:
+    low, high = block.get("ci95") or (None, None)
+    return f"{_share(block.get('accuracy'))} ({_share(low)} to {_share(high)})"
+
+
+@hookimpl
+def report_sections(runs):
+    """Each transfer spec's accuracies (adversarial against the same images unperturbed, with 95%
+    Wilson intervals), its transfer matrix as a table, and its figures."""
+    from runner.report import Figure, Section, Table
+
+    sections = []
+    for spec in runs.using("transfer"):
+        summary = spec.representative.get("transfer") or {}
+        if not summary.get("set"):
+            continue
+        rows = [[f"the {summary.get('pairs_n')} shown images", _interval(summary["pairs"]["adversarial"]),
+                 _interval(summary["pairs"]["clean"])],
+                [f"all {summary.get('set_n')} successful adversarial images", _interval(summary["set"]["adversarial"]),
+                 _interval(summary["set"]["clean"])]]
+        blocks = [Table(["images", "accuracy on the adversarial images (95% interval)", "on the same images unperturbed"],
+                        rows, f"Accuracy of {summary.get('target_spec')} on the adversarial images made on "
+                              f"{summary.get('source_spec')}.")]
+        matrix = summary.get("matrix") or {}
+        if matrix.get("sources") and matrix.get("targets"):
+            blocks.append(Table(
+                ["adversarial images made on"] + matrix["targets"],
+                [[f"{model} (n={n})"] + [_share(v) for v in row]
+                 for model, n, row in zip(matrix["source_models"], matrix["n"], matrix["accuracy"])],
+                "Transfer matrix: accuracy of each evaluated net (columns) on the adversarial images made on each "
+                "attacked net (rows); on the attacked net itself it is 0% by construction.", small=True))
+        for file_name, caption, width in (
+                ("transfer_accuracy.png", "Accuracy on the adversarial images against the same images unperturbed, "
+                                          "with 95% Wilson intervals", 0.5),
+                ("transfer_matrix.png", "The transfer matrix as a heat map", 0.5),
+                ("transfer_pairs.png", "The shown adversarial images and the class the evaluated net gives them", 0.62)):
+            if path := spec.figure(file_name):
+                blocks.append(Figure(path, f"{caption} ({spec.name}).", width))
+        sections.append(Section(spec=spec.name, blocks=blocks))
+    return sections

@@ -173,3 +173,30 @@ def _figure(v, examples, model, names, summary):
     bars.legend(fontsize=7)
     bars.grid(axis="y", alpha=0.3)
     return figure
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+@hookimpl
+def report_sections(runs):
+    """Each universal perturbation's fooling rates as a table, and its figure."""
+    from runner.report import Figure, Section, Table
+
+    share = lambda value: "–" if value is None else f"{value:.1%}"
+    sections = []
+    for spec in runs.using("universal"):
+        summary = spec.representative.get("universal") or {}
+        if not summary.get("test"):
+            continue
+        rows = [[name, share(cell["fooling_rate"]), share(cell["random_noise_fooling_rate"]),
+                 f"{share(cell['clean_accuracy'])} to {share(cell['perturbed_accuracy'])}"]
+                for name, cell in summary["test"].items()]
+        blocks = [Table(["evaluated net", "fooling rate of v", "of random signs, same L-inf", "accuracy: clean to with v"],
+                        rows, f"One perturbation v (L-inf {summary.get('linf', 0):g} gray levels) made on "
+                              f"{summary.get('source_spec', spec.spec.get('plugins', {}).get('universal', {}).get('source'))}, "
+                              "added to every test image; fooling rate: the share of test images whose class changes.")]
+        if path := spec.figure("universal_perturbation.png"):
+            blocks.append(Figure(path, f"The universal perturbation, images with it added, and its fooling rates "
+                                       f"({spec.name}).", 0.8))
+        sections.append(Section(spec=spec.name, blocks=blocks))
+    return sections

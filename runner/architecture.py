@@ -1,6 +1,8 @@
 """What a model is made of: its layer table (kernel, stride, padding, output shape, parameters) and its FLOPs."""
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,13 +59,11 @@ def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
 
 
 def markdown(model: nn.Module, input_shape=(1, 3, 32, 32)) -> str:
-    table = rows(model, input_shape)
-    lines = ["| # | layer | kernel | stride | padding | output (C x H x W) | parameters |", "|---|---|---|---|---|---|---|"]
-    # Markdown strips leading spaces, so nesting inside a wrapper is drawn with a visible mark.
-    lines += [f"| {i} | {'· ' * r['depth']}{r['layer']} | {r['kernel']} | {r['stride']} | {r['padding']} | "
-              f"{r['output']} | {r['parameters']:,} |" for i, r in enumerate(table, 1)]
-    lines.append(f"| | total | | | | | {sum(r['parameters'] for r in table):,} |")
-    return "\n".join(lines)
+    header, body = table(model, input_shape)
+    # Markdown strips leading spaces, so table() draws nesting inside a wrapper with a visible mark.
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return re.sub(r"(?<=\|)  (?=\|)", " ", "\n".join(lines))  # an empty cell: "| |"
 
 
 def forward_flops(model: nn.Module, device="cpu", input_shape=(3, 32, 32)) -> float:
@@ -76,3 +76,16 @@ def forward_flops(model: nn.Module, device="cpu", input_shape=(3, 32, 32)) -> fl
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 8
+
+
+COLUMNS = ["#", "layer", "kernel", "stride", "padding", "output (C x H x W)", "parameters"]
+
+
+def table(model: nn.Module, input_shape=(1, 3, 32, 32)) -> tuple[list[str], list[list[str]]]:
+    """The layer table as a header and rows of text (the report typesets it); nesting inside a
+    wrapper is shown by a leading mark per level, the last row is the total."""
+    found = rows(model, input_shape)
+    body = [[str(i), "· " * r["depth"] + r["layer"], r["kernel"], r["stride"], r["padding"], r["output"],
+             f"{r['parameters']:,}"] for i, r in enumerate(found, 1)]
+    body.append(["", "total", "", "", "", "", f"{sum(r['parameters'] for r in found):,}"])
+    return COLUMNS, body

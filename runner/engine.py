@@ -119,22 +119,26 @@ def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0
 
 
 def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, precision="fp32", forward=None) -> Engine:
-    """Evaluation: eval mode, no gradients, accuracy accumulated by torchmetrics."""
+    """Evaluation: eval mode, no gradients, accuracy and the confusion matrix accumulated by
+    torchmetrics. state.metrics gets `accuracy` and `confusion_matrix` (rows: true class, columns:
+    predicted class, counts as lists), from which per-class accuracy follows (metrics.per_class)."""
     # Imported here, not with the module: torchmetrics loads scipy (~1.5 s), which `runner
     # validate`, `runner plugins` and `runner report` do not need.
     import torchmetrics
 
-    accuracy = None
+    accuracy = confusion = None
     forward = forward or model
 
     def step(engine, batch):
-        nonlocal accuracy
+        nonlocal accuracy, confusion
         images, labels = batch
         if accuracy is None:
             accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(labels.device)
+            confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes).to(labels.device)
         with torch.inference_mode(), autocast(labels.device, precision):
             logits = forward(prepare(images, pipeline, channels_last))
         accuracy.update(logits, labels)
+        confusion.update(logits, labels)
         return logits, labels
 
     evaluator = Engine(step)
@@ -145,10 +149,12 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
         pipeline.eval()
         if accuracy is not None:
             accuracy.reset()
+            confusion.reset()
 
     @evaluator.on(Events.COMPLETED)
     def compute(engine):
         engine.state.metrics["accuracy"] = float(accuracy.compute()) if accuracy is not None else float("nan")
+        engine.state.metrics["confusion_matrix"] = confusion.compute().tolist() if confusion is not None else None
 
     return evaluator
 

@@ -70,3 +70,20 @@ def run_finished(run, results, settings):
 
     `results` is the dict that becomes summary.json; keys a plugin adds appear there.
     """
+
+
+@hookspec
+def report_sections(runs):
+    """Add to `runner report`: return a list of `runner.report.Section` (or None).
+
+    Called once for every installed plugin, like the registry hooks, whichever specs enable it.
+    `runs` (a `runner.report.Runs`) maps each reported spec's name to its `SpecRuns`, in question
+    order: `.runs` (one summary.json per seed, lowest seed first), `.representative` (that first
+    run, which single numbers and figures come from), `.spec` (its resolved spec.toml), `.trained`,
+    `.figure(file_name)`; `runs.using(plugin)` lists the specs that enable a plugin, and
+    `runs.workdir` is a temporary folder for figures drawn now.
+
+    `Section(spec=name, blocks=[...], fields={...})` adds blocks (`Paragraph`, `Table`, `Figure`)
+    to that spec's section and fields to its explanation template (`{name.key}`); a Section without
+    `spec` is a section of its own, among the studies beyond the questions.
+    """

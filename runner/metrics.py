@@ -106,3 +106,15 @@ def read_csv(path) -> dict[str, list[float]]:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     return {name: [float(r[j]) if r[j] else float("nan") for r in body] for j, name in enumerate(header)}
+
+
+def per_class(confusion: list[list[int]] | None, class_names: list[str]) -> dict | None:
+    """Per-class test results from a confusion matrix (rows: true class, columns: predicted):
+    each class's accuracy (recall: its images classified as it) and the matrix itself, as
+    summary.json keeps them. None when nothing was evaluated."""
+    if not confusion:
+        return None
+    totals = [sum(row) for row in confusion]
+    return {"classes": list(class_names),
+            "accuracy": [round(row[i] / total, 5) if total else None for i, (row, total) in enumerate(zip(confusion, totals))],
+            "confusion_matrix": [[int(v) for v in row] for row in confusion]}

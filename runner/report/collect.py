@@ -1,0 +1,210 @@
+"""Which runs a report uses: each spec's completed runs in an artifacts folder, one per seed, of
+the kind asked for (--quick or full protocol), full-protocol ones only if made as their spec
+file says now; and the order of the report's sections (the homework's questions first).
+
+Numbers come from the runs' summary.json files, never typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import artifacts
+
+# This project's own specs: the last place a run's spec file is looked for.
+PROJECT_SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+
+def collect(out: Path) -> dict[str, list[dict]]:
+    """spec name -> summaries of its completed runs (each with its folder), oldest first."""
+    runs: dict[str, list[dict]] = {}
+    for spec_dir in sorted(p for p in Path(out).iterdir() if p.is_dir()):
+        for run_dir in artifacts.completed_runs(out, spec_dir.name):
+            try:
+                summary = json.loads((run_dir / "summary.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            runs.setdefault(spec_dir.name, []).append(dict(summary, run_dir=str(run_dir)))
+    return runs
+
+
+def spec_path(summary: dict, out: Path) -> Path | None:
+    """A run's spec file, or None. Older runs recorded it relative to the folder they ran in: try it
+    as written (right when the report runs where the runs did), then relative to the artifacts
+    folder's parent (the folder a run with the default --out ran in), then by name in this project's
+    specs/ (its own specs, wherever they ran: another folder, the device machine's copy)."""
+    if not summary.get("spec_file"):
+        return None
+    recorded = Path(summary["spec_file"])
+    candidates = [recorded] + ([] if recorded.is_absolute() else [Path(out).resolve().parent / recorded])
+    found = next((p for p in candidates + [PROJECT_SPECS / recorded.name] if p.is_file()), None)
+    return found.resolve() if found else None  # one folder, however runs spelled it: its templates once each
+
+
+def _comparable(values: dict) -> dict:
+    """A resolved spec as the protocol sees it. Where the device and the data are is not the
+    protocol (--device is routine), and paths are anchored in the checkout that made the run,
+    so required specs and plugin files count by file name."""
+    values = dict(values, requires=[Path(p).name for p in values.get("requires", [])])
+    values.pop("device", None)
+    values["data"] = {k: v for k, v in values.get("data", {}).items() if k != "root"}
+    values["plugins"] = {name: dict(table, path=Path(table["path"]).name) if table.get("path") else table
+                         for name, table in values.get("plugins", {}).items()}
+    return values
+
+
+def spec_changes(summary: dict, out: Path, catalogue) -> list[str]:
+    """How a run's spec differs from its spec file's now, with the run's seed (a --set, or a spec
+    edited since). Both are resolved by the current code, so a setting added since reads as its
+    default; an older spec.toml the code no longer reads is compared on the keys both have.
+    [] when they match or cannot be compared (no spec file, a spec file that no longer loads)."""
+    from ..spec import differences, load
+
+    path, run_file = spec_path(summary, out), Path(summary["run_dir"]) / "spec.toml"
+    if path is None or not run_file.is_file():
+        return []
+    seed = [] if summary.get("seed") is None else [f"seed={summary['seed']}"]
+    try:
+        now = tomllib.loads(load(path, catalogue, seed).dumps())
+    except Exception as exc:  # a spec file broken or changed beyond loading: nothing to compare with
+        print(f"report: cannot check {run_file.parent} against {path}: {exc}", file=sys.stderr)
+        return []
+    try:
+        run, both = tomllib.loads(load(run_file, catalogue).dumps()), True
+    except Exception:
+        run, both = tomllib.loads(run_file.read_text()), False
+    return [f"{key} = {was!r} (spec file: {is_now!r})"
+            for key, was, is_now in differences(_comparable(run), _comparable(now), both)]
+
+
+def protocol_runs(runs: dict[str, list[dict]], out: Path, catalogue) -> tuple[dict[str, list[dict]], list[str]]:
+    """The runs whose spec is their spec file's (see spec_changes), and a note on each one left out.
+    Quick runs stay: --quick's own overrides make every one differ, and their report says they are
+    not results. Filtering before latest_per_seed lets an older matching run stand for its seed."""
+    kept, notes = {}, []
+    for name, summaries in runs.items():
+        for summary in summaries:
+            changes = [] if summary.get("quick") else spec_changes(summary, out, catalogue)
+            if changes:
+                notes.append(f"{name}/{Path(summary['run_dir']).name} ({'; '.join(changes)})")
+            else:
+                kept.setdefault(name, []).append(summary)
+    return kept, notes
+
+
+def latest_per_seed(summaries: list[dict], quick: bool) -> list[dict]:
+    """One run per seed (the newest), of the wanted kind (quick or full protocol), lowest seed first."""
+    by_seed = {}
+    for summary in summaries:
+        if bool(summary.get("quick")) == quick:
+            by_seed[summary.get("seed")] = summary
+    return [by_seed[seed] for seed in sorted(by_seed, key=lambda s: (s is None, s))]
+
+
+QUESTION = re.compile(r"^P(\d+)\s*Q(\d+)\b")
+
+
+def question_order(name: str, question: str) -> tuple:
+    """The homework's questions first ("P1 Q1: ..." before "P1 Q2: ...", then P2, P3), then every
+    other spec: those naming a part ("P2 fix: ...") by part, the rest after, each by name."""
+    asked = QUESTION.match(question or "")
+    if asked:
+        return 0, int(asked[1]), int(asked[2]), name
+    part = re.match(r"^P(\d+)\b", question or "")
+    return 1, int(part[1]) if part else 99, 0, name
+
+
+@dataclass
+class SpecRuns:
+    """One spec's runs in a report: `runs`, one per seed, lowest seed first; the first of them is
+    the representative, which a spec's single numbers, figures and text come from (one rule for
+    every table and text, so a report never quotes two seeds' values for one quantity)."""
+
+    name: str
+    runs: list[dict]
+    spec: dict = field(default_factory=dict)  # the representative run's resolved spec.toml
+    spec_file: Path | None = None
+
+    @property
+    def representative(self) -> dict:
+        return self.runs[0]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.representative["run_dir"])
+
+    @property
+    def question(self) -> str:
+        return self.spec.get("question") or ""
+
+    @property
+    def trained(self) -> bool:
+        """Whether the spec trains its own model (an attack's evaluates another spec's)."""
+        return bool(self.representative.get("iterations"))
+
+    @property
+    def plugins(self) -> list[str]:
+        """The plugins its spec enables."""
+        return [name for name, table in self.spec.get("plugins", {}).items()
+                if isinstance(table, dict) and table.get("enabled", True)]
+
+    def values(self, key: str) -> list:
+        """`key` of every run (None where a run lacks it)."""
+        return [summary.get(key) for summary in self.runs]
+
+    def mean_sd(self, key: str = "test_accuracy") -> tuple[float | None, float | None]:
+        """Mean over the runs and their sd (None for one run; both None when a run lacks the key)."""
+        values = self.values(key)
+        if not values or any(v is None for v in values):
+            return None, None
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+    def figure(self, file_name: str) -> Path | None:
+        """A figure of the representative run, or None when it did not draw one."""
+        path = self.run_dir / file_name
+        return path if path.is_file() else None
+
+
+class Runs(dict):
+    """What a report is made from: spec name -> SpecRuns, in question order (see question_order).
+
+    `quick`: whether these are --quick runs; `out`: the artifacts folder; `workdir`: a temporary
+    folder for figures drawn while the report is made (gone when it is written)."""
+
+    def __init__(self, specs: list[SpecRuns], *, quick: bool, out: Path, workdir: Path, left_out=()):
+        super().__init__((s.name, s) for s in sorted(specs, key=lambda s: question_order(s.name, s.question)))
+        self.quick, self.out, self.workdir, self.left_out = quick, Path(out), Path(workdir), list(left_out)
+
+    def using(self, plugin: str) -> list[SpecRuns]:
+        """The specs whose spec enables `plugin`, in question order."""
+        return [s for s in self.values() if plugin in s.plugins]
+
+
+def spec_table(summary: dict) -> dict:
+    path = Path(summary["run_dir"]) / "spec.toml"
+    return tomllib.loads(path.read_text()) if path.is_file() else {}
+
+
+def gather(out: Path, quick: bool, catalogue) -> tuple[dict[str, list[dict]], list[str]]:
+    """The runs a report uses and notes on the full-protocol runs left out (see protocol_runs)."""
+    runs, left_out = collect(out), []
+    if not quick:
+        runs, left_out = protocol_runs(runs, out, catalogue)
+    for note in left_out:
+        print(f"report: left out {note}: its spec is not its spec file's now", file=sys.stderr)
+    return runs, left_out
+
+
+def spec_runs(runs: dict[str, list[dict]], quick: bool, out: Path) -> list[SpecRuns]:
+    """Each spec with runs of the wanted kind, with its representative's spec and spec file."""
+    found = []
+    for name, summaries in runs.items():
+        chosen = latest_per_seed(summaries, quick)
+        if chosen:
+            found.append(SpecRuns(name, chosen, spec_table(chosen[0]), spec_path(chosen[0], out)))
+    return found

@@ -1,0 +1,67 @@
+"""The report in Markdown: the results table `runner report` prints (for the terminal and the
+README), and the whole document for `-o report.md` (images linked where the runs keep them)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .collect import Runs
+from .document import Bullets, Document, Figure, Heading, Paragraph, Section, Table
+
+
+def cell(value: str) -> str:
+    return value.replace("|", "\\|")
+
+
+def table_lines(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
+def results_table(runs: Runs) -> str:
+    """Every spec's seeds, test accuracy (mean ± sd and per seed), seconds and images/s per run;
+    an evaluate-only spec (an attack) has no accuracy of its own: its row says so."""
+    rows = []
+    for name, spec in runs.items():
+        if not spec.trained:
+            rows.append([name, str(len(spec.runs)), "– (evaluates another spec's model)", "–", "–", "–"])
+            continue
+        mean, sd = spec.mean_sd()
+        seconds, _ = spec.mean_sd("seconds")
+        speed, _ = spec.mean_sd("images_per_second")
+        rows.append([name, str(len(spec.runs)), f"{mean:.1%}" + (f" ± {sd:.1%}" if sd is not None else ""),
+                     ", ".join(f"{v:.1%}" for v in spec.values("test_accuracy")),
+                     f"{seconds:.0f}" if seconds is not None else "–", f"{speed:.0f}" if speed is not None else "–"])
+    header = ["spec", "seeds", "test accuracy (mean ± sd)", "per seed", "seconds per run", "images/s"]
+    return "\n".join(table_lines(header, rows)) + "\n"
+
+
+def block_lines(block, folder: Path) -> list[str]:
+    if isinstance(block, Figure):
+        return [f"![Figure {block.number}]({os.path.relpath(block.path, folder)})", "",
+                f"*Figure {block.number}.* {block.caption}"]
+    if isinstance(block, Table):
+        return ([f"*Table {block.number}.* {block.caption}", ""] if block.caption else []) + \
+            table_lines(block.header, block.rows)
+    if isinstance(block, Heading):
+        return [f"### {block.text}"]
+    if isinstance(block, Bullets):
+        return [f"- {item}" for item in block.items]
+    if isinstance(block, Paragraph):
+        return [block.text]
+    raise TypeError(f"no Markdown form for {type(block).__name__}")
+
+
+def section_lines(section: Section, folder: Path) -> list[str]:
+    lines = [f"## {section.title}", ""] + ([f"*{section.subtitle}*", ""] if section.subtitle else [])
+    for block in section.blocks:
+        lines += block_lines(block, folder) + [""]
+    return lines
+
+
+def render(document: Document, folder: Path) -> str:
+    lines = [f"# {document.title}", ""] + ([f"**{document.warning}**", ""] if document.warning else [])
+    lines += [f"- {key}: {value}" for key, value in document.facts] + [""]
+    for section in document.sections + document.appendix:
+        lines += section_lines(section, folder)
+    return "\n".join(lines)

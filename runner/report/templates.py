@@ -1,0 +1,115 @@
+"""Explanation templates: the answers' prose, with the numbers filled in from the runs.
+
+A template is a `*_explanation.md` file beside the specs. Each `## <spec name>` heading starts the
+answer for that spec's section; its text may use str.format fields: `{spec.key}` is the key of a
+spec's representative run summary (its lowest seed; `{spec.key.sub}` and `{spec.key[1]}` reach into
+tables), and besides the summary's keys every spec has
+
+- `accuracy_mean`, `accuracy_sd` (0 for one run), `seeds`: its test accuracy over its seeds;
+- `accuracy`: those as text, "66.1% ± 0.4% (3 seeds)" or "66.1% (1 seed)";
+- `train_accuracy_mean`: its final running training accuracy, mean over seeds;
+
+and whatever fields plugins add for it (their report_sections). HTML comments are left out. A
+section whose spec has no runs in the report is skipped silently; one with a field without a value
+(a run it quotes is missing) is left out and named on stderr.
+"""
+from __future__ import annotations
+
+import re
+import string
+import sys
+from pathlib import Path
+
+from .collect import Runs, SpecRuns
+
+
+class Fields(dict):
+    """Values for str.format templates: {spec.key.sub} and {spec.key[1]} both work."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key):
+        value = super().__getitem__(str(key) if str(key) in self else key)
+        return Fields(value) if isinstance(value, dict) else value
+
+
+def accuracy_text(mean: float, sd: float | None, seeds: int) -> str:
+    return f"{mean:.1%}" + (f" ± {sd:.1%} ({seeds} seeds)" if sd is not None else " (1 seed)")
+
+
+def spec_fields(spec: SpecRuns) -> dict:
+    """One spec's own fields (see the module's docstring)."""
+    mean, sd = spec.mean_sd("test_accuracy")
+    train, _ = spec.mean_sd("final_running_train_accuracy")
+    fields = dict(spec.representative, seeds=len(spec.runs), accuracy_mean=mean, accuracy_sd=sd or 0.0,
+                  train_accuracy_mean=train)
+    fields["accuracy"] = accuracy_text(mean, sd, len(spec.runs)) if mean is not None else None
+    return fields
+
+
+def template_fields(runs: Runs, added: dict[str, dict] | None = None) -> Fields:
+    """Every spec's fields, with the fields plugins added for it (`added`: spec name -> fields)."""
+    fields = {name: spec_fields(spec) for name, spec in runs.items()}
+    for name, extra in (added or {}).items():
+        fields.setdefault(name, {}).update(extra)
+    return Fields(fields)
+
+
+def missing_fields(text: str, fields: Fields) -> list[str]:
+    """The fields of a template text without a value: no run behind them, None, or unformattable."""
+    formatter, missing = string.Formatter(), []
+    for _, name, spec, _ in formatter.parse(text):
+        if name is None:
+            continue
+        try:
+            value, _ = formatter.get_field(name, (), fields)
+            if value is None:  # "{x}" would print None
+                raise ValueError
+            format(value, spec or "")
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+            if name not in missing:
+                missing.append(name)
+    return missing
+
+
+def sections(path: Path) -> dict[str, str]:
+    """A template's answers by spec name, unfilled, comments removed."""
+    text = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)  # comments may hold braces
+    found = {}
+    for section in re.split(r"(?m)^(?=## )", text):
+        if section.startswith("## "):
+            heading, _, body = section.partition("\n")
+            found[heading[3:].strip()] = body.strip()
+    return found
+
+
+def fill_template(path: Path, fields: Fields, specs=None) -> dict[str, str]:
+    """The template's answers filled (spec name -> text), for the specs in `specs` (default: every
+    spec with fields). An answer with a field without a value is left out and named on stderr."""
+    wanted = set(fields if specs is None else specs)
+    filled = {}
+    for name, body in sections(path).items():
+        if name not in wanted or not body:
+            continue
+        missing = missing_fields(body, fields)
+        if missing:
+            names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            print(f"report: {path.name}: left out the answer for {name}: no value for {names}", file=sys.stderr)
+            continue
+        filled[name] = body.format_map(fields).strip()
+    return filled
+
+
+def explanations(runs: Runs, fields: Fields) -> dict[str, str]:
+    """spec name -> its filled answer, from every *_explanation.md beside the runs' spec files."""
+    folders = sorted({spec.spec_file.parent for spec in runs.values() if spec.spec_file})
+    found: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*_explanation.md")):
+            for name, text in fill_template(path, fields, runs).items():
+                found.setdefault(name, text)
+    return found
