@@ -21,6 +21,7 @@ setup(
         "requests>=2.28",
         "tornado>=6.2",
         "tqdm>=4.66",  # the progress bar
+        "shtab>=1.7",  # runner completion SHELL
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"],
                     # runner SUITE --executor dask: the suite on a Dask cluster

@@ -99,7 +99,7 @@ def new_run_dir(out: Path, spec_name: str, seed: int) -> Path:
 
 
 # Facts about the run, not about one status: every later status keeps them.
-KEPT = ("quick", "pid", "data")
+KEPT = ("quick", "pid", "data", "overrides")
 
 
 def set_status(run_dir, status: str, **extra) -> None:

@@ -1,30 +1,57 @@
-"""Command line: argument parsing only; the work happens in run.py and friends.
+"""Command line: parse arguments, then call the planner (suite.py), an executor (executors.py),
+or one of the run listings (listing.py). No planning or running happens here.
 
 runner SPEC... [options]      train and evaluate each spec (a folder means every spec in it)
+runner show SPEC              the resolved spec, and where each value came from
+runner ls [OUT]               the runs in OUT
+runner compare RUN|SPEC|OUT   runs side by side, by the settings they differ in
 runner validate SPEC...       check specs without running them
-runner plugins                list every plugin, its origin and its hooks, models and transforms
+runner plugins                every plugin, its origin and its hooks, models and transforms
+runner resume RUN_DIR         continue an interrupted run
+runner report [OUT]           the report (PDF, HTML, Markdown) from the runs
+runner visdom                 serve live plots offline
+runner completion SHELL       a tab-completion script
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import signal
 import sys
 import threading
-from pathlib import Path
 
-from .errors import DataError, DivergedError, RunnerError, SpecError
+from .errors import RunnerError
 from .visdom_server import cmd_visdom
 
 EXIT_CODES = """exit codes: 0 success; 1 other runner error; 2 bad spec or option; 3 data missing or corrupt;
 4 a plugin failed; 5 training diverged (NaN/inf loss); 130 interrupted"""
 
+OTHER_COMMANDS = """other commands:
+  runner show SPEC [--set ...]         the resolved spec, and where each value came from
+  runner ls [OUT] [--spec S] [--status S]   runs with seed, status, result, overrides, start and wall time
+  runner compare RUN|SPEC|OUT...       runs side by side, grouped by the settings they differ in
+  runner validate SPEC...              check specs without running them
+  runner plugins                       every plugin with its origin, hooks, models and transforms
+  runner resume RUN_DIR                continue an interrupted run
+  runner report [OUT] [-o FILE]        the report from the runs (PDF, HTML, Markdown)
+  runner visdom                        serve live plots offline
+  runner completion bash|zsh|tcsh      a tab-completion script"""
 
-def _run_parser() -> argparse.ArgumentParser:
+
+def version_text() -> str:
+    import platform
+
+    from . import __version__
+
+    return f"runner {__version__} (Python {platform.python_version()})"
+
+
+def run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description="Train and evaluate CIFAR-10 experiment specs (TOML).",
-        epilog="Other commands: 'runner validate SPEC...', 'runner plugins', 'runner resume RUN_DIR', "
-               "'runner report [ARTIFACTS]', 'runner visdom'.\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=OTHER_COMMANDS + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("specs", nargs="+", metavar="SPEC",
                         help="spec files, or a folder of specs: the suite, run in dependency order, skipping "
                              "specs whose latest completed run used the same resolved spec and code, unless a "
@@ -39,7 +66,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_seed_list, metavar="N,N,...",
                         help="run each spec once per seed, e.g. --seeds 0,1,2 (mean and spread printed)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a spec value, e.g. --set train.lr=0.05 (value read as TOML); repeatable")
+                        help="override a spec value, e.g. --set train.lr=0.05 (value read as TOML); repeatable. "
+                             "Several values, --set train.lr=0.01,0.05,0.1, make a sweep: one run per value, "
+                             "a grid over several such keys")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few iterations on a small subset (for tests and a first look)")
     parser.add_argument("--with-deps", action="store_true",
@@ -54,280 +83,105 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="run up to N specs at once in N worker processes, a spec starting once those it "
                              "requires are done (a GPU is mostly idle under one small run; on a CPU, N processes "
                              "share its cores)")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="where the runs go: this machine (--jobs worker processes), or a Dask cluster "
+                             "(--scheduler; pip install -e '.[dask]')")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    parser.add_argument("--resources", metavar="NAME=N,...",
+                        help="with --executor dask: the Dask worker resources each run asks for (default CPU=1, "
+                             "and GPU=1 for a run on CUDA); a run uses CPU=N torch threads")
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="data-parallel training of each spec in N processes (ignite.distributed: gloo on "
                              "CPU, nccl with one GPU per process); each takes batch_size / N images of every batch")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: when stderr is a terminal)")
+                        help="a progress bar (default: when stderr is a terminal; else a line at every tenth)")
     return parser
 
 
-def expand_specs(paths) -> list[Path]:
-    """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out."""
-    out = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(path.glob("*.toml"))
-            if not found:
-                raise SpecError(f"no spec files (*.toml) in folder {path}")
-            out += found
-        else:
-            out.append(path)
-    return out
-
-
 def cmd_run(argv) -> int:
-    args = _run_parser().parse_args(argv)
-    workers = []
-    if args.jobs > 1 and args.nproc_per_node <= 1:
-        from .parallel import start_workers
-
-        # Started before the imports and spec loading below, so that their imports overlap ours.
-        runs = len(expand_specs(args.specs)) * len(args.seeds or [None])
-        workers = start_workers(args.jobs if args.with_deps else min(args.jobs, runs), args.jobs)
-    try:
-        return _run_specs(args, workers)
-    finally:
-        for worker in workers:  # unused when there was one run or none (run_in_processes stops those it took)
-            worker.stop(interrupt=True)
-            worker.process.wait()
-
-
-def _run_specs(args, workers: list) -> int:
-    from . import artifacts, run, spec as spec_module
+    from . import suite
     from .plugins import Catalogue
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.device:
-        overrides.append(f'device="{args.device}"')
+    args = run_parser().parse_args(argv)
+    if args.executor == "dask" and not args.scheduler:
+        raise RunnerError("--executor dask needs the cluster's address: --scheduler tcp://HOST:PORT")
+    if args.jobs < 1:
+        raise RunnerError(f"--jobs {args.jobs}: give 1 or more")
     catalogue = Catalogue.default()
-    seeds = [[f"seed={seed}"] for seed in args.seeds] if args.seeds else [[]]
-    paths = expand_specs(args.specs)
-    # Validate everything before the first run starts: a typo in the last spec fails at once.
-    quick = lambda path: quick_overrides(path, catalogue) if args.quick else []
-    specs = [spec_module.load(path, catalogue, quick(path) + overrides + seed) for path in paths for seed in seeds]
-    spec_module.check_overrides_used(specs, args.overrides)
-    if args.with_deps:
-        missing = [path for path in dependencies(specs, catalogue) if path not in [p.resolve() for p in paths]
-                   and artifacts.latest_run(args.out, spec_module.load(path, catalogue).name, args.quick) is None]
-        # The user's --set is for the specs named, but where they run (--device) holds for all, as
-        # the --jobs workers get it.
-        device = [f'device="{args.device}"'] if args.device else []
-        specs = [spec_module.load(path, catalogue, quick(path) + device) for path in missing] + specs
-    order = topological([spec.path.resolve() for spec in specs], catalogue)
-    specs.sort(key=lambda spec: order.index(spec.path.resolve()))  # stable: seeds keep their order
-    # A folder of specs is a suite: specs whose latest completed run used the same resolved spec
-    # and code, and the models of the specs they require as they are now, are skipped unless --force.
-    suite = any(Path(p).is_dir() for p in args.specs) and not args.force
-    finished, todo = [], []
-    for spec in specs:
-        done = artifacts.latest_run(args.out, spec.name, args.quick, seed=spec["seed"]) if suite else None
-        if done is not None and artifacts.read_summary(done).get("fingerprint") == run.fingerprint(spec):
-            why = outdated_by(spec, done, {s.name for s in todo}, args.out, args.quick)
-            if why is None:
-                print(f"[{spec.name}] up to date: {done} (--force reruns it)", file=sys.stderr)
-                finished.append(("skipped", spec, artifacts.read_summary(done)))
-                continue
-            print(f"[{spec.name}] reruns: {why}", file=sys.stderr)
-        todo.append(spec)
-    from .distributed import launched_by_torchrun
+    options = suite.RunOptions(out=args.out, data=args.data, quick=args.quick, resume=args.resume,
+                               progress=args.progress)
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    plan, _ = suite.build(args.specs, catalogue, options=options, overrides=args.overrides, seeds=seeds,
+                          with_deps=args.with_deps, force=args.force, device=args.device)
+    outcomes = _execute(plan, options, args, catalogue)
+    every = plan.skipped + outcomes
+    if len(every) > 1:
+        from .listing import outcome_table
 
-    if args.nproc_per_node > 1 or launched_by_torchrun():
-        failures = _run_data_parallel(todo, args, finished)
-    elif args.jobs > 1 and len(todo) > 1:
-        from .parallel import run_in_processes
-
-        failures = run_in_processes(todo, args, finished, started=workers)
+        print(outcome_table(every))
+    failures = [outcome for outcome in outcomes if not outcome.ok]
+    if not failures:
+        return 0
+    if len(every) == 1:
+        print(f"runner: error: {failures[0].error}", file=sys.stderr)
     else:
-        failures = _run_in_turn(todo, args, catalogue, finished, alone=len(specs) == 1)
-    if len(finished) > 1:
-        print_table(finished)
-    if failures:
-        first = next(iter(failures.values()))
-        print(f"runner: {len(failures)} of {len(specs)} runs did not complete: {', '.join(failures)}", file=sys.stderr)
-        return first.exit_code
-    return 0
+        print(f"runner: {len(failures)} of {len(every)} runs did not complete: "
+              f"{', '.join(o.job.name for o in failures)}", file=sys.stderr)
+    return failures[0].exit_code
 
 
-def _run_data_parallel(specs, args, finished: list) -> dict:
-    """Each spec in turn, each trained data-parallel (ignite.distributed): by args.nproc_per_node
+def _execute(plan, options, args, catalogue) -> list:
+    """The plan's jobs on the executor the options ask for, with the suite's progress display."""
+    from . import distributed, suite
+    from .executors import InProcess, ProcessPool
+    from .progress import SuiteDisplay, is_terminal
+
+    if not plan.jobs:
+        return []
+    if args.nproc_per_node > 1 or distributed.launched_by_torchrun():
+        return _run_data_parallel(plan, args, catalogue)
+    if args.executor == "dask":
+        from .dask_executor import DaskExecutor, parse_resources
+
+        resources = parse_resources(args.resources) if args.resources else None
+        executor, at_once = DaskExecutor(args.scheduler, resources), args.jobs
+    elif args.jobs > 1 and len(plan.jobs) > 1:
+        # Found (and unpacked) once here: the workers must not race to fill the same cache.
+        from .run import locate_data
+
+        first = suite.load_spec(plan.jobs[0].path, catalogue, plan.jobs[0].overrides)
+        options = dataclasses.replace(options, data=str(locate_data(first, args.data)))
+        executor, at_once = ProcessPool(min(args.jobs, len(plan.jobs)), device=args.device), min(args.jobs, len(plan.jobs))
+    else:
+        executor, at_once = InProcess(catalogue), 1
+    # One run alone shows only its own display; a suite also says what it is doing and its ETA,
+    # redrawn live when runs are in other processes and their output in logs.
+    quiet = len(plan.jobs) == 1 and not plan.skipped
+    display = SuiteDisplay(plan, at_once, live=at_once > 1 and is_terminal() and args.progress is not False)
+    try:
+        return executor.run(plan, options, (lambda *event: None) if quiet else display)
+    finally:
+        display.close()
+
+
+def _run_data_parallel(plan, args, catalogue) -> list:
+    """Each job in turn, trained data-parallel (ignite.distributed): by args.nproc_per_node
     processes started here, or by the processes torchrun started, this one among them."""
-    from . import distributed
+    from . import distributed, suite
 
+    specs = [suite.load_spec(job.path, catalogue, job.overrides) for job in plan.jobs]
     if distributed.launched_by_torchrun():
         if args.jobs > 1 or args.nproc_per_node > 1:
             raise RunnerError("under torchrun, its processes train one spec at a time together (torchrun's "
                               "--nproc-per-node sets how many per machine): drop runner's --jobs and --nproc-per-node")
         summaries = distributed.execute_under_torchrun(specs, out=args.out, data_source=args.data, quick=args.quick,
                                                        resume=args.resume)
-        finished += [("ran", spec, summary) for spec, summary in zip(specs, summaries)]
-        return {}
-    if args.jobs > 1 or args.resume:
-        raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --jobs and --resume")
-    for spec in specs:
-        summary = distributed.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
-                                                  quick=args.quick)
-        finished.append(("ran", spec, summary))
-    return {}
-
-
-def _run_in_turn(specs, args, catalogue, finished: list, alone: bool) -> dict:
-    """Run specs one after another in this process; returns {spec name: error} for those that failed."""
-    from . import artifacts, run
-
-    failures = {}
-    for spec in specs:
-        if skip_if_blocked(spec, required_names(spec), failures, finished):
-            continue
-        try:
-            # Only this seed's and this mode's runs: a --seeds run resumes each seed from its own folder.
-            unfinished = (artifacts.unfinished_runs(args.out, spec.name, seed=spec["seed"], quick=bool(args.quick))
-                          if args.resume else [])
-            # Resuming reloads the run's own spec.toml: one made from another spec (a --set since
-            # changed, say) would silently run that spec, not the one asked for.
-            differs = spec_differences(unfinished[-1], spec, catalogue) if unfinished else []
-            if differs:
-                print(f"[{spec.name}] not resuming {unfinished[-1]}: it was made from a different spec "
-                      f"(differing: {', '.join(differs)}; `runner resume {unfinished[-1]}` continues it as it was); "
-                      f"starting a fresh run", file=sys.stderr)
-            if unfinished and not differs:
-                result = run.resume(unfinished[-1], catalogue, data_source=args.data, show_progress=args.progress)
-            else:
-                result = run.execute(spec, catalogue, out=args.out, data_source=args.data, quick=args.quick,
-                                     show_progress=args.progress)
-        except Exception as exc:
-            # Every spec was validated before the first run, so a SpecError here is one run's (a
-            # plugin's check of its model); missing data would stop every later run too.
-            if alone or isinstance(exc, DataError):
-                raise
-            # One diverged or broken run must not cost the rest of a suite; the exit code still tells,
-            # and its status.json keeps the traceback. --jobs workers behave the same.
-            print(f"[{spec.name}] {type(exc).__name__}: {exc}; going on with the other specs", file=sys.stderr)
-            failures[spec.name] = exc if isinstance(exc, RunnerError) else RunnerError(f"{type(exc).__name__}: {exc}")
-            finished.append((failure_status(failures[spec.name].exit_code), spec, {}))
-            continue
-        finished.append(("ran", spec, result.results))
-    return failures
-
-
-def outdated_by(spec, done: Path, rerun: set[str], out, quick: bool) -> str | None:
-    """Why a spec whose latest run `done` has its fingerprint must run again, or None: a spec it
-    requires is rerun now (any seed: one it may fall back to), or the run of it that the source
-    plugins would take now (artifacts.source_run: its own seed's, else any seed's) started
-    after `done`, which used an older model. `rerun`: the specs this invocation runs before it; it
-    holds those rerun for this reason too, so a rerun reaches every spec that needs it, however
-    indirectly."""
-    from . import artifacts
-
-    required = required_names(spec)
-    if required & rerun:
-        return f"{', '.join(sorted(required & rerun))} {'is' if len(required & rerun) == 1 else 'are'} rerun"
-    for name in sorted(required):
-        latest = artifacts.source_run(out, name, quick, spec["seed"])
-        if latest is not None and artifacts.started_after(latest, done):
-            return f"{name} ran after it ({latest} is newer than {done.name})"
-    return None
-
-
-def spec_differences(run_dir, spec, catalogue) -> list[str]:
-    """The keys in which the spec an unfinished run was made from (its spec.toml, as resuming loads
-    it) differs from `spec`; none means resuming it runs `spec`. The code is not compared: resuming
-    after fixing what crashed a run is what resuming is for."""
-    import tomllib
-
-    from . import spec as spec_module
-
-    path = Path(run_dir) / "spec.toml"
-    try:
-        return [key for key, _, _ in spec_module.differences(spec_module.load(path, catalogue).values, spec.values)]
-    except RunnerError:  # not a valid spec now (a plugin's check refuses it, say): its keys as written
-        try:
-            return ([key for key, _, _ in spec_module.differences(tomllib.loads(path.read_text()), spec.values)]
-                    or [f"{path} is invalid"])
-        except (OSError, ValueError):
-            return [f"{path} is unreadable"]
-
-
-def required_names(spec) -> set[str]:
-    """The names of the specs `spec` requires (a spec's name is its file's stem)."""
-    return {Path(p).stem for p in spec["requires"]}
-
-
-def skip_if_blocked(spec, required: set[str], failures: dict, finished: list) -> bool:
-    """Mark `spec` not run when a spec it requires failed; says whether it did."""
-    blocked = sorted(required & set(failures))
-    if blocked:
-        print(f"[{spec.name}] not run: it needs {', '.join(blocked)}, whose run failed", file=sys.stderr)
-        failures[spec.name] = RunnerError(f"needs {', '.join(blocked)}")
-        finished.append(("not run", spec, {}))
-    return bool(blocked)
-
-
-def failure_status(exit_code: int) -> str:
-    return "diverged" if exit_code == DivergedError.exit_code else "failed"
-
-
-def topological(paths: list[Path], catalogue) -> list[Path]:
-    """The given spec files ordered so that every spec comes after those it requires."""
-    return [p for p in dependencies_of(paths, catalogue) if p in paths]
-
-
-def quick_overrides(path, catalogue) -> list[str]:
-    """--quick's overrides: the run's (an evaluate-only spec stays evaluate-only), then each enabled
-    plugin's settings that name a quick value (an attack's step cap, say)."""
-    import json
-
-    from . import run, spec as spec_module
-
-    table, _, _ = spec_module.read(path)
-    keep_zero = table.get("train", {}).get("iterations") == 0
-    overrides = [o for o in run.QUICK if not (keep_zero and o.startswith("train.iterations="))]
-    catalogue.add_spec_files(Path(path), table)
-    for name, settings in table.get("plugins", {}).items():
-        if isinstance(settings, dict) and settings.get("enabled", True):
-            overrides += [f"plugins.{name}.{key}={json.dumps(setting.quick)}"  # JSON scalars are TOML too
-                          for key, setting in catalogue.settings_of(name).items() if setting.quick is not None]
-    return overrides
-
-
-def dependencies(specs, catalogue) -> list[Path]:
-    """Every spec file the given specs require, transitively, each before the specs needing it."""
-    return dependencies_of([s.path.resolve() for s in specs], catalogue, include_roots=False)
-
-
-def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
-    """The spec files (and, with include_roots, the given ones) in an order where requirements come first."""
-    from . import spec as spec_module
-
-    ordered: list[Path] = []
-
-    def visit(path: Path, chain: tuple):
-        if path in chain:
-            raise RunnerError(f"circular requires: {' -> '.join(p.name for p in chain + (path,))}")
-        if path in ordered:
-            return
-        for required in required_files(path):
-            visit(required, chain + (path,))
-        ordered.append(path)
-
-    def required_files(path: Path) -> list[Path]:
-        found = [Path(r) for r in spec_module.load(path, catalogue)["requires"]]
-        for required in found:
-            if not required.is_file():
-                raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
-                                file=path, key="requires")
-        return found
-
-    for path in paths:
-        if include_roots:
-            visit(path, ())
-        else:
-            for required in required_files(path):
-                visit(required, (path,))
-    return ordered
+    else:
+        if args.jobs > 1 or args.resume:
+            raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --jobs and --resume")
+        summaries = [distributed.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
+                                                     quick=args.quick) for spec in specs]
+    return [suite.Outcome(job, "ran", summary) for job, summary in zip(plan.jobs, summaries)]
 
 
 def _seed_list(text: str) -> list[int]:
@@ -337,68 +191,64 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
 
 
-def print_table(finished) -> None:
-    """One line per run, then mean and spread of test accuracy per spec where it ran several seeds."""
-    import statistics
-
-    print(f"\n{'spec':28} {'seed':>4} {'test acc':>8} {'seconds':>8} {'images/s':>9}  status")
-    by_spec: dict[str, list[float]] = {}
-    for status, spec, results in finished:
-        if "test_accuracy" not in results:
-            print(f"{spec.name:28} {spec['seed']:4} {'-':>8} {'-':>8} {'-':>9}  {status}")
-            continue
-        by_spec.setdefault(spec.name, []).append(results["test_accuracy"])
-        print(f"{spec.name:28} {spec['seed']:4} {results['test_accuracy']:8.4f} {results['seconds']:8.1f} "
-              f"{results.get('images_per_second') or 0:9.0f}  {status}")
-    for name, accuracies in by_spec.items():
-        if len(accuracies) > 1:
-            print(f"{name:28} mean {statistics.mean(accuracies):.4f} +- {statistics.stdev(accuracies):.4f} "
-                  f"(sd over {len(accuracies)} seeds)")
-
-
-def cmd_validate(argv) -> int:
-    from . import spec as spec_module
-    from .plugins import Catalogue
-
+def validate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner validate", description="Check specs without running them.")
     parser.add_argument("specs", nargs="+", metavar="SPEC")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    args = parser.parse_args(argv)
-    catalogue, failures, specs = Catalogue.default(), 0, []
-    for path in expand_specs(args.specs):
+    return parser
+
+
+def cmd_validate(argv) -> int:
+    from . import suite
+    from .plugins import Catalogue
+    from .spec import check_overrides_used
+
+    args = validate_parser().parse_args(argv)
+    catalogue, verdicts, specs = Catalogue.default(), [], []
+    for path in suite.expand_specs(args.specs):
         try:
-            specs.append(spec_module.load(path, catalogue, args.overrides))
-            dependencies_of([Path(path).resolve()], catalogue)  # every required spec exists, no cycle
-            print(f"ok    {path}")
+            for point in suite.sweep_points(args.overrides):
+                specs.append(suite.load_spec(path, catalogue, point))
+            suite.dependencies_of([path.resolve()], catalogue)  # every required spec exists, no cycle
+            verdicts.append((path, None))
         except RunnerError as exc:
-            failures += 1
-            print(f"error {exc}", file=sys.stderr)
+            verdicts.append((path, exc))
     try:
-        spec_module.check_overrides_used(specs, args.overrides)
-    except RunnerError as exc:
-        failures += 1
-        print(f"error {exc}", file=sys.stderr)
-    return 2 if failures else 0
+        check_overrides_used(specs, [text for point in suite.sweep_points(args.overrides) for text in point])
+    except RunnerError as exc:  # the --set is wrong for every spec: none is ok as given
+        verdicts = [(path, error or exc) for path, error in verdicts]
+    for path, error in verdicts:
+        print(f"ok    {path}" if error is None else f"error {error}", file=sys.stdout if error is None else sys.stderr)
+    return 2 if any(error for _, error in verdicts) else 0
+
+
+def resume_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner resume", description="Continue an unfinished run from its checkpoint.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--data", metavar="PATH", help="where CIFAR-10 is now (default: where the run found it)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    return parser
 
 
 def cmd_resume(argv) -> int:
     from . import run
     from .plugins import Catalogue
 
-    parser = argparse.ArgumentParser(prog="runner resume", description="Continue an unfinished run from its checkpoint.")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--data", metavar="PATH", help="as for runner SPEC")
-    args = parser.parse_args(argv)
+    args = resume_parser().parse_args(argv)
     catalogue = Catalogue.default()
     for run_dir in args.run_dirs:
-        run.resume(run_dir, catalogue, data_source=args.data)
+        run.resume(run_dir, catalogue, data_source=args.data, show_progress=args.progress)
     return 0
+
+
+def plugins_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="runner plugins", description="List plugins, their origin and hooks.")
 
 
 def cmd_plugins(argv) -> int:
     from .plugins import Catalogue
 
-    argparse.ArgumentParser(prog="runner plugins", description="List plugins, their origin and hooks.").parse_args(argv)
+    plugins_parser().parse_args(argv)
     catalogue = Catalogue.default()
     for name, origin in catalogue.origins.items():
         print(f"{name}  ({origin})")
@@ -414,17 +264,108 @@ def cmd_plugins(argv) -> int:
     return 0
 
 
+def show_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner show",
+                                     description="The resolved spec, each value with where it came from.")
+    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--quick", action="store_true", help="as --quick would run it")
+    return parser
+
+
+def cmd_show(argv) -> int:
+    from . import suite
+    from .listing import resolved_with_origins
+    from .plugins import Catalogue
+
+    args = show_parser().parse_args(argv)
+    catalogue = Catalogue.default()
+    quick = suite.quick_overrides(args.spec, catalogue) if args.quick else []
+    for point in suite.sweep_points(args.overrides):
+        print(resolved_with_origins(suite.load_spec(args.spec, catalogue, quick + point), len(quick)))
+    return 0
+
+
+def ls_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner ls", description="The runs in OUT, oldest first.")
+    parser.add_argument("out", nargs="?", default="artifacts", metavar="OUT")
+    parser.add_argument("--spec", action="append", help="only this spec's runs (repeatable)")
+    parser.add_argument("--status", action="append",
+                        choices=("complete", "running", "interrupted", "failed", "diverged"),
+                        help="only runs in this status (repeatable)")
+    return parser
+
+
+def cmd_ls(argv) -> int:
+    from .listing import find_runs, runs_table
+
+    args = ls_parser().parse_args(argv)
+    runs = find_runs(args.out, specs=args.spec, statuses=args.status)
+    print(runs_table(runs) if runs else f"no runs in {args.out}" + (" matching the filters" if args.spec or args.status else ""))
+    return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner compare",
+                                     description="Runs side by side, grouped by the settings in which they differ.")
+    parser.add_argument("targets", nargs="+", metavar="RUN|SPEC|OUT",
+                        help="a run folder, a spec (file or name: its completed runs in --out), or a folder of runs")
+    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where a spec's runs are (default: artifacts)")
+    return parser
+
+
+def cmd_compare(argv) -> int:
+    from .listing import compare_table, runs_of
+
+    args = compare_parser().parse_args(argv)
+    print(compare_table(runs_of(args.targets, args.out)))
+    return 0
+
+
 def cmd_report(argv) -> int:
     from .report import cmd_report as report
 
     return report(argv)
 
 
+def completion_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner completion",
+                                     description="Print a tab-completion script, e.g. "
+                                                 "runner completion bash > ~/.local/share/bash-completion/completions/runner")
+    parser.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    return parser
+
+
+def cmd_completion(argv) -> int:
+    import shtab
+
+    args = completion_parser().parse_args(argv)
+    print(shtab.complete(command_tree(), shell=args.shell))
+    return 0
+
+
+def command_tree() -> argparse.ArgumentParser:
+    """Every command in one parser, for completion (the commands themselves parse separately, so
+    `runner SPEC` needs no subcommand name)."""
+    import shtab
+
+    tree = run_parser()
+    tree._actions[[a.dest for a in tree._actions].index("specs")].complete = shtab.FILE
+    commands = tree.add_subparsers(dest="command", metavar="COMMAND")
+    for name, make in PARSERS.items():
+        sub = make()
+        commands.add_parser(name, parents=[sub], add_help=False, help=sub.description)
+    return tree
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-COMMANDS = {"validate": cmd_validate, "plugins": cmd_plugins, "resume": cmd_resume, "report": cmd_report, "visdom": cmd_visdom}
+COMMANDS = {"show": cmd_show, "ls": cmd_ls, "compare": cmd_compare, "validate": cmd_validate, "plugins": cmd_plugins,
+            "resume": cmd_resume, "report": cmd_report, "visdom": cmd_visdom, "completion": cmd_completion}
+PARSERS = {"show": show_parser, "ls": ls_parser, "compare": compare_parser, "validate": validate_parser,
+           "plugins": plugins_parser, "resume": resume_parser, "completion": completion_parser}
 
 
 def main(argv=None) -> int:
@@ -439,6 +380,13 @@ def main(argv=None) -> int:
         details = f" (full traceback: {exc.details})" if exc.details else ""
         print(f"runner: error: {exc}{details}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `runner ls | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
-        print("runner: interrupted", file=sys.stderr)
+        again = "" if command else "; continue with: runner " + shlex.join(
+            argv + ([] if "--resume" in argv else ["--resume"]))
+        print(f"runner: interrupted{again}", file=sys.stderr)
         return 130

@@ -68,7 +68,10 @@ def attach(trainer, evaluator, run, settings):
 def run_finished(run, results, settings):
     """The run has trained and been evaluated; write extra artifacts or add to `results`.
 
-    `results` is the dict that becomes summary.json; keys a plugin adds appear there.
+    `results` is the dict that becomes summary.json; keys a plugin adds appear there. A plugin
+    whose run's result is not the test accuracy (an attack's fooled share) sets
+    `results["headline"] = {"name": "fooled", "value": 0.99, "seconds": ..., "per_second": ...}`:
+    `runner ls`, the suite's table and its progress lines show that instead (runner/results.py).
     """
 
 

@@ -109,3 +109,103 @@ def _columns(stream) -> int:
         return os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
         return 0
+
+
+class SuiteDisplay:
+    """A suite's progress, as `on_event` for an executor: k of N runs done, which are running and
+    for how long, and an ETA from the times of the same specs' earlier runs in OUT.
+
+    Started and finished runs are told as lines. With `live` (worker processes, whose output goes
+    to their logs, and a terminal), a status line under them is redrawn every second; only this
+    process writes to the terminal, so lines never interleave.
+    """
+
+    def __init__(self, plan, at_once: int, *, live: bool = False, stream=None):
+        import threading
+
+        self.stream = stream or sys.stderr
+        self.total, self.at_once, self.live = len(plan.jobs), max(1, at_once), live
+        self.expected = dict(plan.expected)
+        self.waiting = set(plan.jobs)
+        self.running: dict = {}  # job -> start time
+        self.taken: list[float] = []  # seconds of the runs finished now
+        self.finished = 0
+        self._lock = threading.Lock()
+        self._shown = False
+        self._stop = threading.Event()
+        if live and self.total:
+            threading.Thread(target=self._redraw_every_second, daemon=True).start()
+
+    def __call__(self, kind: str, job, outcome=None) -> None:
+        with self._lock:
+            if kind == "started":
+                self.waiting.discard(job)
+                self.running[job] = time.perf_counter()
+                self._say(f"[{job.name}] seed {job.seed}{_sweep_text(job)} started ({self.finished}/{self.total} "
+                          f"done, suite ETA {duration(self.eta())})")
+            else:
+                self.waiting.discard(job)
+                started = self.running.pop(job, None)
+                self.finished += 1
+                if started is not None:
+                    self.taken.append(time.perf_counter() - started)
+                self._say(self._finished_line(job, outcome))
+
+    def _finished_line(self, job, outcome) -> str:
+        from .results import headline
+
+        where = f"[{job.name}] seed {job.seed}{_sweep_text(job)}"
+        count = f" [{self.finished}/{self.total}]"
+        if outcome.status == "not run":
+            return f"[{job.name}] not run: {outcome.error}{count}"
+        if not outcome.ok:
+            return f"{where} {outcome.status} after {duration(outcome.seconds)}: {outcome.error}{count}"
+        figure = headline(outcome.summary)
+        result = f": {figure.text()}" if figure else ""
+        return f"{where} done in {duration(outcome.seconds)}{result}{count}, suite ETA {duration(self.eta())}"
+
+    def eta(self) -> float | None:
+        """Seconds until the last run ends, if runs keep going `at_once` at a time."""
+        known = [s for s in self.expected.values() if s > 0] + self.taken
+        guess = sum(known) / len(known) if known else None
+        now = time.perf_counter()
+        left = [self.expected.get(job) or guess for job in self.waiting]
+        left += [max((self.expected.get(job) or guess or 0) - (now - start), 0) for job, start in self.running.items()]
+        if any(s is None for s in left):
+            return None
+        count = len(self.waiting) + len(self.running)
+        return sum(left) / min(self.at_once, count) if count else 0.0
+
+    def status(self) -> str:
+        now = time.perf_counter()
+        running = ", ".join(f"{job.name} {duration(now - start)}" for job, start in self.running.items()) or "-"
+        return f"suite: {self.finished}/{self.total} done; running: {running}; ETA {duration(self.eta())}"
+
+    def _say(self, line: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")  # the status line goes; the event takes its place
+        print(line, file=self.stream, flush=not self.live)
+        if self.live:
+            self._draw()
+
+    def _draw(self) -> None:
+        columns = _columns(self.stream) or 100
+        self.stream.write("\r\033[K" + self.status()[:columns - 1])
+        self.stream.flush()
+        self._shown = True
+
+    def _redraw_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                self._draw()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self.live and self._shown:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+
+
+def _sweep_text(job) -> str:
+    return "".join(f" {text}" for text in job.sweep)

@@ -29,7 +29,6 @@ from .plugins import Catalogue, attributed
 from .progress import Progress
 from .spec import Spec
 
-QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4")
 
 
 @dataclass
@@ -213,7 +212,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     if not resume_dir:
         artifacts.write_text(run_dir / "spec.toml", spec.dumps())
     # The data's folder is kept, so `runner resume` needs no --data.
-    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick, data=data_source)
+    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick, data=data_source, overrides=spec.overrides)
     print(f"[{spec.name}] run folder {run_dir}", file=sys.stderr)
     try:
         _train_and_evaluate(run, data_source, sys.stderr.isatty() if show_progress is None else show_progress)
@@ -236,8 +235,10 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         _write_partial(run)
         artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())
-        if isinstance(exc, RunnerError):
+        try:
             exc.details = run_dir / artifacts.STATUS_FILE  # the command line points there
+        except AttributeError:  # an exception type with __slots__
+            pass
         raise
     finally:
         if run.progress is not None:
@@ -322,6 +323,7 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
         "spec": spec.name,
         "spec_file": str(spec.path.resolve()),  # the report finds the spec's explanation beside it, from anywhere
         "seed": spec["seed"],
+        "overrides": list(spec.overrides),  # the --set texts (seed, --quick's, a sweep's value) it was run with
         "quick": run.quick,
         "iterations": run.metrics.done,
         "batch_size": train["batch_size"],

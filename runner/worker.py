@@ -1,18 +1,16 @@
 """A process that `runner --jobs N` keeps for several runs, one at a time.
 
-Importing torch, Ignite, torchmetrics and the plugins takes ~5 s per process on a 2-core CPU: as
-long as a quick run itself. A worker pays it once and then runs job after job, each exactly as
-`python -m runner ARGS` would (runner.cli.main, in this process), with its output in the job's log.
+Importing torch, Ignite, torchmetrics and the plugins takes seconds per process on a small CPU: as
+long as a quick run itself. A worker pays it once (and starts paying it before its first job
+arrives) and then runs job after job through the run API (suite.run_job), with its output in the
+job's log.
 
-A worker starts importing at once, before its first job arrives: `runner --jobs` starts its
-workers before it loads the specs and unpacks the data, so that work and theirs overlap.
-
-Protocol (runner/parallel.py is the other end): one JSON job per line on stdin,
-{"argv": [...], "log": PATH, "env": {...}}; one JSON line back per job, {"exit": CODE}, on the
-pipe whose file descriptor `--replies` names, never on stdout, which anything may print to. End
-of stdin ends it. "env" (optional) is set before the job runs: the first job carries the worker's
-CUDA_VISIBLE_DEVICES, which CUDA reads when it starts, at the first run on the GPU, so the
-warm-up below must not start CUDA.
+Protocol (runner/executors.py is the other end): one JSON message per line on stdin,
+{"job": {...}, "options": {...}, "log": PATH, "env": {...}}; one JSON line back per job,
+{"outcome": {...}}, on the pipe whose file descriptor `--replies` names, never on stdout, which
+anything may print to. End of stdin ends it. "env" (optional) is set before the job runs: the
+first job carries the worker's CUDA_VISIBLE_DEVICES, which CUDA reads when it starts, at the first
+run on the GPU, so the warm-up below must not start CUDA.
 """
 from __future__ import annotations
 
@@ -24,25 +22,27 @@ import sys
 import traceback
 
 
-def run_job(argv: list[str], log: str) -> int:
-    """cli.main(argv) with this process's stdout and stderr (the file descriptors, so output of C
-    code and subprocesses too) going to the log; returns the exit code."""
-    from .cli import main
+def run_in_log(message: dict) -> dict:
+    """suite.run_job for one message, with this process's stdout and stderr (the file descriptors,
+    so output of C code and subprocesses too) going to the job's log; returns the Outcome as JSON."""
+    from .suite import Outcome, RunOptions, job_from_json, run_job
 
+    job = job_from_json(message["job"])
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     try:
-        with open(log, "w") as handle:
+        with open(message["log"], "w") as handle:
             os.dup2(handle.fileno(), 1)
             os.dup2(handle.fileno(), 2)
             try:
-                return main(argv)
-            except SystemExit as exc:  # argparse's errors
-                return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            except BaseException:
+                # A fresh catalogue (run_job's) per job: plugin files one spec names must not leak into the next.
+                return run_job(job, RunOptions(**message["options"])).to_json()
+            except BaseException as exc:  # Ctrl-C reaches the parent too; say what happened here
                 traceback.print_exc()
-                return 1
+                return Outcome(job, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                               error=f"{type(exc).__name__}: {exc}", exit_code=130 if isinstance(
+                                   exc, KeyboardInterrupt) else 1).to_json()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -58,13 +58,13 @@ def warm_up(threads: int | None) -> None:
     """Import what every run needs before the first job comes: torch, Ignite and the built-in plugins,
     and the two a run would otherwise import in its setup (measured on the 2-core CPU: torchmetrics
     with scipy 1-3 s at the first evaluator, torch._dynamo ~1 s at the first optimizer). `threads`:
-    this worker's share of the CPU cores (parallel.threads_per_process)."""
+    this worker's share of the CPU cores (executors.threads_per_process)."""
     import torch
     import torch._dynamo  # noqa: F401
     import torchmetrics  # noqa: F401
 
     from .plugins import Catalogue
-    from . import cli, run  # noqa: F401
+    from . import run  # noqa: F401
 
     if threads:
         torch.set_num_threads(threads)
@@ -74,15 +74,16 @@ def warm_up(threads: int | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.worker")
     parser.add_argument("--replies", type=int, required=True, help="file descriptor of the pipe for the replies")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (parallel.threads_per_process)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (executors.threads_per_process)")
     options = parser.parse_args()
     replies = os.fdopen(options.replies, "w", buffering=1)
     try:
         warm_up(options.threads)
         for line in sys.stdin:
-            job = json.loads(line)
-            os.environ.update(job.get("env", {}))
-            replies.write(json.dumps({"exit": run_job(job["argv"], job["log"])}) + "\n")
+            message = json.loads(line)
+            os.environ.update(message.get("env", {}))
+            outcome = run_in_log(message)
+            replies.write(json.dumps({"outcome": outcome}) + "\n")
     except KeyboardInterrupt:  # stopped between jobs or while warming up (a run in progress reports its own)
         return 130
     return 0

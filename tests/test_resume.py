@@ -75,7 +75,7 @@ def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
 
 def _resolved(seed: int, quick: bool, iterations: int) -> str:
     """The spec.toml a run of `runner p1_q1_raw.toml [--quick] --set train.iterations=N --seed S` writes."""
-    from runner.cli import quick_overrides
+    from runner.suite import quick_overrides
     from runner.plugins import Catalogue
     from runner.spec import load
 

@@ -208,7 +208,7 @@ def test_bad_overrides(tmp_path, catalogue, override):
 
 
 def test_quick_shrinks_the_run_and_caps_the_attacks_of_enabled_plugins(tmp_path, catalogue):
-    from runner.cli import quick_overrides
+    from runner.suite import quick_overrides
 
     fgsm = spec_module.load(SPECS / "p3_q1_fgsm.toml", catalogue, quick_overrides(SPECS / "p3_q1_fgsm.toml", catalogue))
     assert fgsm["train"]["iterations"] == 0  # evaluate-only stays so
@@ -249,18 +249,28 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
     assert main(["validate", str(SPECS / "p1_q1_raw.toml"), str(SPECS / "p3_q1_fgsm.toml"), "--set", override]) == 0
 
 
-def test_a_worker_gets_the_overrides_its_own_spec_was_loaded_with(catalogue):
+def test_a_job_carries_the_overrides_its_own_spec_was_loaded_with(catalogue, tmp_path):
     # --with-deps loads the specs it adds without the user's --set; under --jobs they once got them all.
-    import argparse
+    from runner import suite
 
-    from runner.parallel import child_command
+    plan, _ = suite.build([SPECS / "p3_q1_fgsm.toml"], catalogue, options=suite.RunOptions(out=str(tmp_path)),
+                          overrides=["plugins.fgsm.max_steps=5"], with_deps=True, device="cpu")
+    jobs = {job.name: job for job in plan.jobs}
+    assert list(jobs) == ["p1_q4_crop", "p3_q1_fgsm"]  # the model first
+    assert "plugins.fgsm.max_steps=5" in jobs["p3_q1_fgsm"].overrides
+    assert jobs["p1_q4_crop"].overrides == ('device="cpu"',)  # where it runs holds for all
+    # A job loads in a worker exactly as here.
+    assert jobs["p3_q1_fgsm"].load(catalogue)["plugins"]["fgsm"]["max_steps"] == 5
 
-    args = argparse.Namespace(overrides=["train.lr=0.2"], data=None, device=None, quick=False, resume=False,
-                              out="artifacts")
-    named = load(SPECS / "p1_q1_raw.toml", catalogue, "train.lr=0.2")
-    dependency = load(SPECS / "p1_q4_crop.toml", catalogue)
-    assert "train.lr=0.2" in child_command(named, args)
-    assert "train.lr=0.2" not in child_command(dependency, args)
+
+def test_sweeps_expand_into_a_grid_and_arrays_stay_whole():
+    from runner.suite import split_values, sweep_points
+
+    assert sweep_points(["train.lr=0.01,0.05", "seed=1"]) == [["train.lr=0.01", "seed=1"], ["train.lr=0.05", "seed=1"]]
+    grid = sweep_points(["train.lr=0.1,0.2", "train.batch_size=50,100,200"])
+    assert len(grid) == 6 and ["train.lr=0.2", "train.batch_size=200"] in grid
+    assert split_values("[16,32],[64,128]") == ["[16,32]", "[64,128]"]
+    assert split_values("[16, 32]") == ["[16, 32]"] and split_values('"a,b"') == ['"a,b"']
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -3,6 +3,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from runner.cli import main
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -99,55 +101,61 @@ def test_jobs_run_specs_in_parallel_processes_in_dependency_order(tmp_path, cifa
     assert main(args) == 5
     captured = capsys.readouterr()
     assert "[a_needs_b] not run: it needs b_diverges" in captured.err
-    assert "[b_diverges] seed 0 failed" in captured.err and "[c_alone] seed 0 done" in captured.err
+    assert "[b_diverges] seed 0 diverged" in captured.err and "[c_alone] seed 0 done" in captured.err
     assert (tmp_path / "out" / "_logs" / "c_alone-s0.log").is_file()
     assert (next((tmp_path / "out" / "c_alone").iterdir()) / "summary.json").is_file()
 
 
-class _Spec(dict):
-    """Just what the scheduler reads of a spec: its name and what it requires."""
+def _job(name, requires=(), seed=0, path=None, overrides=()):
+    from runner.suite import Job
 
-    def __init__(self, name, requires=()):
-        super().__init__(requires=[f"{r}.toml" for r in requires])
-        self.name = name
+    return Job(path=str(path or SPECS / "p1_q1_raw.toml"), overrides=tuple(overrides), name=name, seed=seed,
+               requires=frozenset(requires))
 
 
-def test_jobs_start_the_longest_chain_first_timed_by_previous_runs(tmp_path):
-    from runner import artifacts
-    from runner.parallel import start_order
+def test_jobs_start_the_longest_chain_first_timed_by_previous_runs():
+    from runner.suite import Plan
 
-    for name, seconds in {"short": 10, "long": 100, "source": 30, "attack": 80}.items():
-        run_dir = artifacts.new_run_dir(tmp_path, name, 0)
-        artifacts.write_json(run_dir / "summary.json", {"wall_seconds": seconds, "quick": False})
-        artifacts.set_status(run_dir, "complete")
-    specs = [_Spec("short"), _Spec("fresh"), _Spec("long"), _Spec("source"), _Spec("attack", ["source"])]
+    jobs = [_job("short"), _job("fresh"), _job("long"), _job("source"), _job("attack", ["source"])]
+    seconds = {"short": 10, "long": 100, "source": 30, "attack": 80, "fresh": 0}
+    plan = Plan(jobs=jobs, expected={job: seconds[job.name] for job in jobs})
     # source heads 30 + 80 s of work, more than long's 100 s; fresh has no run yet: last.
-    assert [s.name for s in start_order(specs, tmp_path, quick=False)] == ["source", "long", "attack", "short", "fresh"]
-    # --quick runs are timed by quick runs only: none here, so the order given stands.
-    assert [s.name for s in start_order(specs, tmp_path, quick=True)] == [s.name for s in specs]
+    assert [job.name for job in plan.start_order()] == ["source", "long", "attack", "short", "fresh"]
+    # Nothing timed yet (a first suite): the order given stands.
+    assert [job.name for job in Plan(jobs=jobs).start_order()] == [job.name for job in jobs]
+
+
+def _wait(worker, seconds=180):
+    deadline = time.monotonic() + seconds
+    while worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return worker.poll()
 
 
 def test_a_worker_runs_job_after_job_each_like_a_fresh_process(tmp_path, cifar_archive):
-    from runner.parallel import Worker
+    from runner.executors import Worker
+    from runner.suite import RunOptions, quick_overrides
+    from runner.plugins import Catalogue
 
     raw = SPECS / "p1_q1_raw.toml"
-    common = ["--quick", "--set", "train.iterations=3", "--data", str(cifar_archive), "--out", str(tmp_path / "out"),
-              "--no-progress"]
+    overrides = quick_overrides(raw, Catalogue.default()) + ["train.iterations=3"]
+    options = RunOptions(out=str(tmp_path / "out"), data=str(cifar_archive), quick=True, progress=False)
     worker = Worker()
     try:
-        results = []
-        for job, argv in enumerate([[str(raw), *common], [str(tmp_path / "missing.toml"), *common], [str(raw), *common]]):
-            worker.start(argv, tmp_path / f"job{job}.log")
-            while worker.poll() is None:
-                time.sleep(0.05)
-            results.append(worker.poll())
-        assert results == [0, 2, 0]  # a bad spec fails its job only; the worker goes on
-        assert "spec file not found" in (tmp_path / "job1.log").read_text()
+        outcomes = []
+        for number, path in enumerate([raw, tmp_path / "missing.toml", raw]):
+            job = _job("p1_q1_raw" if path == raw else "missing", path=path, overrides=overrides)
+            worker.start(job, options, tmp_path / f"job{number}.log")
+            assert _wait(worker) == 0
+            outcomes.append(worker.outcome(job, tmp_path / f"job{number}.log"))
+        # A bad spec fails its job only, with the spec's exit code; the worker goes on.
+        assert [o.status for o in outcomes] == ["ran", "failed", "ran"] and outcomes[1].exit_code == 2
+        assert "spec file not found" in outcomes[1].error
         first, second = sorted((tmp_path / "out" / "p1_q1_raw").iterdir())
+        assert {outcomes[0].run_dir, outcomes[2].run_dir} == {str(first), str(second)}  # told, not scraped
         # The same seed in a used process gives the same run as in a fresh one (same losses, same accuracy).
         assert (first / "metrics.csv").read_text() == (second / "metrics.csv").read_text()
-        assert json.loads((first / "summary.json").read_text())["test_accuracy"] == \
-            json.loads((second / "summary.json").read_text())["test_accuracy"]
+        assert outcomes[0].summary["test_accuracy"] == outcomes[2].summary["test_accuracy"]
     finally:
         worker.stop(interrupt=False)
         assert worker.process.wait(timeout=30) == 0
@@ -172,21 +180,23 @@ def test_a_worker_that_dies_fails_its_run_only(tmp_path, cifar_archive, capsys):
 
 
 def test_workers_take_the_gpus_in_turn():
-    from runner.parallel import gpu_for_worker, gpus_to_share
+    from runner.executors import gpu_for_worker, gpus_to_share
+    from runner.suite import Job, Plan
 
     assert [gpu_for_worker(i, 4, None) for i in range(6)] == ["0", "1", "2", "3", "0", "1"]
     assert [gpu_for_worker(i, 4, "2,3") for i in range(3)] == ["2", "3", "2"]  # what the user let us see
     assert gpu_for_worker(0, 1, None) is None and gpu_for_worker(1, 0, None) is None  # one GPU or none: shared
     assert gpu_for_worker(3, 8, "5") is None
     # Nothing to share under --device cpu, or when a run names its GPU (it must see them all).
-    assert gpus_to_share([{"device": "auto"}], "cpu") == 0
-    assert gpus_to_share([{"device": "auto"}, {"device": "cuda:1"}], None) == 0
+    assert gpus_to_share(Plan(jobs=[_job("a")]), "cpu") == 0
+    named = Job(path="x.toml", overrides=(), name="b", seed=0, device="cuda:1")
+    assert gpus_to_share(Plan(jobs=[_job("a"), named]), None) == 0
 
 
 def test_workers_share_out_the_cores_unless_the_user_chose(monkeypatch):
     import os
 
-    from runner.parallel import threads_per_process
+    from runner.executors import threads_per_process
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
@@ -196,7 +206,8 @@ def test_workers_share_out_the_cores_unless_the_user_chose(monkeypatch):
 
 
 def test_a_worker_gets_its_gpu_with_its_first_job_and_keeps_it(tmp_path, cifar_archive):
-    from runner.parallel import Worker
+    from runner.executors import Worker
+    from runner.suite import RunOptions
 
     # A plugin that prints what the run's process sees into the job's log.
     (tmp_path / "show.py").write_text(
@@ -204,46 +215,44 @@ def test_a_worker_gets_its_gpu_with_its_first_job_and_keeps_it(tmp_path, cifar_a
         "    print('sees', os.environ.get('CUDA_VISIBLE_DEVICES'), torch.get_num_threads())\n")
     spec = tmp_path / "show.toml"
     spec.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.show]\npath = "show.py"\n')
-    argv = [str(spec), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive), "--device", "cpu",
-            "--out", str(tmp_path / "out"), "--no-progress"]
+    job = _job("show", path=spec, overrides=["train.iterations=1", "data.train_limit=200", "data.test_limit=100",
+                                             'device="cpu"'])
+    options = RunOptions(out=str(tmp_path / "out"), data=str(cifar_archive), progress=False)
     worker = Worker(threads=1)
     worker.gpu = "3"
     try:
-        for job in range(2):
-            worker.start(argv, tmp_path / f"job{job}.log")
-            while worker.poll() is None:
-                time.sleep(0.05)
-            assert worker.poll() == 0
-            assert "sees 3 1" in (tmp_path / f"job{job}.log").read_text()
+        for number in range(2):
+            worker.start(job, options, tmp_path / f"job{number}.log")
+            assert _wait(worker) == 0 and worker.outcome(job, tmp_path / "x").status == "ran"
+            assert "sees 3 1" in (tmp_path / f"job{number}.log").read_text()
     finally:
         worker.stop(interrupt=False)
         assert worker.process.wait(timeout=30) == 0
 
 
-def test_workers_start_with_the_command_and_unused_ones_are_stopped(tmp_path, cifar_archive, monkeypatch):
-    from runner import parallel
+def test_a_suite_with_nothing_to_do_starts_no_worker(tmp_path, cifar_archive, monkeypatch, capsys):
+    from runner import executors
 
-    started = []
-    monkeypatch.setattr(parallel, "start_workers", lambda count, jobs: started.extend(
-        parallel.Worker() for _ in range(count)) or started)
-    # One spec with --jobs 4: one worker is started (one run), then not needed (a single run
-    # goes in this process), and stopped.
-    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
-            "--out", str(tmp_path / "out"), "--jobs", "4"]
+    suite, _ = two_spec_suite(tmp_path)
+    args = [str(suite), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
+            "--out", str(tmp_path / "out")]
     assert main(args) == 0
-    assert len(started) == 1 and started[0].process.poll() is not None
+    capsys.readouterr()
+    monkeypatch.setattr(executors, "Worker", lambda *a, **k: pytest.fail("a worker started for nothing to run"))
+    assert main(args + ["--jobs", "2"]) == 0
+    assert capsys.readouterr().err.count("up to date") == 2
 
 
 def test_a_worker_killed_before_its_run_starts_fails_that_run_only(tmp_path, cifar_archive, monkeypatch, capsys):
-    from runner import parallel
+    from runner import executors
 
-    class KilledAtItsJob(parallel.Worker):
-        def start(self, argv, log):
-            super().start(argv, log)
-            if "a_killed" in argv[0]:
+    class KilledAtItsJob(executors.Worker):
+        def start(self, job, options, log):
+            super().start(job, options, log)
+            if job.name == "a_killed":
                 self.process.kill()  # still importing: it never opens the run's log
 
-    monkeypatch.setattr(parallel, "start_workers", lambda count, jobs: [KilledAtItsJob() for _ in range(count)])
+    monkeypatch.setattr(executors, "Worker", KilledAtItsJob)
     suite = tmp_path / "suite"
     suite.mkdir()
     for name in ("a_killed", "b_ok"):
@@ -258,7 +267,8 @@ def test_a_worker_killed_before_its_run_starts_fails_that_run_only(tmp_path, cif
 def test_what_a_worker_prints_outside_a_job_is_not_taken_for_a_reply(tmp_path, cifar_archive, monkeypatch, capfd):
     import os
 
-    from runner.parallel import Worker
+    from runner.executors import Worker
+    from runner.suite import RunOptions
 
     # An entry-point plugin that prints on import, which the worker's warm-up does before any job:
     # a line that is no reply, and one that looks like one.
@@ -266,18 +276,15 @@ def test_what_a_worker_prints_outside_a_job_is_not_taken_for_a_reply(tmp_path, c
     (site / "noisy-0.dist-info").mkdir(parents=True)
     (site / "noisy-0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: noisy\nVersion: 0\n")
     (site / "noisy-0.dist-info" / "entry_points.txt").write_text("[runner.plugins]\nnoisy = noisy_plugin\n")
-    (site / "noisy_plugin.py").write_text("print('noisy plugin loaded')\nprint('{\"exit\": 7}')\n")
+    (site / "noisy_plugin.py").write_text("print('noisy plugin loaded')\nprint('{\"outcome\": 7}')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    argv = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
-            "--out", str(tmp_path / "out"), "--no-progress"]
+    job = _job("p1_q1_raw", overrides=["train.iterations=1", "data.train_limit=200", "data.test_limit=100"])
     worker = Worker()
     try:
-        worker.start(argv, tmp_path / "job.log")
-        deadline = time.monotonic() + 180  # the old stdout protocol waited here forever
-        while worker.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert worker.poll() == 0
-        assert '{"exit": 7}' in capfd.readouterr().err  # the worker's stdout goes to our stderr
+        worker.start(job, RunOptions(out=str(tmp_path / "out"), data=str(cifar_archive), progress=False),
+                     tmp_path / "job.log")
+        assert _wait(worker) == 0 and worker.outcome(job, tmp_path / "job.log").status == "ran"
+        assert '{"outcome": 7}' in capfd.readouterr().err  # the worker's stdout goes to our stderr
     finally:
         worker.stop(interrupt=True)
         worker.process.wait(timeout=30)

@@ -1,0 +1,389 @@
+"""What a command line asks to run: the jobs, their dependency order, and which are up to date.
+
+Planning only; runner/executors.py runs a Plan. A Job is one run of one spec (a seed, a sweep
+point) described by plain values, so it travels to a worker process or a cluster and is loaded
+there exactly as here; `run_job` runs it and returns an Outcome instead of raising, so one failed
+run never costs a suite the others.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import artifacts
+from .errors import DataError, DivergedError, RunnerError, SpecError
+
+# --quick's run settings: a few iterations on a subset (a plugin may add its own quick values).
+QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to do: a spec file and the overrides it is loaded with (seed, --quick's, --set)."""
+
+    path: str
+    overrides: tuple[str, ...]
+    name: str
+    seed: int
+    requires: frozenset = frozenset()  # names of the specs it needs (their models, their attacks)
+    sweep: tuple[str, ...] = ()  # the --set values that make it one point of a sweep
+    device: str = "auto"  # the spec's device setting
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} seed {self.seed}" + "".join(f" {text}" for text in self.sweep)
+
+    def load(self, catalogue=None):
+        from .spec import load
+
+        return load(self.path, catalogue, list(self.overrides))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: str = "artifacts"
+    data: str | None = None
+    quick: bool = False
+    resume: bool = False
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+
+
+@dataclass
+class Outcome:
+    """How a job ended: status is ran, skipped (up to date), failed, diverged, interrupted or not run."""
+
+    job: Job
+    status: str
+    summary: dict = field(default_factory=dict)
+    run_dir: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ran", "skipped")
+
+    def to_json(self) -> dict:
+        return {"job": {**self.job.__dict__, "overrides": list(self.job.overrides), "requires": sorted(self.job.requires),
+                        "sweep": list(self.job.sweep)},
+                "status": self.status, "summary": self.summary, "run_dir": self.run_dir, "error": self.error,
+                "exit_code": self.exit_code, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Outcome":
+        job = data["job"]
+        return cls(job=job_from_json(job),
+                   **{key: data[key] for key in ("status", "summary", "run_dir", "error", "exit_code", "seconds")})
+
+
+def job_from_json(data: dict) -> Job:
+    return Job(data["path"], tuple(data["overrides"]), data["name"], data["seed"], frozenset(data["requires"]),
+               tuple(data["sweep"]), data["device"])
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]  # to run, each after the jobs it requires
+    skipped: list[Outcome] = field(default_factory=list)  # up to date
+    expected: dict = field(default_factory=dict)  # job -> seconds its spec's last run took (0: unknown)
+
+    def start_order(self) -> list[Job]:
+        """The jobs by the work that waits on them (their own time plus the longest chain of jobs
+        needing them), most first: a deep net an attack waits for starts before short runs
+        nothing waits for, so the last run ends sooner. Equal ranks keep the order given."""
+        rank: dict[Job, float] = {}
+        for i in reversed(range(len(self.jobs))):
+            job = self.jobs[i]
+            waiting = [rank[later] for later in self.jobs[i + 1:] if job.name in later.requires]
+            rank[job] = self.expected.get(job, 0.0) + max(waiting, default=0.0)
+        return sorted(self.jobs, key=lambda job: -rank[job])
+
+
+# ---- building a plan --------------------------------------------------------------------------
+
+def expand_specs(paths) -> list[Path]:
+    """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out."""
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                raise SpecError(f"no spec files (*.toml) in folder {path}")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """Each combination of the swept values: `train.lr=0.01,0.05` gives two points, two such keys a
+    grid. A TOML array (`model.widths=[16,32]`) is one value; `[16,32],[64,128]` is two."""
+    choices = [[f"{text.split('=', 1)[0]}={value}" for value in split_values(text.split("=", 1)[1])]
+               if "=" in text else [text] for text in overrides]
+    return [list(point) for point in itertools.product(*choices)]
+
+
+def split_values(raw: str) -> list[str]:
+    """'0.01,0.05' -> ['0.01', '0.05']; commas inside brackets, braces or quotes do not split."""
+    parts, depth, quote, current = [], 0, None, ""
+    for char in raw:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    return [part for part in parts if part] or [raw]
+
+
+def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, with_deps=False, force=False,
+          device=None, log=None) -> tuple[Plan, list]:
+    """The plan for `runner PATHS...`: every spec x seed x sweep point, loaded (so any bad spec
+    fails before the first run), ordered by dependencies; in a suite (a folder given, no --force)
+    the jobs whose latest completed run is up to date are skipped. Returns the plan and the specs.
+
+    log(line): where the planning decisions are told (up to date, reruns because ...)."""
+    from .spec import check_overrides_used
+
+    log = log or (lambda line: print(line, file=sys.stderr))
+    files = expand_specs(paths)
+    seed_overrides = [[f"seed={seed}"] for seed in seeds] if seeds else [[]]
+    device_override = [f'device="{device}"'] if device else []
+    points = sweep_points(list(overrides))
+    swept = [text for text in overrides if len(split_values(text.split("=", 1)[-1])) > 1]
+    loaded = []  # (job, spec)
+    for path in files:
+        quick = quick_overrides(path, catalogue) if options.quick else []
+        for point in points:
+            for seed in seed_overrides:
+                every = quick + point + device_override + seed
+                spec = load_spec(path, catalogue, every)
+                sweep = tuple(text for text in point if text.split("=", 1)[0] in {s.split("=", 1)[0] for s in swept})
+                loaded.append((_job(spec, every, sweep), spec))
+    check_overrides_used([spec for _, spec in loaded], [p for point in points for p in point])
+    if with_deps:
+        given = {Path(p).resolve() for p in files}
+        for path in dependencies_of([spec.path.resolve() for _, spec in loaded], catalogue, include_roots=False):
+            if path in given or artifacts.latest_run(options.out, load_spec(path, catalogue).name, options.quick):
+                continue
+            # The user's --set is for the specs named; where they run (--device) holds for all.
+            every = (quick_overrides(path, catalogue) if options.quick else []) + device_override
+            spec = load_spec(path, catalogue, every)
+            loaded.insert(0, (_job(spec, every), spec))
+    order = dependencies_of([spec.path.resolve() for _, spec in loaded], catalogue)
+    loaded.sort(key=lambda pair: order.index(pair[1].path.resolve()))  # stable: seeds keep their order
+    suite = any(Path(p).is_dir() for p in paths) and not force
+    plan = Plan(jobs=[])
+    from .run import fingerprint
+
+    for job, spec in loaded:
+        done = _matching_run(options, job, fingerprint(spec)) if suite else None
+        if done is not None:
+            why = outdated_by(job, done, {j.name for j in plan.jobs}, options)
+            if why is None:
+                log(f"[{spec.name}] up to date: {done} (--force reruns it)")
+                plan.skipped.append(Outcome(job, "skipped", artifacts.read_summary(done), str(done)))
+                continue
+            log(f"[{spec.name}] reruns: {why}")
+        plan.jobs.append(job)
+        plan.expected[job] = expected_seconds(spec.name, options)
+    return plan, [spec for _, spec in loaded]
+
+
+_SPECS: dict = {}
+
+
+def load_spec(path, catalogue, overrides=()):
+    """spec.load, once per file and overrides in this process: planning asks for a spec many times."""
+    from .spec import load
+
+    key = (str(Path(path).resolve()), tuple(overrides), id(catalogue))
+    if key not in _SPECS:
+        _SPECS[key] = load(path, catalogue, list(overrides))
+    return _SPECS[key]
+
+
+def _job(spec, overrides, sweep=()) -> Job:
+    return Job(path=str(spec.path), overrides=tuple(overrides), name=spec.name, seed=spec["seed"],
+               requires=frozenset(required_names(spec)), sweep=tuple(sweep), device=spec["device"])
+
+
+def _matching_run(options: RunOptions, job: Job, fingerprint: str) -> Path | None:
+    """The latest completed run of this job's spec and seed if it was made from the same resolved
+    spec and code. A sweep's points share a spec name and seed, so for one of them: the latest
+    run made from its own resolved spec."""
+    runs = reversed(artifacts.completed_runs(options.out, job.name, seed=job.seed))
+    for run_dir in runs:
+        summary = artifacts.read_summary(run_dir)
+        if not summary or bool(summary.get("quick")) != options.quick:
+            continue
+        if summary.get("fingerprint") == fingerprint:
+            return run_dir
+        if not job.sweep:
+            return None
+    return None
+
+
+def outdated_by(job: Job, done: Path, rerun: set[str], options: RunOptions) -> str | None:
+    """Why a job whose latest run `done` has its fingerprint must run again, or None: a spec it
+    requires is rerun now (any seed: one it may fall back to), or the run of it that the source
+    plugins would take now (artifacts.source_run: its own seed's, else any seed's) started after
+    `done`, which used an older model. `rerun`: the specs this invocation runs before it; it holds
+    those rerun for this reason too, so a rerun reaches every spec that needs it, however indirectly."""
+    if job.requires & rerun:
+        names = sorted(job.requires & rerun)
+        return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} rerun"
+    for name in sorted(job.requires):
+        latest = artifacts.source_run(options.out, name, options.quick, job.seed)
+        if latest is not None and artifacts.started_after(latest, done):
+            return f"{name} ran after it ({latest} is newer than {done.name})"
+    return None
+
+
+def expected_seconds(name: str, options: RunOptions) -> float:
+    """How long the latest completed run of this spec in OUT took (its wall_seconds), in the same
+    mode (--quick or not); 0 when it has not run, so a first suite keeps the order given."""
+    latest = artifacts.latest_run(options.out, name, options.quick)
+    return float(artifacts.read_summary(latest).get("wall_seconds", 0.0)) if latest else 0.0
+
+
+def required_names(spec) -> set[str]:
+    """The names of the specs `spec` requires (a spec's name is its file's stem)."""
+    return {Path(p).stem for p in spec["requires"]}
+
+
+def quick_overrides(path, catalogue) -> list[str]:
+    """--quick's overrides: the run's (an evaluate-only spec stays evaluate-only), then each enabled
+    plugin's settings that name a quick value (an attack's step cap, say)."""
+    import json
+
+    from .spec import read
+
+    table, _, _ = read(path)
+    keep_zero = table.get("train", {}).get("iterations") == 0
+    overrides = [o for o in QUICK if not (keep_zero and o.startswith("train.iterations="))]
+    catalogue.add_spec_files(Path(path), table)
+    for name, settings in table.get("plugins", {}).items():
+        if isinstance(settings, dict) and settings.get("enabled", True):
+            overrides += [f"plugins.{name}.{key}={json.dumps(setting.quick)}"  # JSON scalars are TOML too
+                          for key, setting in catalogue.settings_of(name).items() if setting.quick is not None]
+    return overrides
+
+
+def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
+    """The spec files (and, with include_roots, the given ones) in an order where requirements come first."""
+    ordered: list[Path] = []
+
+    def visit(path: Path, chain: tuple):
+        if path in chain:
+            raise RunnerError(f"circular requires: {' -> '.join(p.name for p in chain + (path,))}")
+        if path in ordered:
+            return
+        for required in required_files(path):
+            visit(required, chain + (path,))
+        ordered.append(path)
+
+    def required_files(path: Path) -> list[Path]:
+        found = [Path(r) for r in load_spec(path, catalogue)["requires"]]
+        for required in found:
+            if not required.is_file():
+                raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
+                                file=path, key="requires")
+        return found
+
+    for path in paths:
+        if include_roots:
+            visit(path, ())
+        else:
+            for required in required_files(path):
+                visit(required, (path,))
+    return ordered
+
+
+# ---- running one job --------------------------------------------------------------------------
+
+def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
+    """Run one job in this process (resuming its unfinished run under --resume); a failure is an
+    Outcome, not an exception. Ctrl-C still interrupts."""
+    from . import run
+    from .plugins import Catalogue
+
+    started = time.perf_counter()
+    outcome = lambda status, **kw: Outcome(job, status, seconds=round(time.perf_counter() - started, 3), **kw)
+    try:
+        catalogue = catalogue or Catalogue.default()
+        spec = job.load(catalogue)
+        unfinished = resumable(job, spec, options, catalogue) if options.resume else None
+        if unfinished:
+            result = run.resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
+        else:
+            result = run.execute(spec, catalogue, out=options.out, data_source=options.data, quick=options.quick,
+                                 show_progress=options.progress)
+        return outcome("ran", summary=result.results, run_dir=str(result.dir))
+    except Exception as exc:
+        error = exc if isinstance(exc, RunnerError) else RunnerError(f"{type(exc).__name__}: {exc}")
+        details = getattr(exc, "details", None)
+        return outcome(failure_status(error.exit_code), exit_code=error.exit_code,
+                       error=str(error) + (f" (full traceback: {details})" if details else ""),
+                       run_dir=str(details.parent) if details else None)
+
+
+def resumable(job: Job, spec, options: RunOptions, catalogue) -> Path | None:
+    """The latest unfinished run of this job's spec, seed and mode, if it was made from the same
+    spec (resuming reloads the run's own spec.toml: one made from another spec would silently run
+    that one); else None, saying why it is not resumed."""
+    unfinished = artifacts.unfinished_runs(options.out, spec.name, seed=spec["seed"], quick=options.quick)
+    if not unfinished:
+        return None
+    differs = spec_differences(unfinished[-1], spec, catalogue)
+    if differs:
+        print(f"[{spec.name}] not resuming {unfinished[-1]}: it was made from a different spec "
+              f"(differing: {', '.join(differs)}; `runner resume {unfinished[-1]}` continues it as it was); "
+              f"starting a fresh run", file=sys.stderr)
+        return None
+    return unfinished[-1]
+
+
+def spec_differences(run_dir, spec, catalogue) -> list[str]:
+    """The keys in which the spec an unfinished run was made from (its spec.toml) differs from
+    `spec`. The code is not compared: resuming after fixing what crashed a run is what it is for."""
+    import tomllib
+
+    from . import spec as spec_module
+
+    path = Path(run_dir) / "spec.toml"
+    try:
+        return [key for key, _, _ in spec_module.differences(spec_module.load(path, catalogue).values, spec.values)]
+    except RunnerError:  # not a valid spec now (a plugin's check refuses it, say): its keys as written
+        try:
+            return ([key for key, _, _ in spec_module.differences(tomllib.loads(path.read_text()), spec.values)]
+                    or [f"{path} is invalid"])
+        except (OSError, ValueError):
+            return [f"{path} is unreadable"]
+
+
+def blocked_outcome(job: Job, failed: set[str]) -> Outcome:
+    names = ", ".join(sorted(failed))
+    return Outcome(job, "not run", error=f"it needs {names}, whose run failed", exit_code=RunnerError.exit_code)
+
+
+def failure_status(exit_code: int) -> str:
+    return "diverged" if exit_code == DivergedError.exit_code else "failed"
+
+
+def stops_everything(outcome: Outcome) -> bool:
+    """Missing or corrupt data fails every later run too: no use going on."""
+    return outcome.exit_code == DataError.exit_code
