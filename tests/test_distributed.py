@@ -117,17 +117,45 @@ def _torchrun_two_nodes(command: list[str], log: Path, **env) -> list[int]:
     try:
         with open(log, "w") as output:
             for node in (0, 1):
-                # Each agent leads a process group of its own, so the cleanup below reaches its workers.
                 agents.append(subprocess.Popen(
                     [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                      "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), *command],
-                    env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True))
+                    env=environment, stdout=output, stderr=subprocess.STDOUT))
             return [agent.wait(timeout=240) for agent in agents]
     finally:
-        for agent in agents:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(agent.pid, signal.SIGKILL)
+        _stop(agents)
+
+
+def _stop(agents: list) -> None:
+    """End the agents and their workers: SIGTERM first, which an agent passes on to its workers
+    (each in a session of its own), then SIGKILL for whatever is left of the tree."""
+    tree = [pid for agent in agents if agent.poll() is None for pid in _descendants(agent.pid)]
+    for agent in agents:
+        if agent.poll() is None:
+            agent.terminate()
+    for agent in agents:
+        try:
+            agent.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
             agent.wait()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under `pid` (from /proc: each process's parent)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def test_torchrun_on_two_nodes_resumes_and_matches_nproc_per_node(runs, tmp_path, cifar_archive):
