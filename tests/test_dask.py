@@ -17,6 +17,7 @@ from runner import artifacts
 from runner.cli import main
 from runner.errors import RunnerError
 from runner.suite import Job, Plan, RunOptions
+from tests.test_suite import _failing_suite
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed (pip install -e '.[dask]')")
 from runner.dask_executor import DaskExecutor, parse_resources, resources_for  # noqa: E402
@@ -67,31 +68,26 @@ def cluster(tmp_path_factory):
 
 
 def test_a_suite_runs_its_dependency_graph_on_the_cluster(cluster, tmp_path, cifar_archive, capsys):
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    raw = SPECS / "p1_q1_raw.toml"
-    (suite / "a_first.toml").write_text(f'extends = "{raw}"\n')
-    (suite / "b_needs_a.toml").write_text(f'extends = "{raw}"\nrequires = ["a_first.toml"]\n')
-    (suite / "c_diverges.toml").write_text(f'extends = "{raw}"\n[train]\nlr = 1e6\nlog_every = 1\n')
-    (suite / "d_needs_c.toml").write_text(f'extends = "{raw}"\nrequires = ["c_diverges.toml"]\n')
+    suite = _failing_suite(tmp_path)  # b diverges, a needs b, c alone
+    (suite / "d_needs_c.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\nrequires = ["c_alone.toml"]\n')
     out = tmp_path / "out"
     code = main([str(suite), "--executor", "dask", "--scheduler", cluster, "--quick", "--set", "train.iterations=4",
-                 "--data", str(cifar_archive), "--out", str(out), "--no-progress"])
+                 "--set", "train.log_every=1", "--data", str(cifar_archive), "--out", str(out), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 5, captured.err  # the diverged run's exit code; the others went on
-    (first,) = (out / "a_first").iterdir()
-    (second,) = (out / "b_needs_a").iterdir()
+    (first,) = (out / "c_alone").iterdir()
+    (second,) = (out / "d_needs_c").iterdir()
     for run_dir in (first, second):
         assert artifacts.read_status(run_dir)["status"] == "complete"
         assert artifacts.read_status(run_dir)["pid"] != os.getpid()  # in a worker, not here
         assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 4
-    # b's task started only once a's had finished (Dask's dependency), not merely after it began.
+    # d's task started only once c's had finished (Dask's dependency), not merely after it began.
     first_done = datetime.fromisoformat(artifacts.read_status(first)["time"])
     assert first_done <= datetime.strptime(second.name[:15], "%Y%m%d-%H%M%S")
-    (diverged,) = (out / "c_diverges").iterdir()
+    (diverged,) = (out / "b_diverges").iterdir()
     assert artifacts.read_status(diverged)["status"] == "diverged"
-    assert not (out / "d_needs_c").exists()  # never started: it needs the diverged run
-    assert "not run" in captured.out and "d_needs_c" in captured.out
+    assert not (out / "a_needs_b").exists()  # never started: it needs the diverged run
+    assert "[a_needs_b] not run: it needs b_diverges" in captured.err
 
 
 def test_resources_no_worker_offers_fail_at_once_with_the_command_to_type(cluster, tmp_path):
