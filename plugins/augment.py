@@ -136,7 +136,7 @@ def _classes_text(changes, sign: int) -> str | None:
 @hookimpl
 def report_sections(runs):
     """For each trained spec whose spec is another's with transforms added (same model, recipe and
-    data): the changes in words and per class (fields vs_previous, gap, class_gains, class_losses),
+    data): the changes in words and per class (fields vs_previous, class_gains, class_losses),
     a per-class table; and, in the last spec of such a chain, its runs' training curves on one plot."""
     from runner import figures
     from runner.artifacts import save_figure
@@ -154,8 +154,6 @@ def report_sections(runs):
         chain = chains.pop(previous.name, [previous])
         chains[this.name] = chain + [this]
         fields = {"vs_previous": compare(this, previous)}
-        train = this.mean_sd("final_running_train_accuracy")[0]
-        fields["gap"] = None if train is None else train - this.mean_sd()[0]
         before = previous.mean_sd("final_running_train_accuracy")[0]
         fields["vs_previous"]["gap"] = None if before is None else before - previous.mean_sd()[0]
         changes = class_changes(this, previous)

@@ -96,7 +96,7 @@ def spec_section(spec: SpecRuns, answer: str | None) -> Section:
 
 def results_sentence(spec: SpecRuns) -> str:
     mean, sd = spec.mean_sd()
-    text = f"Test accuracy {accuracy_text(mean, sd, len(spec.runs))}"
+    text = f"**Results.** Test accuracy {accuracy_text(mean, sd, len(spec.runs))}"
     if len(spec.runs) > 1:
         text += " (per seed " + ", ".join(pct(v) for v in spec.values("test_accuracy")) + ")"
     train, _ = spec.mean_sd("final_running_train_accuracy")
@@ -128,7 +128,7 @@ def overview(runs: Runs) -> Section:
         blocks.append(Table(["spec"] + classes, per_class,
                             "Per-class test accuracy of every trained spec (the share of each class's test images "
                             "classified correctly, mean over seeds).", small=True))
-    return Section("Overview", blocks, subtitle=quick_warning(runs))
+    return Section("Overview", blocks)
 
 
 def class_means(spec: SpecRuns) -> list[float | None]:
@@ -175,8 +175,9 @@ def title_facts(runs: Runs) -> list[tuple[str, str]]:
                               f"seed) from {runs.out.resolve()}")]
     if when:
         facts.append(("when", f"{when[0]:%Y-%m-%d %H:%M} to {when[-1]:%Y-%m-%d %H:%M} (run ids)"))
-    facts.append(("machine", _counted([f"{s.get('device', '?')}, {s.get('threads', '?')} threads, "
-                                       f"torch {s.get('torch', '?')}" for s in summaries])))
+    facts.append(("machine", _counted([f"{s.get('device', '?')}, {s.get('threads', '?')} thread"
+                                       f"{'' if s.get('threads') == 1 else 's'}, torch {s.get('torch', '?')}"
+                                       for s in summaries])))
     facts.append(("code version of the runs", _counted([s.get("code_version", "?") for s in summaries])))
     checkout = _checkout()
     facts.append(("report made", f"{datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node() or '?'}"

@@ -22,7 +22,7 @@ table.small { font-size: 0.72em; } th, td { padding: 0.15em 0.5em; text-align: l
 thead tr { border-top: 2px solid #333; border-bottom: 1px solid #333; } tbody tr:last-child { border-bottom: 2px solid #333; }
 caption { caption-side: top; text-align: left; font-size: 0.9em; padding-bottom: 0.3em; }
 figure { margin: 1em auto; text-align: center; } figure img { max-width: 100%; }
-figcaption { font-size: 0.85em; text-align: left; } .pair { display: flex; gap: 1em; } .pair figure { margin: 1em 0; }
+figcaption { font-size: 0.85em; text-align: left; } .pair { display: flex; gap: 1em; } .pair figure { flex: 1; margin: 1em 0; }
 code { font-size: 0.9em; background: #f3f3f3; padding: 0 0.2em; } nav ol { font-size: 0.9em; }
 """
 
@@ -53,7 +53,7 @@ def table(block: Table) -> str:
 
 def block_html(block) -> str:
     if isinstance(block, list):
-        return '<div class="pair">' + "".join(figure(b, f"{round(b.width * 100)}%") for b in block) + "</div>"
+        return '<div class="pair">' + "".join(figure(b, "auto") for b in block) + "</div>"
     if isinstance(block, Figure):
         return figure(block, f"{round(block.width * 100)}%")
     if isinstance(block, Table):

@@ -20,7 +20,6 @@ PREAMBLE = """
 #show heading.where(level: 1): it => block(above: 1.4em, below: 0.5em, sticky: true, text(size: 13pt, it))
 #show heading.where(level: 2): it => block(above: 1em, below: 0.5em, sticky: true, text(size: 11pt, it))
 #show raw: set text(font: "DejaVu Sans Mono", size: 0.85em)
-#show figure: set block(breakable: true)
 #show figure.caption: set text(size: 8.5pt)
 #show figure.where(kind: table): set figure.caption(position: top)
 #set table(stroke: none, inset: (x: 4pt, y: 2.2pt))
@@ -56,8 +55,10 @@ def table(block: Table) -> str:
             f"table.hline(stroke: 0.5pt),\n    {rows},\n    table.hline(stroke: 0.8pt))")
     caption = f"{{strong(\"Table {block.number}.\"); \" \"; {content(block.caption)}}}" if block.caption else "none"
     size = "7pt" if block.small else "8.5pt"
-    return (f"#{{ set text(size: {size}); figure({body},\n  kind: table, supplement: none, numbering: none, "
-            f"caption: {caption}) }}\n")
+    # A short table stays on one page; a long one (an architecture) continues on the next.
+    breakable = "show figure: set block(breakable: true); " if len(block.rows) > 15 else ""
+    return (f"#{{ set text(size: {size}); {breakable}figure({body},\n  kind: table, supplement: none, "
+            f"numbering: none, caption: {caption}) }}\n")
 
 
 def figure(block: Figure, images: dict[Path, str], width: str) -> str:
@@ -68,8 +69,9 @@ def figure(block: Figure, images: dict[Path, str], width: str) -> str:
 
 def block_source(block, images) -> str:
     if isinstance(block, list):  # figures side by side, each its share of the line
-        columns = ", ".join(f"{b.width}fr" for b in block)
-        cells = ", ".join(figure(b, images, "100%") for b in block)
+        rest = round(1 - sum(b.width for b in block), 3)  # an empty column keeps each figure at its width
+        columns = ", ".join([f"{b.width}fr" for b in block] + ([f"{rest}fr"] if rest > 0.02 else []))
+        cells = ", ".join([figure(b, images, "100%") for b in block] + (["[]"] if rest > 0.02 else []))
         return f"#grid(columns: ({columns},), column-gutter: 10pt, align: top, {cells})\n"
     if isinstance(block, Figure):
         return "#" + figure(block, images, f"{round(block.width * 100)}%") + "\n"

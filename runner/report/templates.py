@@ -7,7 +7,8 @@ tables), and besides the summary's keys every spec has
 
 - `accuracy_mean`, `accuracy_sd` (0 for one run), `seeds`: its test accuracy over its seeds;
 - `accuracy`: those as text, "66.1% ± 0.4% (3 seeds)" or "66.1% (1 seed)";
-- `train_accuracy_mean`: its final running training accuracy, mean over seeds;
+- `train_accuracy_mean`: its final running training accuracy, mean over seeds, and `gap`: that
+  minus the mean test accuracy (the overfitting);
 
 and whatever fields plugins add for it (their report_sections). HTML comments are left out. A
 section whose spec has no runs in the report is skipped silently; one with a field without a value
@@ -48,6 +49,7 @@ def spec_fields(spec: SpecRuns) -> dict:
     fields = dict(spec.representative, seeds=len(spec.runs), accuracy_mean=mean, accuracy_sd=sd or 0.0,
                   train_accuracy_mean=train)
     fields["accuracy"] = accuracy_text(mean, sd, len(spec.runs)) if mean is not None else None
+    fields["gap"] = train - mean if train is not None and mean is not None else None
     return fields
 
 
