@@ -223,3 +223,32 @@ def test_an_empty_folder_and_a_wrong_suffix_say_what_to_type(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "-o", str(tmp_path / "report.docx")]) != 0
     assert "name it .pdf, .html or .md" in capsys.readouterr().err
     assert collect(tmp_path / "runs") == {}
+
+
+def test_every_template_field_names_a_key_the_runs_or_plugins_write(reported, tmp_path):
+    """A quick run may leave a value empty (None: nothing fooled in 20 steps); a name that no run
+    and no plugin writes is a template error."""
+    import string
+
+    from runner.plugins import Catalogue
+    from runner.report import make_runs
+    from runner.report.build import plugin_sections
+    from runner.report.templates import sections, template_fields
+
+    out, _, _ = reported
+    catalogue = Catalogue.default()
+    runs = make_runs(out, True, tmp_path, catalogue)
+    added = {}
+    for section in plugin_sections(runs, catalogue):
+        if section.spec:
+            added.setdefault(section.spec, {}).update(section.fields)
+    fields = template_fields(runs, added)
+    formatter, checked = string.Formatter(), 0
+    for template in SPECS.glob("*_explanation.md"):
+        for spec, body in sections(template).items():
+            assert spec in runs, f"{template.name}: ## {spec} is no spec"
+            for _, name, _, _ in formatter.parse(body):
+                if name:
+                    formatter.get_field(name, (), fields)  # KeyError/AttributeError: no such key
+                    checked += 1
+    assert checked > 80

@@ -252,8 +252,10 @@ def appendix(runs: Runs, catalogue) -> list[Section]:
     # Specs with the same layers (Part 1's four nets, say) share one table.
     groups: dict[tuple, list[str]] = {}
     tables: dict[tuple, tuple] = {}
+    built: dict[str, tuple | None] = {}  # specs with the same model and plugins have the same layers
     for name, spec in runs.items():
-        found = architecture(spec, catalogue)
+        same = repr((spec.spec.get("model"), spec.spec.get("plugins"), spec.trained))
+        found = built[same] if same in built else built.setdefault(same, architecture(spec, catalogue))
         if found:
             key = tuple(map(tuple, found[1]))
             groups.setdefault(key, []).append(name)
