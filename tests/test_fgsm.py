@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from plugins.augment import Normalize
 from plugins.fgsm import iterative_fgsm, load_png
 from runner import RunnerError
 from runner.cli import main
@@ -134,6 +135,93 @@ def test_the_step_cap_reports_failures_and_restores_the_mode():
     assert model.training  # the attack runs in eval mode and gives the model back as it was
     none = iterative_fgsm(model, x, y, eps=1.0, max_steps=0, confidence=0.99)
     assert torch.equal(none.images, x) and none.steps.tolist() == [0] * 6
+
+
+# ---- the fast attack gives the plain algorithm's images, bit for bit -------------------------
+
+def reference_fgsm(model, images, labels, *, eps, max_steps, confidence=0.99, bound=0.0, target=None):
+    """The attack written plainly, as it was before it was made fast: every step gathers the
+    active images, runs a full forward and backward, writes the results back by index, and
+    drops the finished images. iterative_fgsm must return exactly what this returns."""
+    from plugins.fgsm import goal_of
+
+    model.eval()
+    x = images.detach().float().clone()
+    original = x.clone()
+    n = x.shape[0]
+    steps = torch.zeros(n, dtype=torch.long)
+    success = torch.zeros(n, dtype=torch.bool)
+    predicted = torch.zeros(n, dtype=torch.long)
+    probability = torch.zeros(n)
+    goal_probability = torch.zeros(n)
+    active = torch.arange(n)
+    if target is not None:
+        active = active[labels != target]
+    for step in range(max_steps + 1):
+        if active.numel() == 0:
+            break
+        xa = x[active].requires_grad_(True)
+        logits = model(xa)
+        probs = logits.detach().float().softmax(1)
+        goal = goal_of(probs, labels[active], target)
+        done = goal >= confidence
+        top = probs.max(1)
+        predicted[active], probability[active] = top.indices, top.values
+        goal_probability[active], steps[active] = goal, step
+        success[active[done]] = True
+        keep = ~done
+        if step == max_steps or not keep.any():
+            break
+        aim = labels[active] if target is None else torch.full_like(labels[active], target)
+        loss = nn.functional.cross_entropy(logits, aim, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        direction = grad.sign() if target is None else -grad.sign()
+        moved = (xa.detach() + eps * direction).clamp(0.0, 255.0)
+        if bound > 0:
+            start = original[active]
+            moved = torch.minimum(torch.maximum(moved, start - bound), start + bound)
+        active = active[keep]
+        x[active] = moved[keep]
+    return x, steps, success, predicted, probability, goal_probability
+
+
+def small_convnet(seed=0):
+    """A miniature trained-model stand-in: normalization in front, conv + BatchNorm (running
+    statistics) + ReLU, pooling, a linear head; channels_last like the runs' models."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, padding=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    with torch.no_grad():
+        net[1].running_mean.normal_(0, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[-1].weight.mul_(30.0)  # confident enough that images need from a few to tens of steps
+    return nn.Sequential(Normalize(torch.full((3,), 120.0), torch.full((3,), 64.0)), net).to(
+        memory_format=torch.channels_last).eval()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(eps=1.0, max_steps=60, confidence=0.99),
+    dict(eps=2.0, max_steps=25, confidence=0.9, bound=12.0),
+    dict(eps=1.0, max_steps=40, confidence=0.95, target=4),
+    dict(eps=0.7, max_steps=15, confidence=0.99),  # non-integer steps: off the 8-bit grid
+], ids=["homework", "bound", "target", "fractional-eps"])
+def test_the_attack_returns_the_plain_algorithms_images_bit_for_bit(settings):
+    model = small_convnet()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (300, 3, 16, 16), generator=g).float()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    expected = reference_fgsm(model, x, y, **settings)
+    result = iterative_fgsm(model, x, y, **settings)
+    steps = expected[1]
+    assert steps.min() < steps.max()  # images finish at different steps: the active set shrinks
+    for name, want, got in zip(("images", "steps", "success", "predicted", "probability", "goal_probability"),
+                               expected, (result.images, result.steps, result.success, result.predicted,
+                                          result.probability, result.goal_probability)):
+        assert torch.equal(got, want), name
+    assert result.images.is_contiguous()  # what callers save and concatenate
 
 
 # ---- the spec end to end --------------------------------------------------------------------
