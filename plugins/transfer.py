@@ -130,6 +130,7 @@ def run_finished(run, results, settings):
         "pairs": {"adversarial": shown["adversarial"], "clean": shown["clean"]},
         "set": {"adversarial": rest["adversarial"], "clean": rest["clean"]},
     })
+    results["headline"] = {"name": "target's accuracy on adversarial", "value": summary["set_adv_accuracy"]}
     figure = _accuracy_figure(summary, run.spec.name)
     save_figure(run.dir / "transfer_accuracy.png", figure)
     figures.close(figure)

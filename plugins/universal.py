@@ -128,6 +128,7 @@ def run_finished(run, results, settings):
         "source_test_fooling_rate": test[settings["source"]]["fooling_rate"],
         "test": test, "skipped": skipped,
     })
+    results["headline"] = {"name": "fooling rate", "value": summary["source_test_fooling_rate"], "seconds": summary["seconds"]}
     save_torch(run.dir / FILE, {"perturbation": v.cpu(), "radius": settings["radius"],
                                 "source_spec": settings["source"]})
     figure = _figure(v, run.test_images[:6], models[settings["source"]], run.class_names, summary)

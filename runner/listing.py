@@ -237,14 +237,17 @@ def outcome_table(outcomes) -> str:
     """One line per run (its own result: an attack's fooled share, not its source model's accuracy),
     then the mean and spread over seeds of each spec (and sweep point) that ran several."""
     rows, by_group = [], {}
+    outcomes = sorted(outcomes, key=lambda o: (o.job.name, o.job.seed, o.job.sweep))
+    swept = any(outcome.job.sweep for outcome in outcomes)
     for outcome in outcomes:
         job, figure = outcome.job, headline(outcome.summary)
         if figure and figure.value is not None:
             by_group.setdefault((job.name, job.sweep, figure.name), []).append(figure.value)
-        rows.append((job.name, str(job.seed), " ".join(job.sweep) or "-", figure.text() if figure else "-",
-                     f"{figure.seconds:.1f}" if figure and figure.seconds else "-",
+        rows.append((job.name, str(job.seed), *([" ".join(job.sweep) or "-"] if swept else []),
+                     figure.text() if figure else "-", f"{figure.seconds:.1f}" if figure and figure.seconds else "-",
                      f"{figure.per_second:.0f}" if figure and figure.per_second else "-", outcome.status))
-    lines = ["", _table(("spec", "seed", "sweep", "result", "seconds", "images/s", "status"), rows)]
+    header = ("spec", "seed", *(["sweep"] if swept else []), "result", "seconds", "images/s", "status")
+    lines = ["", _table(header, rows)]
     for (name, sweep, measure), values in by_group.items():
         if len(values) > 1:
             lines.append(f"{name}{''.join(' ' + s for s in sweep)}: {measure} mean {statistics.mean(values):.4f} "

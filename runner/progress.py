@@ -142,7 +142,7 @@ class SuiteDisplay:
                 self.waiting.discard(job)
                 self.running[job] = time.perf_counter()
                 self._say(f"[{job.name}] seed {job.seed}{_sweep_text(job)} started ({self.finished}/{self.total} "
-                          f"done, suite ETA {duration(self.eta())})")
+                          f"done, {self._eta_text()})")
             else:
                 self.waiting.discard(job)
                 started = self.running.pop(job, None)
@@ -162,7 +162,11 @@ class SuiteDisplay:
             return f"{where} {outcome.status} after {duration(outcome.seconds)}: {outcome.error}{count}"
         figure = headline(outcome.summary)
         result = f": {figure.text()}" if figure else ""
-        return f"{where} done in {duration(outcome.seconds)}{result}{count}, suite ETA {duration(self.eta())}"
+        return f"{where} done in {duration(outcome.seconds)}{result}{count}, {self._eta_text()}"
+
+    def _eta_text(self) -> str:
+        eta = self.eta()
+        return "suite ETA known after the first run" if eta is None else f"suite ETA {duration(eta)}"
 
     def eta(self) -> float | None:
         """Seconds until the last run ends, if runs keep going `at_once` at a time."""
@@ -179,7 +183,7 @@ class SuiteDisplay:
     def status(self) -> str:
         now = time.perf_counter()
         running = ", ".join(f"{job.name} {duration(now - start)}" for job, start in self.running.items()) or "-"
-        return f"suite: {self.finished}/{self.total} done; running: {running}; ETA {duration(self.eta())}"
+        return f"suite: {self.finished}/{self.total} done; running: {running}; {self._eta_text()[len('suite '):]}"
 
     def _say(self, line: str) -> None:
         if self.live:

@@ -27,6 +27,7 @@ from .errors import DataError, DivergedError, RunnerError, SpecError
 from .metrics import MetricsLog, per_class
 from .plugins import Catalogue, attributed
 from .progress import Progress
+from .results import headline
 from .spec import Spec
 
 
@@ -357,9 +358,10 @@ def _train_and_evaluate(run: Run, data_source, show_progress: bool) -> None:
     # schedules by (a resumed run counts from its resumption).
     run.results["wall_seconds"] = round(time.perf_counter() - run.started, 3)
     _write_outputs(run, table)
-    print(f"[{spec.name}] test accuracy {run.results['test_accuracy']:.4f}  "
-          f"train {train_seconds:.1f}s ({run.results['images_per_second'] or 0:.0f} images/s)  -> {run.dir}",
-          file=sys.stderr)
+    figure = headline(run.results)  # an attack's own result, not its source model's accuracy
+    work = "train" if figure.name == "test accuracy" else "took"
+    rate = f" ({figure.per_second:.0f} images/s)" if figure.per_second else ""
+    print(f"[{spec.name}] {figure.text()}  {work} {figure.seconds or 0:.1f}s{rate}  -> {run.dir}", file=sys.stderr)
 
 
 CHECKPOINT = "checkpoint.pt"

@@ -75,6 +75,12 @@ def unknown_key(key: str, allowed, *, file, prefix: str = "") -> SpecError:
     return SpecError(hint, file=file, key=prefix + key, allowed=sorted(allowed))
 
 
+def suggestion(name, known) -> str:
+    """'; did you mean 'normalize'?' for a name close to a known one (normalise), else ''."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def validate_table(table: Any, schema: dict[str, Setting], *, file, prefix: str) -> dict:
     """Check a table against its schema and fill in defaults; prefix is 'train.' and the like."""
     if not isinstance(table, dict):

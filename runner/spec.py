@@ -195,7 +195,7 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
                         allowed=sorted(catalogue.models))
     entry = catalogue.models.get(model["name"])
     if entry is None:
-        raise SpecError(f"unknown model {model['name']!r}", file=file, key="model.name", allowed=sorted(catalogue.models))
+        raise SpecError(f"unknown model {model['name']!r}{schema.suggestion(model['name'], catalogue.models)}", file=file, key="model.name", allowed=sorted(catalogue.models))
     params = schema.validate_table({k: v for k, v in model.items() if k != "name"}, entry.settings,
                                    file=file, prefix="model.")
     values["model"] = {"name": model["name"], **params}
@@ -204,7 +204,8 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     ops = values["data"]["transforms"]
     for op in ops:
         if op not in catalogue.transforms:
-            raise SpecError(f"unknown transform {op!r}", file=file, key="data.transforms",
+            raise SpecError(f"unknown transform {op!r}{schema.suggestion(op, catalogue.transforms)}", file=file,
+                            key="data.transforms",
                             allowed=sorted(catalogue.transforms))
     if len(set(ops)) != len(ops):
         raise SpecError("a transform is listed twice", file=file, key="data.transforms")
@@ -228,7 +229,8 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
             raise SpecError("expected a table of plugin settings (an empty one enables the plugin)",
                             file=file, key=prefix.rstrip("."))
         if name not in catalogue.plugins:
-            raise SpecError(f"unknown plugin {name!r}", file=file, key="plugins." + name,
+            raise SpecError(f"unknown plugin {name!r}{schema.suggestion(name, catalogue.plugins)}", file=file,
+                            key="plugins." + name,
                             allowed=sorted(catalogue.plugins))
         values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
     # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).

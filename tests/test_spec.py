@@ -301,3 +301,21 @@ def test_data_root_is_relative_to_the_spec_that_names_it(tmp_path, catalogue, mo
     assert load(child, catalogue)["data"]["root"] == str(tmp_path / "cifar")
     # A --set value is the command line's: relative to where the command runs.
     assert load(child, catalogue, 'data.root="here"')["data"]["root"] == "here"
+
+
+@pytest.mark.parametrize("table, fragment", [
+    ('[data]\ntransforms = ["normalise"]\n', "unknown transform 'normalise'; did you mean 'normalize'?"),
+    ("[plugins.grad_magnitud]\n", "unknown plugin 'grad_magnitud'; did you mean 'grad_magnitude'?"),
+    ('[model]\nname = "allcnv"\n', "unknown model 'allcnv'; did you mean 'allconv'?"),
+])
+def test_misspelled_names_get_a_suggestion(tmp_path, catalogue, table, fragment):
+    path = write(tmp_path, "s.toml", f'extends = "{SPECS / "p1_q1_raw.toml"}"\n{table}')
+    assert fragment in str(error(path, catalogue))
+
+
+def test_validate_says_ok_only_when_the_set_suits_the_spec(capsys):
+    from runner.cli import main
+
+    assert main(["validate", "--set", "plugins.grad_magnitude.every=5", str(SPECS / "p1_q1_raw.toml")]) == 2
+    captured = capsys.readouterr()
+    assert "ok" not in captured.out and "no spec given uses plugin 'grad_magnitude'" in captured.err

@@ -1,0 +1,114 @@
+"""The commands as a person runs them: in a real terminal (a pseudo-terminal with a size), where
+the progress bar draws, Ctrl-C is a keystroke, and a crash only there once passed every other test."""
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = str(Path(sys.executable).with_name("runner"))  # the console script the README's command runs
+
+
+class Terminal:
+    """A command on a 120x40 pseudo-terminal; `screen` is everything it wrote."""
+
+    def __init__(self, argv, cwd=ROOT):
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, start_new_session=True,
+                                        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.screen = ""
+
+    def read_until(self, text: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while text not in self.screen and time.monotonic() < deadline:
+            if not self._read(0.2) and self.process.poll() is not None:
+                break
+        return text in self.screen
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # the other end closed
+            return False
+        self.screen += chunk.decode(errors="replace")
+        return bool(chunk)
+
+    def press(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def wait(self, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self._read(0.2)
+        while self._read(0.1):
+            pass
+        if self.process.poll() is None:
+            self.process.kill()
+            raise AssertionError(f"still running after {seconds} s; its screen:\n{self.screen[-3000:]}")
+        os.close(self.master)
+        return self.process.returncode
+
+
+def lines(screen: str) -> list[str]:
+    """What a person reads: each redraw and line on its own, terminal control sequences gone."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen).replace("\r", "\n").splitlines()
+
+
+def test_the_readme_first_command_draws_its_progress_in_a_terminal(tmp_path, cifar_archive):
+    readme = (ROOT / "README.md").read_text()
+    assert "runner specs/p1_q4_crop.toml" in readme  # the command tested here is still the README's
+    term = Terminal([RUNNER, "specs/p1_q4_crop.toml", "--quick", "--data", str(cifar_archive), "--out", str(tmp_path)])
+    assert term.wait(300) == 0, term.screen[-3000:]
+    assert "Traceback" not in term.screen
+    # One bar over the whole run, redrawn in place, with rate, ETA, loss and accuracy.
+    assert "\r" in term.screen and "12/12 [" in term.screen and "it/s" in term.screen
+    assert "loss=" in term.screen and "accuracy=" in term.screen and term.screen.count("0/12 [") == 1
+    assert "test accuracy" in term.screen
+
+
+def test_a_suite_with_jobs_in_a_terminal(tmp_path, cifar_archive):
+    term = Terminal([RUNNER, "specs/", "--quick", "--jobs", "2", "--data", str(cifar_archive), "--out", str(tmp_path)])
+    assert term.wait(600) == 0, term.screen[-3000:]
+    assert "Traceback" not in term.screen
+    # The live status line (k of N, what runs, ETA) and one line per start and end, never mixed.
+    assert "suite: " in term.screen and " done; running: " in term.screen and "ETA" in term.screen
+    finished = [line for line in lines(term.screen) if " done in " in line]
+    assert len(finished) == len(list((ROOT / "specs").glob("*.toml")))
+    assert all(line.startswith("[") for line in finished)
+    # Attacks show their own result, not their source model's accuracy.
+    attack = next(line for line in term.screen.splitlines() if line.startswith("p3_q1_fgsm "))
+    assert "fooled" in attack and "test accuracy" not in attack
+
+
+def test_ctrl_c_says_how_to_continue_and_resume_needs_no_data(tmp_path, cifar_archive):
+    out = tmp_path / "out"
+    argv = [RUNNER, "specs/p1_q1_raw.toml", "--quick", "--set", "train.iterations=3000", "--set", "train.log_every=1",
+            "--set", "data.train_limit=500", "--set", "plugins.visdom.enabled=false", "--data", str(cifar_archive),
+            "--out", str(out)]
+    term = Terminal(argv)
+    assert term.read_until(" 120/3000 [", 240), term.screen[-2000:]  # past the first checkpoints (5 steps an epoch)
+    term.press("\x03")  # Ctrl-C, as typed
+    assert term.wait(60) == 130
+    (run_dir,) = (out / "p1_q1_raw").iterdir()
+    assert f"continue it with: runner resume {run_dir}" in term.screen
+    assert "Traceback" not in term.screen and "Engine run is terminating" not in term.screen
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+
+    resumed = Terminal([RUNNER, "resume", str(run_dir)])  # no --data: the run recorded where its data is
+    assert resumed.read_until("resumed at iteration", 240), resumed.screen[-2000:]
+    resumed.press("\x03")
+    assert resumed.wait(60) == 130
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
