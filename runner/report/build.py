@@ -189,19 +189,29 @@ def title_facts(runs: Runs) -> list[tuple[str, str]]:
     return facts
 
 
-def settings_row(spec: SpecRuns) -> list[str]:
+def _value(value) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def settings_row(spec: SpecRuns, catalogue) -> list[str]:
+    """A spec's model, transforms, training and plugins, each plugin with the settings it changes
+    from the plugin's defaults (a plugin at its defaults, as visdom is, is its name alone)."""
     table = spec.spec
     model, train, data = table.get("model", {}), table.get("train", {}), table.get("data", {})
-    model_text = model.get("name", "?") + "".join(f", {k} {v}" for k, v in model.items() if k != "name")
+    model_text = model.get("name", "?") + "".join(f"; {k} {_value(v)}" for k, v in model.items() if k != "name")
     plugins = []
     for name in spec.plugins:
-        settings = {k: v for k, v in table["plugins"][name].items() if k not in ("enabled", "path")}
-        shown = ", ".join(f"{k} {v}" for k, v in list(settings.items())[:4])
-        plugins.append(f"{name} ({shown}{', ...' if len(settings) > 4 else ''})" if shown else name)
-    training = (f"{train.get('iterations')} it. at batch {train.get('batch_size')}, {train.get('optimizer')} "
-                f"lr {train.get('lr')}" if train.get("iterations") else "evaluate only")
-    return [spec.name, model_text, ", ".join(data.get("transforms", [])) or "none", training,
-            "; ".join(plugins) or "none"]
+        defaults = catalogue.settings_of(name) if name in catalogue.origins else {}
+        changed = {k: v for k, v in table["plugins"][name].items() if k not in ("enabled", "path")
+                   and (k not in defaults or defaults[k].default != v)}
+        plugins.append(name + (" (" + "; ".join(f"{k} {_value(v)}" for k, v in changed.items()) + ")" if changed else ""))
+    if train.get("iterations"):
+        training = f"{train['iterations']} it. at batch {train.get('batch_size')}, {train.get('optimizer')} lr {train.get('lr')}"
+        model_shown = model_text
+    else:
+        training, model_shown = "evaluate only", "another spec's trained model"
+    return [spec.name, model_shown, ", ".join(data.get("transforms", [])) or "none", training,
+            ", ".join(plugins) or "none"]
 
 
 def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]] | None:
@@ -246,9 +256,9 @@ def collapse_repeats(rows: list[list[str]], longest: int = 8) -> list[list[str]]
 
 def appendix(runs: Runs, catalogue) -> list[Section]:
     settings = Table(["spec", "model", "transforms", "training", "plugins (settings)"],
-                     [settings_row(spec) for spec in runs.values()],
-                     "Each spec's settings, as its representative run resolved them (spec.toml in its run folder; "
-                     "visdom only draws live plots).", small=True)
+                     [settings_row(spec, catalogue) for spec in runs.values()],
+                     "Each spec's settings, as its representative run resolved them (spec.toml in its run folder); "
+                     "each plugin with the settings it changes from its defaults.", small=True)
     # Specs with the same layers (Part 1's four nets, say) share one table.
     groups: dict[tuple, list[str]] = {}
     tables: dict[tuple, tuple] = {}

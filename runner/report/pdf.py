@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..errors import RunnerError
 from .document import Bullets, Document, Figure, Heading, Paragraph, Section, Table, inline, layout
 
 PREAMBLE = """
@@ -23,6 +24,7 @@ PREAMBLE = """
 #show figure.caption: set text(size: 8.5pt)
 #show figure.where(kind: table): set figure.caption(position: top)
 #set table(stroke: none, inset: (x: 4pt, y: 2.2pt))
+#show table: set par(justify: false)
 """
 
 
@@ -115,7 +117,11 @@ def source(document: Document, images: dict[Path, str]) -> str:
 def write_pdf(document: Document, path: Path, workdir: Path) -> None:
     """Typesets the document into `path`; its source and a copy of each image stay in `workdir`
     (Typst reads files only below its root)."""
-    import typst
+    try:
+        import typst
+    except ModuleNotFoundError:
+        raise RunnerError("the PDF is typeset by the typst package, which is not installed: pip install typst "
+                          "(or write the report as HTML: -o report.html)") from None
 
     images = {}
     folder = workdir / "images"
@@ -127,4 +133,7 @@ def write_pdf(document: Document, path: Path, workdir: Path) -> None:
             images[block.path] = str(copy.relative_to(workdir))
     typ = workdir / "report.typ"
     typ.write_text(source(document, images))
-    path.write_bytes(typst.compile(str(typ), root=str(workdir)))
+    try:
+        path.write_bytes(typst.compile(str(typ), root=str(workdir)))
+    except typst.TypstError as exc:  # a bug of this module's: the source it wrote does not compile
+        raise RunnerError(f"typesetting the PDF failed: {exc}; -o report.html writes the same report as HTML") from exc
