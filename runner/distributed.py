@@ -201,24 +201,41 @@ def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -
     import ignite.distributed as idist
 
     rank = idist.get_rank()
-    choice, problem = {}, None
-    try:
+
+    def find_data():
         if idist.get_local_rank() == 0:  # once per machine: its processes would unpack the same cache
             locate_data(spec, data_source)
+
+    choice = {}
+
+    def choose():  # after the data check: a run that cannot start leaves no empty folder
         if rank == 0:
-            choice = _choose_run_dir(spec, out, quick, resume)
-    except RunnerError as exc:
-        problem = {"rank": rank, "kind": type(exc).__name__, "message": str(exc)}
-    _raise_first(idist.all_gather(json.dumps(problem)))
+            choice.update(_choose_run_dir(spec, out, quick, resume))
+
+    _check_everywhere(find_data)
+    _check_everywhere(choose)
     choice = json.loads(idist.broadcast(json.dumps(choice), src=0, safe_mode=True))
     run_dir, resuming = Path(choice["run_dir"]), choice["resuming"]
-    problem = None
-    if choice["checkpoint"] and not (run_dir / CHECKPOINT).is_file():
-        problem = {"rank": rank, "kind": "RunnerError",
-                   "message": f"process {rank} cannot see {run_dir / CHECKPOINT}, which rank 0 resumes from: "
-                              f"put --out on a filesystem every node shares, or run without --resume"}
-    _raise_first(idist.all_gather(json.dumps(problem)))
+
+    def sees_checkpoint():
+        if choice["checkpoint"] and not (run_dir / CHECKPOINT).is_file():
+            raise RunnerError(f"cannot see {run_dir / CHECKPOINT}, which rank 0 resumes from: put --out on a "
+                              f"filesystem every node shares, or run without --resume")
+
+    _check_everywhere(sees_checkpoint)
     return run_dir, resuming
+
+
+def _check_everywhere(check) -> None:
+    """check() in every process; when it raised a RunnerError in any, the lowest rank's is raised in all."""
+    import ignite.distributed as idist
+
+    problem = None
+    try:
+        check()
+    except RunnerError as exc:
+        problem = {"rank": idist.get_rank(), "kind": type(exc).__name__, "message": str(exc)}
+    _raise_first(idist.all_gather(json.dumps(problem)))
 
 
 def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
