@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,17 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _within(seconds: float, function, *args):
+    """function(*args)'s result, or a failed test after `seconds`: a cluster that lost its workers
+    would leave a suite waiting for them for ever (the thread, a daemon, does not keep pytest alive)."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(value=function(*args)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"no result in {seconds} s"
+    return result["value"]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +83,9 @@ def test_a_suite_runs_its_dependency_graph_on_the_cluster(cluster, tmp_path, cif
     suite = _failing_suite(tmp_path)  # b diverges, a needs b, c alone
     (suite / "d_needs_c.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\nrequires = ["c_alone.toml"]\n')
     out = tmp_path / "out"
-    code = main([str(suite), "--executor", "dask", "--scheduler", cluster, "--quick", "--set", "train.iterations=4",
-                 "--set", "train.log_every=1", "--data", str(cifar_archive), "--out", str(out), "--no-progress"])
+    code = _within(240, main, [str(suite), "--executor", "dask", "--scheduler", cluster, "--quick", "--set",
+                               "train.iterations=4", "--set", "train.log_every=1", "--data", str(cifar_archive),
+                               "--out", str(out), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 5, captured.err  # the diverged run's exit code; the others went on
     (first,) = (out / "c_alone").iterdir()
