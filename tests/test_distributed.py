@@ -196,3 +196,23 @@ def test_what_torchrun_cannot_run_says_why_before_any_process_meets(tmp_path, ca
     assert "train.batch_size 100 must divide by WORLD_SIZE (torchrun's processes) 3" in capsys.readouterr().err
     assert main([spec, "--out", str(tmp_path), "--nproc-per-node", "2"]) == 1
     assert "drop runner's --jobs and --nproc-per-node" in capsys.readouterr().err
+
+
+def test_in_a_slurm_job_torchruns_ranks_count_not_slurms(tmp_path, cifar_archive, monkeypatch):
+    # torchrun's variables: rank 0 of 1. SLURM's: task 1 of 2 on 2 nodes (srun's one torchrun per
+    # node), which ignite would check against torchrun's and refuse to start.
+    torchrun = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NTASKS": "2",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "localhost"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        torchrun["MASTER_PORT"] = str(probe.getsockname()[1])
+    for name, value in {**torchrun, **slurm}.items():
+        monkeypatch.setenv(name, value)
+    args = [str(SPECS / "p1_q1_raw.toml"), "--quick", "--set", "train.iterations=2", "--data", str(cifar_archive),
+            "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "p1_q1_raw").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["processes"], summary["nodes"]) == (1, 1)
+    assert os.environ["SLURM_JOB_ID"] == "7"  # hidden from ignite only while it set up
