@@ -150,3 +150,12 @@ def test_resuming_a_running_run_is_refused(tmp_path, capsys):
     artifacts.set_status(run_dir, "running", pid=os.getpid())  # alive: this very process
     assert main(["resume", str(run_dir)]) == 1
     assert "still running" in capsys.readouterr().err
+
+
+def test_a_resume_that_finds_no_data_leaves_the_run_interrupted(tmp_path, capsys):
+    run_dir = _interrupted_run(tmp_path, "20200101-000000-s0")
+    status = json.loads((run_dir / "status.json").read_text())
+    artifacts.write_json(run_dir / "status.json", dict(status, data=str(tmp_path / "moved-away")))
+    assert main(["resume", str(run_dir)]) == 3  # DataError
+    assert "moved-away" in capsys.readouterr().err
+    assert artifacts.read_status(run_dir)["status"] == "interrupted"  # resumable once the data is back
