@@ -176,5 +176,5 @@ def report_sections(runs):
         figures.close(figure)
         sections.append(Section(spec=last, blocks=[Figure(
             path, "Running training accuracy (over the last epoch, mean over seeds) of " + ", ".join(s.name for s in chain)
-            + ", each adding transforms to the one before; dots: test accuracy.", 0.75)]))
+            + ", each adding transforms to the one before; dots: test accuracy.", 0.6)]))
     return sections

@@ -557,10 +557,7 @@ def report_sections(runs):
             f"at most {summary.get('max_steps')} steps, until a wrong class has at least "
             f"{summary.get('confidence', 0):.0%}); distances in gray levels over the 3,072 values of an image.",
             small=True)]
-        if path := spec.figure("adversarial_pairs.png"):
-            blocks.append(Figure(path, f"The {summary.get('pairs_count')} shown images ({spec.name}): original, "
-                                       "adversarial (the class the net gives it and its probability) and the "
-                                       "perturbation, amplified.", 0.55))
+        # The small figures first: they fill what is left of a page, the tall one starts the next.
         if path := spec.figure("steps_histogram.png"):
             blocks.append(Figure(path, f"Steps each attacked image needed ({spec.name}).", 0.5))
         figure = reached_figure(spec.run_dir, f"{spec.name}: where the fooled images went")
@@ -570,6 +567,10 @@ def report_sections(runs):
             figures.close(figure)
             blocks.append(Figure(path, f"True class against the class the attack reached, over the "
                                        f"{summary.get('succeeded')} fooled images ({spec.name}).", 0.5))
+        if path := spec.figure("adversarial_pairs.png"):
+            blocks.append(Figure(path, f"The {summary.get('pairs_count')} shown images ({spec.name}): original, "
+                                       "adversarial (the class the net gives it and its probability) and the "
+                                       "perturbation, amplified.", 0.55))
         sections.append(Section(spec=spec.name, blocks=blocks,
                                 fields={"switches": switches_text(summary.get("top_switches"))}))
     return sections

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
-import re
 from pathlib import Path
 
 from .document import Bullets, Document, Figure, Heading, Paragraph, Section, Table, inline, layout
@@ -67,12 +66,13 @@ def block_html(block) -> str:
     raise TypeError(f"no HTML form for {type(block).__name__}")
 
 
-def anchor(title: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60]
+def anchor(number: str) -> str:
+    """A section's id from its number ("3." -> "section-3"), unique where titles need not be."""
+    return "section-" + number.rstrip(".")
 
 
 def section_html(section: Section, number: str) -> str:
-    parts = [f'<section id="{anchor(section.title)}"><h2>{number} {text(section.title)}</h2>']
+    parts = [f'<section id="{anchor(number)}"><h2>{number} {text(section.title)}</h2>']
     if section.subtitle:
         parts.append(f'<p class="subtitle">{text(section.subtitle)}</p>')
     parts += [block_html(block) for block in layout(section.blocks)]
@@ -83,7 +83,7 @@ def render(document: Document) -> str:
     facts = "".join(f"<dt>{text(key)}</dt><dd>{text(value)}</dd>" for key, value in document.facts)
     numbered = [(f"{i}.", s) for i, s in enumerate(document.sections, 1)]
     numbered += [(f"{chr(ord('A') + i)}.", s) for i, s in enumerate(document.appendix)]
-    contents = "".join(f'<li><a href="#{anchor(s.title)}">{number} {text(s.title)}</a></li>' for number, s in numbered)
+    contents = "".join(f'<li><a href="#{anchor(number)}">{number} {text(s.title)}</a></li>' for number, s in numbered)
     warning = f'<p class="warning">{text(document.warning)}</p>' if document.warning else ""
     body = "\n".join(section_html(section, number) for number, section in numbered)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(document.title)}</title>'

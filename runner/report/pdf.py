@@ -22,6 +22,7 @@ PREAMBLE = """
 #show heading.where(level: 2): it => block(above: 1em, below: 0.5em, sticky: true, text(size: 11pt, it))
 #show raw: set text(font: "DejaVu Sans Mono", size: 0.85em)
 #show figure.caption: set text(size: 8.5pt)
+#show figure.caption: set par(justify: false)
 #show figure.where(kind: table): set figure.caption(position: top)
 #set table(stroke: none, inset: (x: 4pt, y: 2.2pt))
 #show table: set par(justify: false)
