@@ -92,7 +92,8 @@ def test_attacks_do_not_claim_their_source_models_accuracy(reported):
     out, pdf, _ = reported
     text = " ".join(pdf_text(pdf).split())
     overview = text[text.index("Table 1."):text.index("Table 2.")]
-    assert "p3_q1_fgsm 1 evaluates another spec's model" in overview
+    fooled = summary(out, "p3_q1_fgsm")["fgsm"]["success_rate"]
+    assert f"p3_q1_fgsm 1 none of its own (fooled {fooled:.1%})" in overview
 
 
 def test_per_class_results_are_recorded_and_drawn(reported):
@@ -114,7 +115,7 @@ def test_markdown_table_on_stdout(reported, capsys):
     printed = capsys.readouterr().out
     accuracy = summary(out, "p1_q2_normalize")["test_accuracy"]
     assert f"| p1_q2_normalize | 1 | {accuracy:.1%} |" in printed
-    assert "| p3_q1_fgsm | 1 | – (evaluates another spec's model) |" in printed
+    assert f"| p3_q1_fgsm | 1 | – (fooled {summary(out, 'p3_q1_fgsm')['fgsm']['success_rate']:.1%}) |" in printed
     assert "## P1 Q2: normalize images" in pdf.read_text()
 
 

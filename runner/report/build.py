@@ -114,13 +114,15 @@ def overview(runs: Runs) -> Section:
     for name, spec in runs.items():
         mean, sd = spec.mean_sd()
         seconds, _ = spec.mean_sd("seconds") if spec.trained else (None, None)
-        rows.append([label(spec.question) if spec.question else "", name, str(len(spec.runs)),
-                     accuracy_text(mean, sd, len(spec.runs)).split(" (")[0] if spec.trained and mean is not None
-                     else "evaluates another spec's model",
+        own = None if spec.trained else spec.headline()
+        result = (accuracy_text(mean, sd, len(spec.runs)).split(" (")[0] if spec.trained and mean is not None
+                  else f"none of its own ({own[0]} {own[1]:.1%})" if own else "evaluates another spec's model")
+        rows.append([label(spec.question) if spec.question else "", name, str(len(spec.runs)), result,
                      f"{seconds:.0f}" if seconds is not None else "–"])
     blocks = [Table(["question", "spec", "seeds", "test accuracy (mean ± sd)", "training s per run"], rows,
                     "Every spec in this report, in question order. Attacks and other evaluate-only specs train "
-                    "nothing; their results are in their sections.", small=True)]
+                    "nothing and have no test accuracy of their own; their results are in their sections.",
+                    small=True)]
     trained = [spec for spec in runs.values() if spec.trained and spec.representative.get("per_class")]
     if trained:
         classes = trained[0].representative["per_class"]["classes"]

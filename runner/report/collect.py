@@ -164,6 +164,14 @@ class SpecRuns:
             return None, None
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
+    def headline(self) -> tuple[str, float] | None:
+        """An evaluate-only spec's own result instead of a test accuracy (an attack's fooled share:
+        the `headline` a plugin sets in summary.json), mean over its runs; None without one."""
+        own = [s.get("headline") for s in self.runs]
+        if not all(isinstance(h, dict) and h.get("name") and h.get("value") is not None for h in own):
+            return None
+        return own[0]["name"], statistics.mean(h["value"] for h in own)
+
     def figure(self, file_name: str) -> Path | None:
         """A figure of the representative run, or None when it did not draw one."""
         path = self.run_dir / file_name

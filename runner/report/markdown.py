@@ -20,11 +20,14 @@ def table_lines(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def results_table(runs: Runs) -> str:
     """Every spec's seeds, test accuracy (mean ± sd and per seed), seconds and images/s per run;
-    an evaluate-only spec (an attack) has no accuracy of its own: its row says so."""
+    an evaluate-only spec (an attack) has no accuracy of its own: its row says so, with its own
+    result where its plugin records one (an attack's fooled share)."""
     rows = []
     for name, spec in runs.items():
         if not spec.trained:
-            rows.append([name, str(len(spec.runs)), "– (evaluates another spec's model)", "–", "–", "–"])
+            own = spec.headline()
+            rows.append([name, str(len(spec.runs)), f"– ({own[0]} {own[1]:.1%})" if own else
+                         "– (evaluates another spec's model)", "–", "–", "–"])
             continue
         mean, sd = spec.mean_sd()
         seconds, _ = spec.mean_sd("seconds")
