@@ -42,10 +42,12 @@ def test_a_run_of_repeated_layers_is_shown_once():
 
 def test_template_answers_are_keyed_by_spec_and_a_missing_field_is_named(tmp_path, capsys):
     template = tmp_path / "x_explanation.md"
-    template.write_text("<!-- {comment} -->\n## a\n\na is {a.x}\n\n## b\n\nb is {b.y:.1%} and {c.z}\n\n## gone\n\n{q}\n")
-    assert fill_template(template, Fields({"a": {"x": 1}, "b": {"y": 0.5}})) == {"a": "a is 1"}
+    template.write_text("<!-- {comment} -->\n## a\n\na is {a.x}\n\n## b\n\nb is {b.y:.1%} and {c.z}\n\n"
+                        "b alone: {b.y:.0%}\n\n## gone\n\n{q}\n")
+    assert fill_template(template, Fields({"a": {"x": 1}, "b": {"y": 0.5}})) == {"a": "a is 1", "b": "b alone: 50%"}
     err = capsys.readouterr().err
-    assert "left out the answer for b: no value for c.z" in err and "gone" not in err  # no runs: silent
+    assert "left out a paragraph of the answer for b ('b is" in err and "no value for c.z" in err
+    assert "gone" not in err  # no runs of it: silent
     assert fill_template(template, Fields({"a": {"x": None}})) == {}  # None is no value, not "None"
     assert Fields({"g": {"1": 2.0}})["g"][1] == 2.0  # {spec.key[1]} reads the JSON key "1"
 

@@ -11,8 +11,8 @@ tables), and besides the summary's keys every spec has
   minus the mean test accuracy (the overfitting);
 
 and whatever fields plugins add for it (their report_sections). HTML comments are left out. A
-section whose spec has no runs in the report is skipped silently; one with a field without a value
-(a run it quotes is missing) is left out and named on stderr.
+section whose spec has no runs in the report is skipped silently; a paragraph with a field without
+a value (a run it quotes is missing) is left out and named on stderr.
 """
 from __future__ import annotations
 
@@ -91,18 +91,24 @@ def sections(path: Path) -> dict[str, str]:
 
 def fill_template(path: Path, fields: Fields, specs=None) -> dict[str, str]:
     """The template's answers filled (spec name -> text), for the specs in `specs` (default: every
-    spec with fields). An answer with a field without a value is left out and named on stderr."""
+    spec with fields). A paragraph with a field without a value is left out, and named on stderr:
+    one missing number (runs made before it was recorded) costs its paragraph, not the answer."""
     wanted = set(fields if specs is None else specs)
     filled = {}
     for name, body in sections(path).items():
         if name not in wanted or not body:
             continue
-        missing = missing_fields(body, fields)
-        if missing:
-            names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            print(f"report: {path.name}: left out the answer for {name}: no value for {names}", file=sys.stderr)
-            continue
-        filled[name] = body.format_map(fields).strip()
+        kept = []
+        for paragraph in re.split(r"\n\s*\n", body):
+            missing = missing_fields(paragraph, fields)
+            if missing:
+                names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+                print(f"report: {path.name}: left out a paragraph of the answer for {name} "
+                      f"({paragraph.strip()[:40]!r}...): no value for {names}", file=sys.stderr)
+            else:
+                kept.append(paragraph.format_map(fields).strip())
+        if kept:
+            filled[name] = "\n\n".join(kept)
     return filled
 
 
