@@ -77,7 +77,7 @@ def write(document: Document, path: Path, workdir: Path) -> None:
         from .markdown import render
 
         say(f"writing Markdown {path}")
-        artifacts.write_text(path, render(document, path.resolve().parent))
+        artifacts.write_text(path, render(document, path.resolve().parent, workdir))
 
 
 def cmd_report(argv) -> int:

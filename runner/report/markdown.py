@@ -39,9 +39,19 @@ def results_table(runs: Runs) -> str:
     return "\n".join(table_lines(header, rows)) + "\n"
 
 
-def block_lines(block, folder: Path) -> list[str]:
+def image_link(path: Path, folder: Path, workdir: Path) -> str:
+    """A run's figure by its path from the Markdown file; one drawn for the report (in `workdir`,
+    gone once the report is written) embedded as a data URI."""
+    if path.is_relative_to(workdir):
+        from .html import data_uri
+
+        return data_uri(path)
+    return os.path.relpath(path, folder)
+
+
+def block_lines(block, folder: Path, workdir: Path) -> list[str]:
     if isinstance(block, Figure):
-        return [f"![Figure {block.number}]({os.path.relpath(block.path, folder)})", "",
+        return [f"![Figure {block.number}]({image_link(block.path, folder, workdir)})", "",
                 f"*Figure {block.number}.* {block.caption}"]
     if isinstance(block, Table):
         return ([f"*Table {block.number}.* {block.caption}", ""] if block.caption else []) + \
@@ -55,16 +65,16 @@ def block_lines(block, folder: Path) -> list[str]:
     raise TypeError(f"no Markdown form for {type(block).__name__}")
 
 
-def section_lines(section: Section, folder: Path) -> list[str]:
+def section_lines(section: Section, folder: Path, workdir: Path) -> list[str]:
     lines = [f"## {section.title}", ""] + ([f"*{section.subtitle}*", ""] if section.subtitle else [])
     for block in section.blocks:
-        lines += block_lines(block, folder) + [""]
+        lines += block_lines(block, folder, workdir) + [""]
     return lines
 
 
-def render(document: Document, folder: Path) -> str:
+def render(document: Document, folder: Path, workdir: Path) -> str:
     lines = [f"# {document.title}", ""] + ([f"**{document.warning}**", ""] if document.warning else [])
     lines += [f"- {key}: {value}" for key, value in document.facts] + [""]
     for section in document.sections + document.appendix:
-        lines += section_lines(section, folder)
+        lines += section_lines(section, folder, workdir)
     return "\n".join(lines)
