@@ -118,12 +118,10 @@ def compare(this, previous) -> dict:
 
 def class_changes(this, previous) -> list[tuple[str, float, float, float]]:
     """(class, accuracy before, after, change) per class, mean over seeds; [] without per-class results."""
-    from runner.report.build import class_means
-
     if not (this.representative.get("per_class") and previous.representative.get("per_class")):
         return []
     classes = this.representative["per_class"]["classes"]
-    return [(name, b, a, a - b) for name, b, a in zip(classes, class_means(previous), class_means(this))
+    return [(name, b, a, a - b) for name, b, a in zip(classes, previous.class_accuracy(), this.class_accuracy())
             if a is not None and b is not None]
 
 

@@ -266,7 +266,7 @@ def _sci(value) -> str:
 def gradients_table(runs) -> list[list[str]]:
     """A row per spec with gradients: test accuracy over its seeds, and G of the first and last
     conv at iteration 1 and their ratio at 1, 100 and the end, from its representative run."""
-    from runner.report.templates import accuracy_text
+    from runner.report import accuracy_text
 
     rows = []
     for spec in runs.values():

@@ -126,17 +126,11 @@ def overview(runs: Runs) -> Section:
     trained = [spec for spec in runs.values() if spec.trained and spec.representative.get("per_class")]
     if trained:
         classes = trained[0].representative["per_class"]["classes"]
-        per_class = [[spec.name] + [pct(v) for v in class_means(spec)] for spec in trained]
+        per_class = [[spec.name] + [pct(v) for v in spec.class_accuracy()] for spec in trained]
         blocks.append(Table(["spec"] + classes, per_class,
                             "Per-class test accuracy of every trained spec (the share of each class's test images "
                             "classified correctly, mean over seeds).", small=True))
     return Section("Overview", blocks)
-
-
-def class_means(spec: SpecRuns) -> list[float | None]:
-    """Per-class test accuracy, mean over the spec's runs that recorded it."""
-    recorded = [s["per_class"]["accuracy"] for s in spec.runs if s.get("per_class")]
-    return [None if None in column else sum(column) / len(column) for column in zip(*recorded)]
 
 
 def _when(spec: SpecRuns) -> list[datetime.datetime]:
@@ -220,7 +214,7 @@ def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]]
     """The spec's trained model as a layer table (None for evaluate-only specs, or a model that no
     longer builds: a plugin no longer installed, say)."""
     from ..architecture import table
-    from ..run import build_model
+    from ..builders import build_model
     from ..spec import load
 
     if not spec.trained:

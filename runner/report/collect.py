@@ -164,6 +164,12 @@ class SpecRuns:
             return None, None
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
+    def class_accuracy(self) -> list[float | None]:
+        """Per-class test accuracy (summary.json's per_class), mean over the runs that recorded it;
+        [] when none did."""
+        recorded = [s["per_class"]["accuracy"] for s in self.runs if s.get("per_class")]
+        return [None if None in column else statistics.mean(column) for column in zip(*recorded)]
+
     def headline(self) -> tuple[str, float] | None:
         """An evaluate-only spec's own result instead of a test accuracy (an attack's fooled share:
         the `headline` a plugin sets in summary.json), mean over its runs; None without one."""
