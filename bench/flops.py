@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from runner.architecture import forward_flops  # noqa: E402
 from runner.artifacts import latest_run, read_summary  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
-from runner.run import build_model  # noqa: E402
+from runner.builders import build_model  # noqa: E402
 from runner.spec import load  # noqa: E402
 
 

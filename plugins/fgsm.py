@@ -1,9 +1,9 @@
 """Part 3 Q1: adversarial images by the iterative fast gradient sign method, on a trained model.
 
-An evaluate-only spec (`train.iterations = 0`, no transforms) enables this plugin: change_model
-swaps the spec's placeholder model for the trained model of another spec (`source`), which
-carries its own normalization, so the attack works on real pixel values 0-255 and every
-iterate is an image (integer eps keeps it an exact 8-bit image).
+The run's model is the trained model of another spec (`source`, RUN_MODEL below): the spec
+names no model and trains nothing, and the loaded model carries its own normalization, so the
+attack works on real pixel values 0-255 and every iterate is an image (integer eps keeps it an
+exact 8-bit image).
 
 The homework's step, repeated per image until a wrong class has probability >= confidence:
 
@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from runner import RunnerError, Setting, SpecError, figures, hookimpl
-from runner import artifacts
+from runner import Setting, figures, hookimpl
 from runner.artifacts import atomic_path, save_figure, save_torch, write_text
 from runner.progress import Progress
-from runner.run import load_trained
+from runner.sources import probabilities
 
 SETTINGS = {
-    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
+    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
+                      reads="model"),
     "eps": Setting(1.0, "step size in pixel units (0-255); an integer keeps every iterate an 8-bit image",
                    min=0.0),
     # A quick run's barely trained net is rarely fooled at 99%: uncapped, every image would take all
@@ -54,63 +54,8 @@ SETTINGS = {
     "batch_size": Setting(1000, "images attacked at once", min=1),
 }
 
-SET_FILE = "adversarial_set.pt"  # plugins/transfer.py reads it
-
-
-# ---- finding another spec's run (shared with transfer.py and universal.py) ------------------------
-
-def source_run(run, spec_name: str) -> Path | None:
-    """The latest completed run of `spec_name` beside `run` (same --out, same --quick), of run's own
-    seed where there is one: `--seeds 0,1,2` attacks three models, not the newest three times."""
-    return artifacts.source_run(run.dir.parent.parent, spec_name, run.quick, run.spec["seed"])
-
-
-def require_run(run, spec_name: str, role: str) -> Path:
-    """The latest completed run of `spec_name` beside `run` (same --out, same --quick), or an error
-    that says which command makes it."""
-    out = run.dir.parent.parent
-    found = source_run(run, spec_name)
-    if found is None:
-        quick = " --quick" if run.quick else ""
-        raise RunnerError(
-            f"{run.spec.name} needs {role}: a completed{' quick' if run.quick else ''} run of spec "
-            f"{spec_name!r} under {out}, and there is none. Run `runner specs/{spec_name}.toml{quick} "
-            f"--out {out}` (with the same --data) first, or rerun {run.spec.name} with --with-deps.")
-    return found
-
-
-def completed_runs_of(run, names: list[str], skipped: list[str], label: str = ""):
-    """(name, latest completed run) for each named spec that has one beside `run` (same --out, same
-    --quick); each that has none is added to `skipped`, with the command that makes it."""
-    for name in names:
-        found = source_run(run, name)
-        if found is None:
-            skipped.append(f"{label}{name}: no completed run (runner specs/{name}.toml)")
-        else:
-            yield name, found
-
-
-def trained_model(run, run_dir):
-    """The trained model of a run folder on `run`'s device, in eval mode; it takes pixel values 0-255."""
-    model, _ = load_trained(run_dir, run.catalogue, run.device)
-    return model.eval()
-
-
-def load_source(run, spec_name: str, role: str):
-    """(trained model in eval mode, its run folder); the model takes pixel values 0-255."""
-    run_dir = require_run(run, spec_name, role)
-    return trained_model(run, run_dir), run_dir
-
-
-def use_trained_model(run, plugin: str, spec_name: str, role: str, key: str = "source"):
-    """change_model of an evaluate-only plugin: another spec's trained model replaces the placeholder,
-    and the run's results say which (`<plugin>.<key>_spec`, `<plugin>.<key>_run`)."""
-    if run is None:  # load_trained of a finished run of this plugin: it has no model of its own
-        raise RunnerError(f"a {plugin} run has no model of its own; load the run named in its summary.json "
-                          f"({plugin}.{key}_run) instead")
-    model, run_dir = load_source(run, spec_name, role)
-    run.results.setdefault(plugin, {}).update({f"{key}_spec": spec_name, f"{key}_run": str(run_dir)})
-    return model
+RUN_MODEL = "source"  # the attacked model is this run's model
+SET_FILE = "adversarial_set.pt"  # what a transfer evaluation reads (plugins/transfer.py)
 
 
 # ---- the attack -----------------------------------------------------------------------------
@@ -201,15 +146,6 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
     return AttackResult(x, steps, success, predicted, probability, goal_probability)
 
 
-def probabilities(model, images, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax output (N, classes) for uint8 or float images, in batches."""
-    out = [torch.zeros(0, 10, device=images.device)]
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            out.append(model(images[start:start + batch_size].float()).float().softmax(1))
-    return torch.cat(out)
-
-
 def goal_of(probs, labels, target: int | None = None) -> torch.Tensor:
     """The attack's stop test: the best wrong class's probability, or the target's."""
     if target is None:
@@ -253,24 +189,6 @@ def load_png(path) -> torch.Tensor:
 
 # ---- hooks ----------------------------------------------------------------------------------
 
-def require_evaluate_only(spec, plugin: str) -> None:
-    """Training would change the loaded model before it is used; refuse rather than attack another net."""
-    if spec["train"]["iterations"] != 0:
-        raise SpecError(f"the {plugin} plugin evaluates another run's trained model, so nothing may train: "
-                        f"set train.iterations = 0 (if --quick set it, add --set train.iterations=0)",
-                        file=spec.path, key="train.iterations")
-
-
-@hookimpl
-def configure(spec, settings):
-    require_evaluate_only(spec, "fgsm")
-
-
-@hookimpl
-def change_model(model, run, settings):
-    return use_trained_model(run, "fgsm", settings["source"], "the trained model to attack")
-
-
 @hookimpl
 def run_finished(run, results, settings):
     model = run.model.eval()
@@ -279,6 +197,7 @@ def run_finished(run, results, settings):
                   bound=settings["bound"], target=target)
     summary = results.setdefault("fgsm", {})
     summary.update({key: settings[key] for key in ("eps", "max_steps", "confidence", "bound", "target")})
+    summary["source_spec"], summary["source_run"] = results["model_source"]["spec"], results["model_source"]["run"]
     summary["source_test_accuracy"] = results.get("test_accuracy")
 
     images, labels, names = run.test_images, run.test_labels, run.class_names
@@ -493,15 +412,11 @@ def _steps_figure(steps, success, max_steps, title, summary):
 
 
 def _show(run, originals, adversarial) -> None:
-    """The pairs in Visdom, when that plugin exists and is on for this run."""
-    try:
-        from plugins.visdom_live import show_images
-    except (ImportError, AttributeError):
-        return
+    """The pairs live (Visdom, when it is on for this run)."""
     perturbation, gain = _perturbation(adversarial.cpu(), originals.cpu())
     grid = torch.stack([originals.cpu(), adversarial.cpu(), perturbation], 1).flatten(0, 1)
-    show_images(run, "adversarial_pairs", grid,
-                f"original | adversarial | perturbation x{gain:.1f} + 128, {len(originals)} images")
+    run.show_images("adversarial_pairs", grid,
+                    f"original | adversarial | perturbation x{gain:.1f} + 128, {len(originals)} images")
 
 
 def _sync(device) -> None:

@@ -127,13 +127,12 @@ def _max_abs(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.detach().abs().amax() for t in tensors]
 
 
-_STATE = "_grad_magnitude"  # where the per-run state lives on the run object
+NAME = "grad_magnitude"  # this plugin's name: its per-run state is run.state(NAME)
 
 
 @hookimpl
 def attach(trainer, run, settings):
-    state = GradMagnitude(run.model, run.metrics, settings)
-    setattr(run, _STATE, state)
+    state = run.state(NAME, lambda: GradMagnitude(run.model, run.metrics, settings))
     # Hooks go on at the start and off after the first backward: evaluation never pays for them.
     trainer.add_event_handler(Events.STARTED, state.start_recording)
     trainer.add_event_handler(TrainEvents.BACKWARD_COMPLETED, state.on_backward)
@@ -187,7 +186,7 @@ def summarize(table: dict, state: GradMagnitude) -> dict | None:
 
 @hookimpl
 def run_finished(run, results, settings):
-    state: GradMagnitude | None = getattr(run, _STATE, None)
+    state: GradMagnitude | None = run.state(NAME)
     if state is None or state.layers is None:  # never trained (iterations = 0)
         results["grad_magnitude"] = None
         return

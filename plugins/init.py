@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from runner import Setting, SpecError, hookimpl
+from runner.blocks import Residual
 
 SETTINGS = {
     "scheme": Setting("kaiming", "kaiming: He normal (fan_in, ReLU) weights, zero biases; fixup: kaiming, then "
@@ -39,14 +40,7 @@ FINAL_RELU_NEEDED = ("scheme \"fixup\" zeroes each residual branch's last conv, 
                      "to move the ReLU after the addition")
 
 
-def _residual_class():
-    from plugins.skip import Residual
-
-    return Residual
-
-
 def _targets(model: nn.Module, which: str) -> list[nn.Module]:
-    Residual = _residual_class()
     # Projection shortcuts start as the identity on purpose; kaiming would undo that.
     shortcuts = {id(m) for block in model.modules() if isinstance(block, Residual) and block.shortcut is not None
                  for m in block.shortcut.modules()}
@@ -64,7 +58,6 @@ def kaiming(model: nn.Module, which: str = "all") -> None:
 
 def fixup(model: nn.Module, which: str = "all") -> int:
     """Kaiming, then Fixup's rescaling of every residual branch; returns the number of blocks."""
-    Residual = _residual_class()
     blocks = [m for m in model.modules() if isinstance(m, Residual)]
     if not blocks:
         raise SpecError(NO_BLOCKS, key="plugins.init.scheme")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from runner import Setting, SpecError, hookimpl
+from runner.blocks import Residual
 
 SETTINGS = {
     "layers": Setting("inserted", "which convs: the run right after the first conv (the homework's inserted "
@@ -38,30 +39,6 @@ SETTINGS = {
     "final_relu": Setting(False, "move each branch's trailing ReLU after the addition (ResNet's block; needed "
                           "by init's fixup, whose zeroed last conv a trailing ReLU would never let train)"),
 }
-
-
-class Residual(nn.Module):
-    """y = shortcut(x) + gate * branch(x), optionally followed by ReLU."""
-
-    def __init__(self, branch: nn.Sequential, shortcut: nn.Module | None = None, gate: bool = False,
-                 final_relu: bool = False):
-        super().__init__()
-        self.branch = branch
-        self.shortcut = shortcut
-        self.gate = nn.Parameter(torch.zeros(())) if gate else None
-        self.final_relu = final_relu
-
-    def forward(self, x):
-        # The branch starts with a conv, so its in-place ReLUs never touch x.
-        f = self.branch(x)
-        if self.gate is not None:
-            f = self.gate * f
-        y = (x if self.shortcut is None else self.shortcut(x)) + f
-        return torch.relu(y) if self.final_relu else y
-
-    def extra_repr(self) -> str:
-        return (f"shortcut={'identity' if self.shortcut is None else 'projection'}, "
-                f"gate={'zero-init scalar' if self.gate is not None else 'none'}, final_relu={self.final_relu}")
 
 
 def identity_conv(channels: int) -> nn.Conv2d:

@@ -1,8 +1,8 @@
 """Part 3 Q2: feed adversarial images made on one model to another (cross-model transfer).
 
-An evaluate-only spec enables this plugin: change_model swaps the placeholder model for the
-trained model of `target` (like the fgsm plugin does for its source), and run_finished reads
-the `attack` run's adversarial_set.pt and reports the target's accuracy on
+The run's model is the trained model of `target` (RUN_MODEL below: the spec names no model and
+trains nothing); run_finished reads the `attack` run's adversarial_set.pt and reports the
+target's accuracy on
 
 - the 20 shown adversarial images (the homework's number) and
 - every successful adversarial image of the set,
@@ -14,21 +14,23 @@ accuracy on that attack's adversarial images (runs that do not exist are listed,
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from runner import RunnerError, Setting, figures, hookimpl
 from runner.artifacts import save_figure
 
-from plugins.fgsm import (SET_FILE, completed_runs_of, probabilities, require_evaluate_only, require_run,
-                          trained_model, use_trained_model)
+from runner.sources import completed_runs, probabilities, require_run, trained_model
+
+SET_FILE = "adversarial_set.pt"  # what an fgsm run writes: its adversarial images and their originals' places
+RUN_MODEL = "target"  # the evaluated model is this run's model
 
 SETTINGS = {
-    "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used"),
-    "target": Setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated"),
-    "matrix_sources": Setting([], "attack specs for the transfer matrix (rows)", item=str),
-    "matrix_targets": Setting([], "model specs for the transfer matrix (columns)", item=str),
+    "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used", reads="run"),
+    "target": Setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated",
+                      reads="model"),
+    "matrix_sources": Setting([], "attack specs for the transfer matrix (rows)", item=str, reads="run"),
+    "matrix_targets": Setting([], "model specs for the transfer matrix (columns)", item=str, reads="model"),
     "batch_size": Setting(1000, "images evaluated at once", min=1),
 }
 
@@ -92,24 +94,13 @@ def successful(adversarial: dict) -> dict:
 # ---- hooks ----------------------------------------------------------------------------------
 
 @hookimpl
-def configure(spec, settings):
-    require_evaluate_only(spec, "transfer")
-
-
-@hookimpl
-def change_model(model, run, settings):
-    # The attack's run first: a missing one fails before any model loads.
-    attack_dir = require_run(run, settings["attack"], "adversarial images") if run is not None else None
-    target = use_trained_model(run, "transfer", settings["target"], "the trained model to evaluate", key="target")
-    run.results["transfer"].update({"attack_spec": settings["attack"], "attack_run": str(attack_dir)})
-    return target
-
-
-@hookimpl
 def run_finished(run, results, settings):
+    attack_dir = require_run(run, settings["attack"], "adversarial images")
     summary = results.setdefault("transfer", {})
+    summary.update({"target_spec": results["model_source"]["spec"], "target_run": results["model_source"]["run"],
+                    "attack_spec": settings["attack"], "attack_run": str(attack_dir)})
     model = run.model.eval()
-    adversarial = load_set(Path(summary["attack_run"]), run)
+    adversarial = load_set(attack_dir, run)
     summary["source_spec"], summary["source_run"] = adversarial["source_spec"], adversarial["source_run"]
     batch = settings["batch_size"]
 
@@ -154,11 +145,11 @@ def _matrix(run, settings) -> dict:
     """Target accuracy on each attack's successful adversarial images; missing runs are listed."""
     skipped = []
     sets = {}
-    for name, found in completed_runs_of(run, settings["matrix_sources"], skipped, "attack "):
+    for name, found in completed_runs(run, settings["matrix_sources"], skipped, "attack "):
         adversarial = load_set(found, run)
         sets[name] = (found, successful(adversarial), adversarial["source_spec"])
     models = {name: (found, trained_model(run, found))
-              for name, found in completed_runs_of(run, settings["matrix_targets"], skipped, "model ")}
+              for name, found in completed_runs(run, settings["matrix_targets"], skipped, "model ")}
     accuracy, clean, ci = [], [], []
     for name, (_, images, _) in sets.items():
         originals = run.test_images[images["indices"]]

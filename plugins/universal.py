@@ -24,10 +24,13 @@ import torch.nn.functional as F
 from runner import Setting, figures, hookimpl
 from runner.artifacts import save_figure, save_torch
 
-from plugins.fgsm import completed_runs_of, probabilities, require_evaluate_only, trained_model, use_trained_model
+from runner.sources import completed_runs, probabilities, trained_model
+
+RUN_MODEL = "source"  # the attacked model is this run's model
 
 SETTINGS = {
-    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked"),
+    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
+                      reads="model"),
     "radius": Setting(10.0, "L-inf bound of the perturbation in pixel units (0-255)", min=0.0, max=255.0),
     "step": Setting(1.0, "change of v per update, pixel units", min=0.0),
     "epochs": Setting(10, "passes over the training images at most", min=1, quick=2),
@@ -35,7 +38,7 @@ SETTINGS = {
                        min=0.0, max=1.0),
     "batch_size": Setting(250, "training images per update", min=1),
     "targets": Setting([], "other model specs whose test fooling rate is measured too (missing runs are listed)",
-                       item=str),
+                       item=str, reads="model"),
 }
 
 FILE = "universal_perturbation.pt"
@@ -88,18 +91,9 @@ def random_sign_noise(like: torch.Tensor, radius: float, generator: torch.Genera
 # ---- hooks ----------------------------------------------------------------------------------
 
 @hookimpl
-def configure(spec, settings):
-    require_evaluate_only(spec, "universal")
-
-
-@hookimpl
-def change_model(model, run, settings):
-    return use_trained_model(run, "universal", settings["source"], "the trained model to attack")
-
-
-@hookimpl
 def run_finished(run, results, settings):
     summary = results.setdefault("universal", {})
+    summary["source_spec"], summary["source_run"] = results["model_source"]["spec"], results["model_source"]["run"]
     generator = torch.Generator().manual_seed(run.spec["seed"])
     started = time.perf_counter()
     v, history = fit_universal(run.model, run.train_images, radius=settings["radius"], step=settings["step"],
@@ -109,7 +103,7 @@ def run_finished(run, results, settings):
     noise = random_sign_noise(v, settings["radius"], generator)
     models = {settings["source"]: run.model}
     skipped = []
-    for name, found in completed_runs_of(run, settings["targets"], skipped):
+    for name, found in completed_runs(run, settings["targets"], skipped):
         if name not in models:
             models[name] = trained_model(run, found)
     test = {}

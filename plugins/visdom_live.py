@@ -12,8 +12,8 @@ Visdom never fails or slows a run: messages are built on the training thread at 
 handed to a background thread through a bounded queue and dropped when it is full; a server that
 does not answer or goes away is reported once, and the run goes on.
 
-Other plugins show image grids with `show_images(run, name, images_uint8_nchw, caption)`,
-a no-op when this plugin is off for that run.
+Other plugins show image grids with `run.show_images(name, images_uint8_nchw, caption)`, which
+reaches this plugin's show_images hook when it is on for that run.
 """
 from __future__ import annotations
 
@@ -49,18 +49,20 @@ SETTINGS = {
     "flush_seconds": Setting(5.0, "when the run finishes, wait at most this long for queued messages", min=0.0),
 }
 
-_live: dict[int, "Live"] = {}  # id(run) -> its Live, while the run object exists
+NAME = "visdom"  # this plugin's name: its per-run Live is run.state(NAME)
+_senders: "weakref.WeakSet[_Sender]" = weakref.WeakSet()  # flushed at exit
 
 
-def show_images(run, name: str, images, caption: str = "") -> None:
+@hookimpl
+def show_images(run, window: str, images, caption: str = "") -> None:
     """Show a grid of images (uint8 tensor or array, N x C x H x W) in the run's environment.
 
-    One window per name, replaced on each call. Does nothing when the visdom plugin is off for
-    this run, and never raises.
+    One window per name, replaced on each call. Does nothing when Visdom is off for this run,
+    and never raises.
     """
-    live = _live.get(id(run))
-    if live is not None and live.run_ref() is run:
-        live.guard(live.images, name, images, caption, fatal=False)
+    live = run.state(NAME)
+    if live is not None:
+        live.guard(live.images, window, images, caption, fatal=False)
 
 
 def resolve_address(settings: dict) -> tuple[str, int, bool]:
@@ -214,7 +216,6 @@ class Live:
     def __init__(self, run, settings: dict):
         import visdom
 
-        self.run_ref = weakref.ref(run)
         self.label = run.spec.name
         self.env = settings["env"] or f"{run.spec.name}_{run.dir.name}"
         base, port, chosen = resolve_address(settings)
@@ -364,16 +365,13 @@ def _g_columns(metrics) -> list:
     return found[:1] + found[-1:] if len(found) > 1 else found
 
 
-def _forget(key: int, sender: _Sender) -> None:
-    _live.pop(key, None)
-    sender.stop()
 
 
 @atexit.register
 def _flush_all() -> None:
     # Plots a plugin sent after this one's run_finished (images, say) still get out before exit.
-    for live in list(_live.values()):
-        live.sender.flush(2.0)
+    for sender in list(_senders):
+        sender.flush(2.0)
 
 
 @hookimpl
@@ -383,8 +381,9 @@ def attach(trainer, evaluator, run, settings):
     except Exception as exc:  # visdom missing or broken: the run goes on without it
         print(f"[{run.spec.name}] visdom: warning: off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
-    _live[id(run)] = live
-    weakref.finalize(run, _forget, id(run), live.sender)
+    run.state(NAME, lambda: live)
+    _senders.add(live.sender)
+    weakref.finalize(run, live.sender.stop)  # the sender's thread ends with its run
     log_every = run.spec["train"]["log_every"]
 
     @trainer.on(Events.ITERATION_COMPLETED(every=log_every))
@@ -402,7 +401,7 @@ def attach(trainer, evaluator, run, settings):
 
 @hookimpl
 def run_finished(run, results, settings):
-    live = _live.get(id(run))
+    live = run.state(NAME)
     if live is None:
         return
     live.sender.flush(settings["flush_seconds"])

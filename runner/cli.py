@@ -133,25 +133,28 @@ def cmd_run(argv) -> int:
 def _execute(plan, options, args, catalogue) -> list:
     """The plan's jobs on the executor the options ask for, with the suite's progress display."""
     from . import distributed, suite
+    from .builders import locate_data
     from .executors import InProcess, ProcessPool
     from .progress import SuiteDisplay, is_terminal
 
     if not plan.jobs:
         return []
     if args.nproc_per_node > 1 or distributed.launched_by_torchrun():
-        return _run_data_parallel(plan, args, catalogue)
-    if args.executor == "dask":
+        if args.jobs > 1 or (args.nproc_per_node > 1 and distributed.launched_by_torchrun()):
+            raise RunnerError("data-parallel runs train one spec at a time (under torchrun, its --nproc-per-node "
+                              "sets how many processes per machine): drop runner's --jobs and --nproc-per-node")
+        executor, at_once = distributed.DataParallel(args.nproc_per_node, catalogue), 1
+    elif args.executor == "dask":
         from .dask_executor import DaskExecutor, parse_resources
 
         resources = parse_resources(args.resources) if args.resources else None
         executor, at_once = DaskExecutor(args.scheduler, resources), args.jobs
     elif args.jobs > 1 and len(plan.jobs) > 1:
         # Found (and unpacked) once here: the workers must not race to fill the same cache.
-        from .run import locate_data
-
         first = suite.load_spec(plan.jobs[0].path, catalogue, plan.jobs[0].overrides)
         options = dataclasses.replace(options, data=str(locate_data(first, args.data)))
-        executor, at_once = ProcessPool(min(args.jobs, len(plan.jobs)), device=args.device), min(args.jobs, len(plan.jobs))
+        at_once = min(args.jobs, len(plan.jobs))
+        executor = ProcessPool(at_once, device=args.device)
     else:
         executor, at_once = InProcess(catalogue), 1
     # One run alone shows only its own display; a suite also says what it is doing and its ETA,
@@ -162,26 +165,6 @@ def _execute(plan, options, args, catalogue) -> list:
         return executor.run(plan, options, (lambda *event: None) if quiet else display)
     finally:
         display.close()
-
-
-def _run_data_parallel(plan, args, catalogue) -> list:
-    """Each job in turn, trained data-parallel (ignite.distributed): by args.nproc_per_node
-    processes started here, or by the processes torchrun started, this one among them."""
-    from . import distributed, suite
-
-    specs = [suite.load_spec(job.path, catalogue, job.overrides) for job in plan.jobs]
-    if distributed.launched_by_torchrun():
-        if args.jobs > 1 or args.nproc_per_node > 1:
-            raise RunnerError("under torchrun, its processes train one spec at a time together (torchrun's "
-                              "--nproc-per-node sets how many per machine): drop runner's --jobs and --nproc-per-node")
-        summaries = distributed.execute_under_torchrun(specs, out=args.out, data_source=args.data, quick=args.quick,
-                                                       resume=args.resume)
-    else:
-        if args.jobs > 1 or args.resume:
-            raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --jobs and --resume")
-        summaries = [distributed.execute_distributed(spec, args.nproc_per_node, out=args.out, data_source=args.data,
-                                                     quick=args.quick) for spec in specs]
-    return [suite.Outcome(job, "ran", summary) for job, summary in zip(plan.jobs, summaries)]
 
 
 def _seed_list(text: str) -> list[int]:

@@ -27,7 +27,9 @@ import torch
 from . import artifacts, errors
 from .errors import RunnerError
 from .plugins import Catalogue
-from .run import CHECKPOINT, execute, locate_data, resolve_device
+from .builders import locate_data, resolve_device
+from .checkpoint import latest as latest_checkpoint
+from .run import execute
 from .spec import Spec
 
 # What torchrun (torch.distributed.run) sets in every process it starts.
@@ -218,8 +220,8 @@ def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -
     run_dir, resuming = Path(choice["run_dir"]), choice["resuming"]
 
     def sees_checkpoint():
-        if choice["checkpoint"] and not (run_dir / CHECKPOINT).is_file():
-            raise RunnerError(f"cannot see {run_dir / CHECKPOINT}, which rank 0 resumes from: put --out on a "
+        if choice["checkpoint"] and not Path(choice["checkpoint"]).is_file():
+            raise RunnerError(f"cannot see {choice['checkpoint']}, which rank 0 resumes from: put --out on a "
                               f"filesystem every node shares, or run without --resume")
 
     _check_everywhere(sees_checkpoint)
@@ -244,11 +246,12 @@ def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
     from .suite import RunOptions, resumable
 
     options = RunOptions(out=str(out), quick=bool(quick))
-    unfinished = resumable(None, spec, options, Catalogue.default()) if resume else None  # says why not, if not
+    unfinished = resumable(spec, options, Catalogue.default()) if resume else None  # says why not, if not
     if unfinished:
-        return {"run_dir": str(unfinished), "resuming": True, "checkpoint": (unfinished / CHECKPOINT).is_file()}
+        found = latest_checkpoint(unfinished)
+        return {"run_dir": str(unfinished), "resuming": True, "checkpoint": str(found) if found else None}
     return {"run_dir": str(artifacts.new_run_dir(Path(out), spec.name, spec["seed"])), "resuming": False,
-            "checkpoint": False}
+            "checkpoint": None}
 
 
 def _raise_first(gathered: list[str]) -> None:
@@ -261,3 +264,29 @@ def _raise_first(gathered: list[str]) -> None:
         error = cls.__new__(cls)  # SpecError's __init__ would reword a message that is final already
         error.args = (first["message"] if first["rank"] == 0 else f"process {first['rank']}: {first['message']}",)
         raise error
+
+
+class DataParallel:
+    """An executor (runner/executors.py) that trains each job in turn data-parallel: in `nproc`
+    processes started here, or, under torchrun, in the processes torchrun started, this one among
+    them. A failure ends the command, as torchrun ends every process when one fails."""
+
+    def __init__(self, nproc: int, catalogue):
+        self.nproc, self.catalogue = nproc, catalogue
+
+    def run(self, plan, options, on_event) -> list:
+        from .suite import Outcome, load_spec
+
+        specs = [load_spec(job.path, self.catalogue, job.overrides) for job in plan.jobs]
+        if launched_by_torchrun():
+            summaries = execute_under_torchrun(specs, out=options.out, data_source=options.data, quick=options.quick,
+                                               resume=options.resume)
+        else:
+            if options.resume:
+                raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --resume")
+            summaries = [execute_distributed(spec, self.nproc, out=options.out, data_source=options.data,
+                                             quick=options.quick) for spec in specs]
+        outcomes = [Outcome(job, "ran", summary) for job, summary in zip(plan.jobs, summaries)]
+        for outcome in outcomes:
+            on_event("finished", outcome.job, outcome)
+        return outcomes

@@ -162,7 +162,7 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
 def make_optimizer(params, train: dict) -> torch.optim.Optimizer:
     # fused: one kernel updates every parameter, where the default launches several per tensor
     # (CPU) or per group of tensors (CUDA): a small net's GPU step is bound by launches
-    # (bench/step_ops.py). Same update, same state_dict; faster on the CPU too (0.28 vs 0.45 ms, Table 1).
+    # (bench/step_ops.py). Same update, same state_dict; faster on the CPU too.
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], nesterov=train["nesterov"],
                                weight_decay=train["weight_decay"], fused=True)

@@ -42,7 +42,8 @@ def register_transforms(register):
 
 @hookspec
 def configure(spec, settings):
-    """Check or react to the resolved spec before any data is loaded; raise SpecError to refuse."""
+    """Check the resolved spec when it loads (`runner validate`, a suite's planning, a run's start),
+    before any data; raise SpecError to refuse it."""
 
 
 @hookspec
@@ -62,6 +63,12 @@ def attach(trainer, evaluator, run, settings):
     the backward pass and before the optimizer step: gradients are there to read or change.
     `run` holds the spec, model, device, run directory and the metrics log.
     """
+
+
+@hookspec
+def show_images(run, window, images, caption):
+    """Show a grid of uint8 images (N, 3, H, W) live, one window per `window` name (a live-plot
+    plugin implements it; others call `run.show_images(window, images, caption)`)."""
 
 
 @hookspec

@@ -19,7 +19,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, RunnerError, SpecError
-from .spec import plugin_files
+from .schema import plugin_files
 
 ENTRY_POINT_GROUP = "runner.plugins"
 
@@ -134,6 +134,29 @@ class Catalogue:
 
     def settings_of(self, name: str) -> dict:
         return getattr(self.pm.get_plugin(name), "SETTINGS", {})
+
+    def reads(self, plugins: dict) -> dict[str, str]:
+        """{spec name: the setting naming it} of the specs whose runs the enabled plugins of a spec's
+        `plugins` table read (their settings declared with `reads`), in settings order."""
+        found = {}
+        for plugin, settings in plugins.items():
+            if not settings.get("enabled", True) or plugin not in self.plugins:
+                continue
+            for key, setting in self.settings_of(plugin).items():
+                value = settings.get(key) if setting.reads else None
+                for name in value if isinstance(value, list) else [value]:
+                    if name:
+                        found.setdefault(name, f"plugins.{plugin}.{key}")
+        return found
+
+    def model_source(self, plugins: dict) -> tuple[str, str] | None:
+        """(plugin, setting) of the enabled plugin whose named spec's trained model is the run's own
+        model (the plugin module's RUN_MODEL), if there is one."""
+        for plugin, settings in plugins.items():
+            key = getattr(self.plugins.get(plugin), "RUN_MODEL", None)
+            if key and settings.get("enabled", True):
+                return plugin, key
+        return None
 
     def hooks_of(self, name: str) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])

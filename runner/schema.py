@@ -26,6 +26,9 @@ class Setting:
     item: type | None = None  # element type for list settings; min and max then bound each element
     length: tuple[int, int] | None = None  # fewest and most elements of a list setting
     quick: Any = None  # the value under --quick, where the default would make a smoke test slow
+    # The value names specs (a name or a list) whose runs the plugin reads: "model" (their trained
+    # model) or "run" (their files). The suite runs those specs first (runner/sources.py).
+    reads: str | None = None
 
     @property
     def kind(self) -> type:
@@ -149,3 +152,12 @@ EVAL = {
 SECTIONS = {"data": DATA, "train": TRAIN, "eval": EVAL}
 OPEN_SECTIONS = ("model", "transforms", "plugins")
 RESERVED = ("extends",)
+
+
+def plugin_files(table: dict) -> list[tuple[str, dict]]:
+    """(name, settings) of each plugin table that loads its plugin from a file (`path = "..."`).
+
+    Tolerates any shape: a `plugins` that is not a table of tables is validate()'s to report."""
+    plugins = table.get("plugins")
+    return [(name, settings) for name, settings in (plugins.items() if isinstance(plugins, dict) else ())
+            if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]]

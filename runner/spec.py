@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from . import schema
+from .schema import plugin_files
 from .errors import SpecError
 
 
@@ -28,6 +29,7 @@ class Spec:
     chain: list[Path] = field(default_factory=list)  # the file and every file it extends
     overrides: list[str] = field(default_factory=list)  # the --set texts applied, in order
     unused_overrides: list[str] = field(default_factory=list)  # plugin settings for a plugin it does not use
+    reads: dict[str, str] = field(default_factory=dict)  # specs whose runs its plugins read -> the setting naming each
 
     @property
     def name(self) -> str:
@@ -111,15 +113,6 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
     return merge(merged, table), chain + [path]
 
 
-def plugin_files(table: dict) -> list[tuple[str, dict]]:
-    """(name, settings) of each plugin table that loads its plugin from a file (`path = "..."`).
-
-    Tolerates any shape: a `plugins` that is not a table of tables is validate()'s to report."""
-    plugins = table.get("plugins")
-    return [(name, settings) for name, settings in (plugins.items() if isinstance(plugins, dict) else ())
-            if isinstance(settings, dict) and isinstance(settings.get("path"), str) and settings["path"]]
-
-
 def _anchor_paths(table: dict, path: Path) -> None:
     """Paths a spec names are relative to the file that names them, whoever extends it."""
     for _, settings in plugin_files(table):
@@ -187,18 +180,30 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
         values[section] = schema.validate_table(table.get(section, {}), section_schema, file=file,
                                                 prefix=section + ".")
 
-    model = table.get("model")
-    if not isinstance(model, dict) or "name" not in model:
-        raise SpecError("every spec names a model", file=file, key="model.name", allowed=sorted(catalogue.models))
-    if not isinstance(model["name"], str):
-        raise SpecError(f"expected a model name, got {model['name']!r}", file=file, key="model.name",
-                        allowed=sorted(catalogue.models))
-    entry = catalogue.models.get(model["name"])
-    if entry is None:
-        raise SpecError(f"unknown model {model['name']!r}{schema.suggestion(model['name'], catalogue.models)}", file=file, key="model.name", allowed=sorted(catalogue.models))
-    params = schema.validate_table({k: v for k, v in model.items() if k != "name"}, entry.settings,
-                                   file=file, prefix="model.")
-    values["model"] = {"name": model["name"], **params}
+    plugin_tables = table.get("plugins", {})
+    if not isinstance(plugin_tables, dict):
+        raise SpecError("expected a table with one table per plugin", file=file, key="plugins")
+    values["plugins"] = {}
+    for name, settings in plugin_tables.items():
+        prefix = f"plugins.{name}."
+        if not isinstance(settings, dict):
+            raise SpecError("expected a table of plugin settings (an empty one enables the plugin)",
+                            file=file, key=prefix.rstrip("."))
+        if name not in catalogue.plugins:
+            raise SpecError(f"unknown plugin {name!r}{schema.suggestion(name, catalogue.plugins)}", file=file,
+                            key="plugins." + name,
+                            allowed=sorted(catalogue.plugins))
+        values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
+    # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
+    for name in sorted(catalogue.default_enabled()):
+        if name not in values["plugins"]:
+            values["plugins"][name] = schema.validate_table({}, _declared(catalogue, name), file=file,
+                                                            prefix=f"plugins.{name}.")
+    source = catalogue.model_source(values["plugins"])
+    if source is None:
+        values["model"] = _validated_model(table, catalogue, file)
+    else:
+        _check_model_from_run(table, values, source, file)
     _check_optimizer(values["train"], file)
 
     ops = values["data"]["transforms"]
@@ -219,26 +224,42 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     values["transforms"] = {op: schema.validate_table(op_tables.get(op, {}), catalogue.transforms[op].settings,
                                                       file=file, prefix=f"transforms.{op}.") for op in ops}
 
-    plugin_tables = table.get("plugins", {})
-    if not isinstance(plugin_tables, dict):
-        raise SpecError("expected a table with one table per plugin", file=file, key="plugins")
-    values["plugins"] = {}
-    for name, settings in plugin_tables.items():
-        prefix = f"plugins.{name}."
-        if not isinstance(settings, dict):
-            raise SpecError("expected a table of plugin settings (an empty one enables the plugin)",
-                            file=file, key=prefix.rstrip("."))
-        if name not in catalogue.plugins:
-            raise SpecError(f"unknown plugin {name!r}{schema.suggestion(name, catalogue.plugins)}", file=file,
-                            key="plugins." + name,
-                            allowed=sorted(catalogue.plugins))
-        values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
-    # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
-    for name in sorted(catalogue.default_enabled()):
-        if name not in values["plugins"]:
-            values["plugins"][name] = schema.validate_table({}, _declared(catalogue, name), file=file,
-                                                            prefix=f"plugins.{name}.")
-    return Spec(path=file, values=values, chain=list(chain))
+    return Spec(path=file, values=values, chain=list(chain), reads=catalogue.reads(values["plugins"]))
+
+
+def _validated_model(table: dict, catalogue, file: Path) -> dict:
+    model = table.get("model")
+    if not isinstance(model, dict) or "name" not in model:
+        raise SpecError("every spec names a model", file=file, key="model.name", allowed=sorted(catalogue.models))
+    if not isinstance(model["name"], str):
+        raise SpecError(f"expected a model name, got {model['name']!r}", file=file, key="model.name",
+                        allowed=sorted(catalogue.models))
+    entry = catalogue.models.get(model["name"])
+    if entry is None:
+        raise SpecError(f"unknown model {model['name']!r}{schema.suggestion(model['name'], catalogue.models)}",
+                        file=file, key="model.name", allowed=sorted(catalogue.models))
+    params = schema.validate_table({k: v for k, v in model.items() if k != "name"}, entry.settings,
+                                   file=file, prefix="model.")
+    return {"name": model["name"], **params}
+
+
+def _check_model_from_run(table: dict, values: dict, source: tuple[str, str], file: Path) -> None:
+    """A spec whose model is another spec's trained model (an attack's source) trains nothing and
+    names no model; the loaded model carries its own normalization, so no transforms either."""
+    plugin, key = source
+    setting = f"plugins.{plugin}.{key}"
+    if "model" in table:
+        # Keyed to the plugin's setting: the spec enabling the plugin is where to look, even when the
+        # [model] comes from a file it extends.
+        raise SpecError("makes another spec's trained model this run's model, so the spec names no [model]: "
+                        "remove it (or stop extending a spec that trains)", file=file, key=setting)
+    if table.get("train", {}).get("iterations", 0) != 0:
+        raise SpecError(f"nothing may train here: the model is the trained model of the spec {setting} names "
+                        f"(leave train.iterations out)", file=file, key="train.iterations")
+    values["train"]["iterations"] = 0
+    if values["data"]["transforms"]:
+        raise SpecError(f"the trained model {setting} names carries its own transforms; leave data.transforms "
+                        f"empty", file=file, key="data.transforms")
 
 
 def _check_optimizer(train: dict, file: Path) -> None:

@@ -187,7 +187,7 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
     loaded.sort(key=lambda pair: order.index(pair[1].path.resolve()))  # stable: seeds keep their order
     suite = any(Path(p).is_dir() for p in paths) and not force
     plan = Plan(jobs=[])
-    from .run import fingerprint
+    from .fingerprint import fingerprint
 
     for job, spec in loaded:
         done = _matching_run(options, job, fingerprint(spec)) if suite else None
@@ -261,8 +261,29 @@ def expected_seconds(name: str, options: RunOptions) -> float:
 
 
 def required_names(spec) -> set[str]:
-    """The names of the specs `spec` requires (a spec's name is its file's stem)."""
-    return {Path(p).stem for p in spec["requires"]}
+    """The names of the specs `spec` requires (a spec's name is its file's stem): those its plugins
+    read, and any its `requires` adds."""
+    return {Path(p).stem for p in spec["requires"]} | set(spec.reads)
+
+
+def required_files(spec) -> list[Path]:
+    """The spec files `spec` requires: each spec its plugins read, found beside it (or beside a
+    file it extends), then its `requires`."""
+    found = []
+    for name, setting in spec.reads.items():
+        folders = [spec.path.parent] + [file.parent for file in reversed(spec.chain)]
+        candidates = [folder / f"{name}.toml" for folder in folders]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise SpecError(f"names spec {name!r}, and there is no {name}.toml beside {spec.path.name} "
+                            f"(looked in {', '.join(sorted({str(f) for f in folders}))})", file=spec.path, key=setting)
+        found.append(path.resolve())
+    for required in map(Path, spec["requires"]):
+        if not required.is_file():
+            raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
+                            file=spec.path, key="requires")
+        found.append(required)
+    return list(dict.fromkeys(found))
 
 
 def quick_overrides(path, catalogue) -> list[str]:
@@ -273,9 +294,10 @@ def quick_overrides(path, catalogue) -> list[str]:
     from .spec import read
 
     table, _, _ = read(path)
-    keep_zero = table.get("train", {}).get("iterations") == 0
-    overrides = [o for o in QUICK if not (keep_zero and o.startswith("train.iterations="))]
     catalogue.add_spec_files(Path(path), table)
+    plugins = {name: settings for name, settings in table.get("plugins", {}).items() if isinstance(settings, dict)}
+    keep_zero = table.get("train", {}).get("iterations") == 0 or catalogue.model_source(plugins)
+    overrides = [o for o in QUICK if not (keep_zero and o.startswith("train.iterations="))]
     for name, settings in table.get("plugins", {}).items():
         if isinstance(settings, dict) and settings.get("enabled", True):
             overrides += [f"plugins.{name}.{key}={json.dumps(setting.quick)}"  # JSON scalars are TOML too
@@ -292,23 +314,18 @@ def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
             raise RunnerError(f"circular requires: {' -> '.join(p.name for p in chain + (path,))}")
         if path in ordered:
             return
-        for required in required_files(path):
+        for required in files(path):
             visit(required, chain + (path,))
         ordered.append(path)
 
-    def required_files(path: Path) -> list[Path]:
-        found = [Path(r) for r in load_spec(path, catalogue)["requires"]]
-        for required in found:
-            if not required.is_file():
-                raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
-                                file=path, key="requires")
-        return found
+    def files(path: Path) -> list[Path]:
+        return required_files(load_spec(path, catalogue))
 
     for path in paths:
         if include_roots:
             visit(path, ())
         else:
-            for required in required_files(path):
+            for required in files(path):
                 visit(required, (path,))
     return ordered
 
@@ -326,7 +343,7 @@ def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
     try:
         catalogue = catalogue or Catalogue.default()
         spec = job.load(catalogue)
-        unfinished = resumable(job, spec, options, catalogue) if options.resume else None
+        unfinished = resumable(spec, options, catalogue) if options.resume else None
         if unfinished:
             result = run.resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
         else:
@@ -341,8 +358,8 @@ def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
                        run_dir=str(details.parent) if details else None)
 
 
-def resumable(job: Job, spec, options: RunOptions, catalogue) -> Path | None:
-    """The latest unfinished run of this job's spec, seed and mode, if it was made from the same
+def resumable(spec, options: RunOptions, catalogue) -> Path | None:
+    """The latest unfinished run of this spec, seed and mode, if it was made from the same
     spec (resuming reloads the run's own spec.toml: one made from another spec would silently run
     that one); else None, saying why it is not resumed."""
     unfinished = artifacts.unfinished_runs(options.out, spec.name, seed=spec["seed"], quick=options.quick)

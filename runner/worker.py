@@ -56,9 +56,9 @@ def run_in_log(message: dict) -> dict:
 
 def warm_up(threads: int | None) -> None:
     """Import what every run needs before the first job comes: torch, Ignite and the built-in plugins,
-    and the two a run would otherwise import in its setup (measured on the 2-core CPU: torchmetrics
-    with scipy 1-3 s at the first evaluator, torch._dynamo ~1 s at the first optimizer). `threads`:
-    this worker's share of the CPU cores (executors.threads_per_process)."""
+    and the two a run would otherwise import in its setup (torchmetrics, with scipy, at the first
+    evaluator; torch._dynamo at the first optimizer). `threads`: this worker's share of the CPU
+    cores (executors.threads_per_process)."""
     import torch
     import torch._dynamo  # noqa: F401
     import torchmetrics  # noqa: F401
@@ -93,6 +93,6 @@ if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Every job has written and closed its files (and flushed its live plots) by now; skipping the
-    # interpreter's teardown of torch and scipy saves ~1.4 s at the end of a suite (2-core CPU).
+    # Every job has written and closed its files (and flushed its live plots) by now; the
+    # interpreter's teardown of torch and scipy would only delay the end of the suite.
     os._exit(code)

@@ -2,7 +2,7 @@
 import torch
 
 from plugins.augment import Normalize, PadCrop, RandomFlip
-from runner.run import build_transforms
+from runner.builders import build_transforms
 from runner.spec import validate
 
 

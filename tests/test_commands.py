@@ -1,5 +1,4 @@
 """The commands experiment tools have: show, ls, compare, sweeps, --version, completion."""
-import json
 import subprocess
 import sys
 import tomllib

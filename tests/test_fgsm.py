@@ -13,7 +13,7 @@ from plugins.augment import Normalize
 from plugins.fgsm import iterative_fgsm, load_png
 from runner import RunnerError
 from runner.cli import main
-from runner.run import load_trained
+from runner.sources import load_trained
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 SHAPE = (3, 4, 4)  # the attack is shape-agnostic; tiny images keep the closed form cheap
@@ -226,7 +226,7 @@ def test_the_attack_returns_the_plain_algorithms_images_bit_for_bit(settings):
 
 # ---- the spec end to end --------------------------------------------------------------------
 
-FGSM_QUICK = ["--set", "train.iterations=0", "--set", "data.test_limit=100",
+FGSM_QUICK = ["--set", "data.test_limit=100",
               # A 30-step quick model is unconfident: bigger steps reach 99% within the test's budget.
               "--set", "plugins.fgsm.eps=8.0", "--set", "plugins.fgsm.max_steps=30"]
 
@@ -287,13 +287,13 @@ def test_summary_and_artifacts(attacked):
     assert int(saved["success"].sum()) == stats["succeeded"] and saved["source_spec"] == "p1_q4_crop"
     assert len(saved["pairs"]["images"]) == stats["pairs_count"]
     # A Part 3 run is not a model of its own: reloading it says where the model is.
-    with pytest.raises(RunnerError, match="fgsm.source_run"):
+    with pytest.raises(RunnerError, match="model_source.run"):
         load_trained(run_dir)
 
 
 def test_missing_source_run_names_the_command(tmp_path, cifar_archive, capsys):
     args = [str(SPECS / "p3_q1_fgsm.toml"), "--quick", "--data", str(cifar_archive), "--out", str(tmp_path),
-            "--no-progress", "--set", "train.iterations=0"]
+            "--no-progress"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "runner specs/p1_q4_crop.toml --quick" in err and "--with-deps" in err
@@ -308,8 +308,8 @@ def test_training_is_refused(tmp_path, capsys):
 def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
     from types import SimpleNamespace
 
-    from plugins.fgsm import source_run
     from runner import artifacts
+    from runner.sources import latest_run as source_run
 
     def completed(seed):
         run_dir = artifacts.new_run_dir(tmp_path, "p1_q4_crop", seed)

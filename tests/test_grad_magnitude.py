@@ -12,6 +12,7 @@ from torch import nn
 from plugins import grad_magnitude
 from runner.engine import create_trainer
 from runner.metrics import MetricsLog
+from runner.state import Run
 
 SETTINGS = {"every": 1, "layers": "conv", "figures": True}
 
@@ -54,7 +55,8 @@ def train(model, tmp_path, iterations, **settings):
     """Attach the plugin to a real trainer (plain SGD, no transforms) and run a few steps."""
     settings = dict(SETTINGS, **settings)
     run = types.SimpleNamespace(metrics=MetricsLog(iterations, torch.device("cpu")), model=model, dir=tmp_path,
-                                device=torch.device("cpu"))
+                                device=torch.device("cpu"), plugin_state={})
+    run.state = types.MethodType(Run.state, run)  # the per-run state a real Run keeps
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), None, nn.Sequential(),
                              channels_last=False)
     # What the core attaches in a real run: the per-step record that sets how many rows there are.

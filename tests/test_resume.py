@@ -25,7 +25,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_archive):
     checkpoint = None
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        found = list(killed_out.glob("p1_q4_crop/*/checkpoint.pt"))
+        found = list(killed_out.glob("p1_q4_crop/*/checkpoint_*.pt"))
         if found and torch.load(found[0], weights_only=False)["trainer"]["iteration"] >= 24:
             checkpoint = found[0]
             break

@@ -239,8 +239,9 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
     assert raw.overrides == ["train.lr=0.2"] and raw.unused_overrides == [override]
     attack = load(SPECS / "p3_q1_fgsm.toml", catalogue, override)
     assert attack["plugins"]["fgsm"]["max_steps"] == 5 and attack.unused_overrides == []
-    added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.fgsm.enabled=true", override, "train.iterations=0")
-    assert "fgsm" in added.plugin_names() and added["plugins"]["fgsm"]["max_steps"] == 5
+    added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.grad_magnitude.enabled=true",
+                 "plugins.grad_magnitude.every=5")
+    assert "grad_magnitude" in added.plugin_names() and added["plugins"]["grad_magnitude"]["every"] == 5
     # visdom is on unless turned off, so its settings apply to a spec with no [plugins.visdom].
     assert load(SPECS / "p1_q1_raw.toml", catalogue, 'plugins.visdom.env="x"')["plugins"]["visdom"]["env"] == "x"
 
@@ -289,7 +290,8 @@ def test_plugin_checks_run_when_the_spec_loads(tmp_path, catalogue):
     assert err.key == "train.iterations" and err.file == "--set train.iterations=5" and "fgsm" in str(err)
     spec = write(tmp_path, "attack.toml", f'extends = "{SPECS / "base/part1.toml"}"\n[plugins.fgsm]\n')
     err = error(spec, catalogue)
-    assert err.file == str(spec) and err.key == "train.iterations"  # the spec given, not the base holding 2000
+    assert err.file == str(spec) and err.key == "plugins.fgsm.source"  # the spec given, not the base's [model]
+    assert "names no [model]" in str(err)
     err = error(SPECS / "p2_fix_fixup.toml", catalogue, "plugins.skip.final_relu=false")
     assert err.key == "plugins.skip.final_relu" and "never train" in str(err)
 

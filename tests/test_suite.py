@@ -1,5 +1,4 @@
 """A folder of specs runs as a suite: dependency order, up-to-date specs skipped, --force reruns."""
-import json
 import time
 from pathlib import Path
 

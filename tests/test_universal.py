@@ -9,7 +9,7 @@ from torch import nn
 from plugins.universal import fit_universal, fooling_rate, random_sign_noise
 from runner import RunnerError
 from runner.cli import main
-from runner.run import load_trained
+from runner.sources import load_trained
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -58,5 +58,5 @@ def test_quick_chain(tmp_path, cifar_archive):
     saved = torch.load(run_dir / "universal_perturbation.pt", weights_only=True)
     assert float(saved["perturbation"].abs().max()) == stats["linf"]
     assert (run_dir / "universal_perturbation.png").stat().st_size > 0
-    with pytest.raises(RunnerError, match="universal.source_run"):
+    with pytest.raises(RunnerError, match="model_source.run"):
         load_trained(run_dir)

@@ -33,7 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:
 FAKE_PLUGIN = '''
 import torch
 from runner import TrainEvents, hookimpl
-import plugins.visdom_live as visdom_live
 
 NAMES = ["G/conv01 (0)", "G/conv02 (3)", "G/linear03 (9)"]
 
@@ -47,7 +46,7 @@ def attach(trainer, run, settings):
 
 @hookimpl
 def run_finished(run, results, settings):
-    visdom_live.show_images(run, "samples", run.train_images[:12], "first training images")
+    run.show_images("samples", run.train_images[:12], "first training images")
 '''
 
 # Kills the Visdom server (pid in the environment) mid-run, and waits until its port is closed.
@@ -280,13 +279,17 @@ def test_no_server_means_no_live_plots_but_a_full_record(tmp_path, capfd):
     assert [(endpoint, m["data"][0]["x"]) for endpoint, m in lines] == [("events", [1.0, 3.0]), ("update", [4.0])]
 
 
-def test_show_images_is_a_no_op_without_the_plugin(tmp_path):
-    from plugins import visdom_live
-
+def test_show_images_is_a_no_op_without_the_plugin(tmp_path, catalogue):
     import numpy as np
+    import torch
 
-    visdom_live.show_images(FakeRun(tmp_path), "x", np.zeros((2, 3, 4, 4), np.uint8), "nothing")
-    assert list(tmp_path.iterdir()) == []
+    from runner.spec import load
+    from runner.state import Run
+
+    spec = load(ROOT / "specs" / "p1_q1_raw.toml", catalogue, ["plugins.visdom.enabled=false"])
+    run = Run(spec=spec, catalogue=catalogue, device=torch.device("cpu"), dir=tmp_path)
+    run.show_images("x", np.zeros((2, 3, 4, 4), np.uint8), "nothing")
+    assert list(tmp_path.iterdir()) == [] and run.plugin_state == {}
 
 
 def test_address_from_settings_then_environment(monkeypatch):
