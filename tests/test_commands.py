@@ -107,3 +107,16 @@ def test_version_and_completion():
         assert word in script.stdout
     # bash accepts it
     assert subprocess.run(["bash", "-n"], input=script.stdout, text=True).returncode == 0
+
+
+def test_the_report_shows_a_sweep_as_a_table_of_its_own(sweep, tmp_path, capsys):
+    assert main(["report", str(sweep), "--quick", "-o", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    table = text[text.index("## Sweeps and other --set runs"):]
+    assert "| train.iterations | train.lr | runs | seeds | result (mean ± sd) |" in table
+    for lr in ("0.01", "0.05"):
+        runs = [run for run in (sweep / "p1_q1_raw").iterdir()
+                if tomllib.loads((run / "spec.toml").read_text())["train"]["lr"] == float(lr)]
+        accuracies = [artifacts.read_summary(run)["test_accuracy"] for run in runs]
+        mean = sum(accuracies) / len(accuracies)
+        assert f"| 3 | {lr} | 2 | 0, 1 | test accuracy {mean:.1%} ± " in table

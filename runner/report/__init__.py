@@ -28,14 +28,14 @@ FORMATS = (".pdf", ".html", ".md")
 def make_runs(out: Path, quick: bool, workdir: Path, catalogue) -> Runs:
     """The runs a report of `out` uses (see collect.gather), with each spec's plugin files loaded
     into the catalogue so their report_sections are asked too."""
-    runs, left_out = gather(out, quick, catalogue)
+    runs, left_out, sweeps = gather(out, quick, catalogue)
     found = spec_runs(runs, quick, out)
     for spec in found:
         try:
             catalogue.add_spec_files(spec.run_dir / "spec.toml", spec.spec)
         except RunnerError as exc:
             say(f"{spec.name}: its plugin file is not loaded, so its report sections are missing: {exc}")
-    return Runs(found, quick=quick, out=out, workdir=workdir, left_out=left_out)
+    return Runs(found, quick=quick, out=out, workdir=workdir, left_out=left_out, sweeps=sweeps)
 
 
 def write_report(out: Path, outputs: list[Path], quick: bool = False) -> Runs:
@@ -48,13 +48,15 @@ def write_report(out: Path, outputs: list[Path], quick: bool = False) -> Runs:
         workdir = Path(folder)
         say(f"collecting runs in {out}")
         runs = make_runs(out, quick, workdir, catalogue)
-        if not runs:
+        if not runs and not runs.sweeps:
             other = "full-protocol" if quick else "--quick"
             all_runs = collect(out)
             hint = (f"; it has {other} runs: runner report {out}{'' if quick else ' --quick'}"
                     if any(latest_per_seed(s, not quick) for s in all_runs.values()) else "")
             raise RunnerError(f"no completed {'--quick' if quick else 'full-protocol'} runs in {out}{hint}")
-        say(f"{sum(len(s.runs) for s in runs.values())} runs of {len(runs)} specs; drawing figures and tables")
+        swept = sum(len(s) for s in runs.sweeps.values())
+        say(f"{sum(len(s.runs) for s in runs.values())} runs of {len(runs)} specs"
+            + (f" and {swept} runs made with --set" if swept else "") + "; drawing figures and tables")
         document = build(runs, catalogue)
         for path in outputs:
             write(document, Path(path), workdir)

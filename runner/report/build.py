@@ -43,9 +43,41 @@ def build(runs: Runs, catalogue) -> Document:
         section.blocks = [b for b in blocks if not isinstance(b, Figure)] + [b for b in blocks if isinstance(b, Figure)]
         sections.append(section)
     sections += [s for s in contributed if not s.spec]
+    if runs.sweeps:
+        sections.append(sweeps_section(runs))
     say("architecture tables")
     return Document("Experiment report", title_facts(runs), quick_warning(runs), sections,
                     appendix(runs, catalogue)).number()
+
+
+def sweeps_section(runs: Runs) -> Section:
+    """One table per spec run with --set (a sweep's points, or one-off changes): each setting's
+    values, then the result over the seeds of each point."""
+    import statistics
+
+    from ..results import headline
+
+    blocks = []
+    for name, summaries in sorted(runs.sweeps.items()):
+        points: dict[tuple, list[dict]] = {}
+        for summary in summaries:
+            points.setdefault(tuple(sorted(summary["set"])), []).append(summary)
+        keys = sorted({text.split("=", 1)[0] for point in points for text in point})
+        rows = []
+        for point, members in sorted(points.items()):
+            values = dict(text.split("=", 1) for text in point)
+            figures = [headline(m) for m in members]
+            results = [f.value for f in figures if f and f.value is not None]
+            measure = next((f.name for f in figures if f), "result")
+            mean = statistics.mean(results) if results else None
+            sd = statistics.stdev(results) if len(results) > 1 else None
+            text = "–" if mean is None else f"{pct(mean)}" + (f" ± {pct(sd)}" if sd is not None else "")
+            rows.append([values.get(key, "(spec file)") for key in keys]
+                        + [str(len(members)), ", ".join(str(m.get("seed")) for m in members), f"{measure} {text}"])
+        blocks.append(Table(keys + ["runs", "seeds", "result (mean ± sd)"], rows,
+                            f"{name} run with --set: each point's settings and its result over seeds "
+                            f"(these runs are not in the spec's own section).", small=True))
+    return Section("Sweeps and other --set runs", blocks)
 
 
 def plugin_sections(runs: Runs, catalogue) -> list[Section]:

@@ -190,9 +190,10 @@ class Runs(dict):
     `quick`: whether these are --quick runs; `out`: the artifacts folder; `workdir`: a temporary
     folder for figures drawn while the report is made (gone when it is written)."""
 
-    def __init__(self, specs: list[SpecRuns], *, quick: bool, out: Path, workdir: Path, left_out=()):
+    def __init__(self, specs: list[SpecRuns], *, quick: bool, out: Path, workdir: Path, left_out=(), sweeps=None):
         super().__init__((s.name, s) for s in sorted(specs, key=lambda s: question_order(s.name, s.question)))
         self.quick, self.out, self.workdir, self.left_out = quick, Path(out), Path(workdir), list(left_out)
+        self.sweeps: dict[str, list[dict]] = dict(sweeps or {})  # spec -> its runs made with --set (see gather)
 
     def using(self, plugin: str) -> list[SpecRuns]:
         """The specs whose spec enables `plugin`, in question order."""
@@ -204,14 +205,36 @@ def spec_table(summary: dict) -> dict:
     return tomllib.loads(path.read_text()) if path.is_file() else {}
 
 
-def gather(out: Path, quick: bool, catalogue) -> tuple[dict[str, list[dict]], list[str]]:
-    """The runs a report uses and notes on the full-protocol runs left out (see protocol_runs)."""
-    runs, left_out = collect(out), []
+def user_overrides(summary: dict, out: Path, catalogue) -> list[str]:
+    """The --set texts a run was made with beyond its seed, its device and --quick's own: a sweep's
+    point (`--set train.lr=0.01,0.05`) or a one-off change."""
+    from ..suite import QUICK, quick_overrides
+
+    texts = [t for t in summary.get("overrides", []) if not t.startswith(("seed=", "device="))]
+    if summary.get("quick"):
+        path = spec_path(summary, out)
+        quick = set(quick_overrides(path, catalogue)) if path else set(QUICK)
+        texts = [t for t in texts if t not in quick]
+    return texts
+
+
+def gather(out: Path, quick: bool, catalogue) -> tuple[dict[str, list[dict]], list[str], dict[str, list[dict]]]:
+    """The runs a report uses, notes on the full-protocol runs left out (see protocol_runs), and the
+    runs made with --set (sweeps: spec name -> summaries, each with its `set` texts), which the
+    report shows in tables of their own rather than mixing them with the spec's runs."""
+    runs, left_out, swept = {}, [], {}
+    for name, summaries in collect(out).items():
+        for summary in summaries:
+            texts = user_overrides(summary, out, catalogue)
+            if texts and bool(summary.get("quick")) == quick:
+                swept.setdefault(name, []).append(dict(summary, set=texts))
+            elif not texts:
+                runs.setdefault(name, []).append(summary)
     if not quick:
         runs, left_out = protocol_runs(runs, out, catalogue)
     for note in left_out:
         print(f"report: left out {note}: its spec is not its spec file's now", file=sys.stderr)
-    return runs, left_out
+    return runs, left_out, swept
 
 
 def spec_runs(runs: dict[str, list[dict]], quick: bool, out: Path) -> list[SpecRuns]:
