@@ -176,14 +176,16 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
     check_overrides_used([spec for _, spec in loaded], [p for point in points for p in point])
     if with_deps:
         given = {Path(p).resolve() for p in files}
-        for path in dependencies_of([spec.path.resolve() for _, spec in loaded], catalogue, include_roots=False):
+        by_path = {spec.path.resolve(): spec for _, spec in loaded}
+        for path in dependencies_of(list(by_path), catalogue, include_roots=False, loaded=by_path):
             if path in given or artifacts.latest_run(options.out, load_spec(path, catalogue).name, options.quick):
                 continue
             # The user's --set is for the specs named; where they run (--device) holds for all.
             every = (quick_overrides(path, catalogue) if options.quick else []) + device_override
             spec = load_spec(path, catalogue, every)
             loaded.insert(0, (_job(spec, every), spec))
-    order = dependencies_of([spec.path.resolve() for _, spec in loaded], catalogue)
+    by_path = {spec.path.resolve(): spec for _, spec in loaded}
+    order = dependencies_of(list(by_path), catalogue, loaded=by_path)
     loaded.sort(key=lambda pair: order.index(pair[1].path.resolve()))  # stable: seeds keep their order
     suite = any(Path(p).is_dir() for p in paths) and not force
     plan = Plan(jobs=[])
@@ -305,9 +307,12 @@ def quick_overrides(path, catalogue) -> list[str]:
     return overrides
 
 
-def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
-    """The spec files (and, with include_roots, the given ones) in an order where requirements come first."""
+def dependencies_of(paths, catalogue, include_roots=True, loaded=None) -> list[Path]:
+    """The spec files (and, with include_roots, the given ones) in an order where requirements come
+    first. `loaded`: specs already loaded, by resolved path (what they read may depend on a --set),
+    so that each is loaded once; others load as their files say."""
     ordered: list[Path] = []
+    loaded = loaded or {}
 
     def visit(path: Path, chain: tuple):
         if path in chain:
@@ -319,7 +324,7 @@ def dependencies_of(paths, catalogue, include_roots=True) -> list[Path]:
         ordered.append(path)
 
     def files(path: Path) -> list[Path]:
-        return required_files(load_spec(path, catalogue))
+        return required_files(loaded.get(path) or load_spec(path, catalogue))
 
     for path in paths:
         if include_roots:
@@ -342,7 +347,7 @@ def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
     outcome = lambda status, **kw: Outcome(job, status, seconds=round(time.perf_counter() - started, 3), **kw)
     try:
         catalogue = catalogue or Catalogue.default()
-        spec = job.load(catalogue)
+        spec = load_spec(job.path, catalogue, job.overrides)
         unfinished = resumable(spec, options, catalogue) if options.resume else None
         if unfinished:
             result = run.resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
