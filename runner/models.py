@@ -36,15 +36,20 @@ class AllConvNet(nn.Sequential):
     Stages of `widths[i]` channels, `depth` 3x3 convs each (the first conv is 5x5, conv1 of the
     homework), max-pooled 2x between stages; the classifier is a 1x1 conv to 10 channels
     averaged over space. `extra_layers` 5x5 convs (pad 2, stride 1) sit right after conv1: the
-    homework's Part 2 Q3 net, at full resolution or after a first pooling (`extra_at`).
+    homework's Part 2 Q3 net, at full resolution or after a first pooling (`extra_at`). With
+    `extra_at = "half"` the first stage shares conv1's pooled resolution with the next one,
+    unless `pool_first_stage` pools after it too. `conv1_width` narrows conv1 alone (and the
+    inserted convs, which take its width unless `extra_width` says otherwise): at 32x32 its
+    channels cost 4x what they cost a stage after the first pooling.
     """
 
     def __init__(self, widths=(64, 128, 256), depth: int = 2, batchnorm: bool = True, extra_layers: int = 0,
-                 extra_width: int = 0, extra_at: str = "full", classes: int = 10):
-        layers = conv_bn_relu(3, widths[0], 5, bn=batchnorm)
-        extra_width = extra_width or widths[0]
+                 extra_width: int = 0, extra_at: str = "full", pool_first_stage: bool = False,
+                 conv1_width: int = 0, classes: int = 10):
+        cin = conv1_width or widths[0]
+        layers = conv_bn_relu(3, cin, 5, bn=batchnorm)
+        extra_width = extra_width or cin
         extra = []
-        cin = widths[0]
         for _ in range(extra_layers):
             extra += conv_bn_relu(cin, extra_width, 5, bn=batchnorm)
             cin = extra_width
@@ -55,7 +60,7 @@ class AllConvNet(nn.Sequential):
             for i in range(depth - (1 if stage == 0 else 0)):
                 layers += conv_bn_relu(cin, width, 3, bn=batchnorm)
                 cin = width
-            if stage < len(widths) - 1 and not (stage == 0 and extra_at == "half"):
+            if stage < len(widths) - 1 and (stage > 0 or extra_at == "full" or pool_first_stage):
                 layers += [nn.MaxPool2d(2)]
         layers += [nn.Conv2d(cin, classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         super().__init__(*layers)
@@ -74,8 +79,13 @@ ALLCONV_SETTINGS = {
     "batchnorm": Setting(True, "BatchNorm after every conv"),
     "extra_layers": Setting(0, "5x5 convs inserted between conv1 and conv2 (Part 2 Q3)", min=0),
     "extra_width": Setting(0, "channels of the inserted convs (0: conv1's)", min=0),
+    "conv1_width": Setting(0, "channels of conv1 (0: the first stage's)", min=0),
     "extra_at": Setting("full", "resolution of the inserted convs: full 32x32, or half after a first pool",
                         choices=("full", "half")),
+    # Halving before each wider stage keeps the cost of a stage about constant: wide late stages
+    # at 8x8 and 4x4 cost what narrow ones at 16x16 do.
+    "pool_first_stage": Setting(False, "with extra_at = half, max-pool after the first stage too (conv1's "
+                                "pool already halved the image), so each stage runs at half the last's size"),
 }
 
 
