@@ -1,6 +1,6 @@
 """A suite on a Dask cluster: `runner SUITE --executor dask --scheduler tcp://HOST:PORT`.
 
-Each job of the plan is one Dask task that runs it (suite.run_job) on whichever worker has the
+Each job of the plan is one Dask task that runs it (executors.run_job) on whichever worker has the
 resources it asks for, and returns its Outcome. A job's task takes the tasks of the jobs it
 requires as arguments, so Dask starts it only after they finish; when one of them failed it
 returns "not run" instead of running. Artifacts land in the --out every worker sees (a shared
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from .errors import RunnerError
-from .suite import Job, Outcome, Plan, RunOptions, blocked_outcome, run_job
+from .executors import blocked_outcome, run_job
+from .suite import Job, Outcome, Plan, RunOptions
 
 DEFAULT_RESOURCES = {"CPU": 1}
 STARTED_TOPIC = "runner-run-started"  # the Dask event a task logs when its run begins

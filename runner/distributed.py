@@ -243,7 +243,8 @@ def _check_everywhere(check) -> None:
 def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
     """Rank 0's choice: with resume, the spec's latest unfinished run of this seed and --quick made
     from the same spec (as `runner SPEC --resume` in one process), else a fresh folder."""
-    from .suite import RunOptions, resumable
+    from .executors import resumable
+    from .suite import RunOptions
 
     options = RunOptions(out=str(out), quick=bool(quick))
     unfinished = resumable(spec, options, Catalogue.default()) if resume else None  # says why not, if not

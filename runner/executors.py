@@ -2,7 +2,7 @@
 
 - InProcess: the jobs one after another in this process (a single run, or no --jobs).
 - ProcessPool: up to N jobs at once in N warm worker processes (runner/worker.py), each calling
-  the run API (suite.run_job) and sending back its Outcome. One small CIFAR-10 run leaves a GPU
+  the run API (run_job, below) and sending back its Outcome. One small CIFAR-10 run leaves a GPU
   mostly idle, so runs side by side finish a suite several times sooner; on a CPU the workers
   share out the cores.
 - runner/distributed.py trains one job data-parallel; runner/dask_executor.py runs a plan on a
@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .suite import Job, Outcome, Plan, RunOptions, blocked_outcome, run_job, stops_everything
+from . import artifacts
+from .errors import DataError, DivergedError, RunnerError
+from .suite import Job, Outcome, Plan, RunOptions, load_spec
 
 POLL_SECONDS = 0.2
 
@@ -241,3 +243,79 @@ def gpus_to_share(plan: Plan, device: str | None) -> int:
     import torch  # device_count() starts no CUDA context
 
     return torch.cuda.device_count()
+
+
+# ---- one job ------------------------------------------------------------------------------------
+
+def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
+    """Run one job in this process (resuming its unfinished run under --resume); a failure is an
+    Outcome, not an exception. Ctrl-C still interrupts."""
+    from . import run
+    from .plugins import Catalogue
+
+    started = time.perf_counter()
+    outcome = lambda status, **kw: Outcome(job, status, seconds=round(time.perf_counter() - started, 3), **kw)
+    try:
+        catalogue = catalogue or Catalogue.default()
+        spec = load_spec(job.path, catalogue, job.overrides)
+        unfinished = resumable(spec, options, catalogue) if options.resume else None
+        if unfinished:
+            result = run.resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
+        else:
+            result = run.execute(spec, catalogue, out=options.out, data_source=options.data, quick=options.quick,
+                                 show_progress=options.progress)
+        return outcome("ran", summary=result.results, run_dir=str(result.dir))
+    except Exception as exc:
+        error = exc if isinstance(exc, RunnerError) else RunnerError(f"{type(exc).__name__}: {exc}")
+        details = getattr(exc, "details", None)
+        return outcome(failure_status(error.exit_code), exit_code=error.exit_code,
+                       error=str(error) + (f" (full traceback: {details})" if details else ""),
+                       run_dir=str(details.parent) if details else None)
+
+
+def resumable(spec, options: RunOptions, catalogue) -> Path | None:
+    """The latest unfinished run of this spec, seed and mode, if it was made from the same
+    spec (resuming reloads the run's own spec.toml: one made from another spec would silently run
+    that one); else None, saying why it is not resumed."""
+    unfinished = artifacts.unfinished_runs(options.out, spec.name, seed=spec["seed"], quick=options.quick)
+    if not unfinished:
+        return None
+    differs = spec_differences(unfinished[-1], spec, catalogue)
+    if differs:
+        print(f"[{spec.name}] not resuming {unfinished[-1]}: it was made from a different spec "
+              f"(differing: {', '.join(differs)}; `runner resume {unfinished[-1]}` continues it as it was); "
+              f"starting a fresh run", file=sys.stderr)
+        return None
+    return unfinished[-1]
+
+
+def spec_differences(run_dir, spec, catalogue) -> list[str]:
+    """The keys in which the spec an unfinished run was made from (its spec.toml) differs from
+    `spec`. The code is not compared: resuming after fixing what crashed a run is what it is for."""
+    import tomllib
+
+    from . import spec as spec_module
+
+    path = Path(run_dir) / "spec.toml"
+    try:
+        return [key for key, _, _ in spec_module.differences(spec_module.load(path, catalogue).values, spec.values)]
+    except RunnerError:  # not a valid spec now (a plugin's check refuses it, say): its keys as written
+        try:
+            return ([key for key, _, _ in spec_module.differences(tomllib.loads(path.read_text()), spec.values)]
+                    or [f"{path} is invalid"])
+        except (OSError, ValueError):
+            return [f"{path} is unreadable"]
+
+
+def blocked_outcome(job: Job, failed: set[str]) -> Outcome:
+    names = ", ".join(sorted(failed))
+    return Outcome(job, "not run", error=f"it needs {names}, whose run failed", exit_code=RunnerError.exit_code)
+
+
+def failure_status(exit_code: int) -> str:
+    return "diverged" if exit_code == DivergedError.exit_code else "failed"
+
+
+def stops_everything(outcome: Outcome) -> bool:
+    """Missing or corrupt data fails every later run too: no use going on."""
+    return outcome.exit_code == DataError.exit_code

@@ -2,7 +2,7 @@
 
 Importing torch, Ignite, torchmetrics and the plugins takes seconds per process on a small CPU: as
 long as a quick run itself. A worker pays it once (and starts paying it before its first job
-arrives) and then runs job after job through the run API (suite.run_job), with its output in the
+arrives) and then runs job after job through the run API (executors.run_job), with its output in the
 job's log.
 
 Protocol (runner/executors.py is the other end): one JSON message per line on stdin,
@@ -23,9 +23,10 @@ import traceback
 
 
 def run_in_log(message: dict) -> dict:
-    """suite.run_job for one message, with this process's stdout and stderr (the file descriptors,
+    """executors.run_job for one message, with this process's stdout and stderr (the file descriptors,
     so output of C code and subprocesses too) going to the job's log; returns the Outcome as JSON."""
-    from .suite import Outcome, RunOptions, job_from_json, run_job
+    from .executors import run_job
+    from .suite import Outcome, RunOptions, job_from_json
 
     job = job_from_json(message["job"])
     sys.stdout.flush()
