@@ -32,9 +32,9 @@ def device_name(device: torch.device) -> str:
 def locate_data(spec, source: str | None) -> Path:
     """The folder holding CIFAR-10 for a run of spec; a bad data.root is named as the spec's."""
     try:
-        return data.locate(data.resolve_source(source, spec["data"]["root"] or None))
+        return data.locate(data.resolve_source(source, spec.data.root or None))
     except DataError as exc:
-        if data.resolve_source(source, None) is None and spec["data"]["root"]:
+        if data.resolve_source(source, None) is None and spec.data.root:
             raise DataError(f"{exc} (data.root of {spec.path})") from exc
         raise
 
@@ -42,12 +42,12 @@ def locate_data(spec, source: str | None) -> Path:
 def load_data(spec, source: str | None, device: torch.device):
     """(train images, train labels, test images, test labels, class names), tensors on the device."""
     directory = locate_data(spec, source)
-    train_x, train_y = data.load_batches(directory, spec["data"]["train"])
-    test_x, test_y = data.load_batches(directory, spec["data"]["test"])
-    if spec["data"]["train_limit"]:
-        train_x, train_y = train_x[:spec["data"]["train_limit"]], train_y[:spec["data"]["train_limit"]]
-    if spec["data"]["test_limit"]:
-        test_x, test_y = test_x[:spec["data"]["test_limit"]], test_y[:spec["data"]["test_limit"]]
+    train_x, train_y = data.load_batches(directory, spec.data.train)
+    test_x, test_y = data.load_batches(directory, spec.data.test)
+    if spec.data.train_limit:
+        train_x, train_y = train_x[:spec.data.train_limit], train_y[:spec.data.train_limit]
+    if spec.data.test_limit:
+        test_x, test_y = test_x[:spec.data.test_limit], test_y[:spec.data.test_limit]
     to = lambda t: t.to(device)
     return to(train_x), to(train_y), to(test_x), to(test_y), data.class_names(directory)
 
@@ -55,9 +55,9 @@ def load_data(spec, source: str | None, device: torch.device):
 def build_transforms(spec, catalogue, train_images: torch.Tensor):
     """The train pipeline (every op, in spec order) and the eval pipeline (train-only ops left out)."""
     train_ops, eval_ops = [], []
-    for name in spec["data"]["transforms"]:
+    for name in spec.data.transforms:
         entry = catalogue.transforms[name]
-        op = entry.factory(spec["transforms"][name], train_images)
+        op = entry.factory(spec.transforms[name], train_images)
         train_ops.append(op)
         if not entry.train_only:
             eval_ops.append(op)
@@ -69,16 +69,16 @@ def build_model(spec, catalogue, run=None, base: nn.Module | None = None) -> nn.
     see Catalogue.model_source) with every enabled plugin's change_model applied in order."""
     if base is not None:
         model = base
-    elif catalogue.model_source(spec["plugins"]):
-        plugin, key = catalogue.model_source(spec["plugins"])
+    elif catalogue.model_source(spec.plugins):
+        plugin, key = catalogue.model_source(spec.plugins)
         raise RunnerError(f"{spec.name} has no model of its own: plugins.{plugin}.{key} makes another spec's "
                           f"trained model its model")
     else:
-        params = {k: v for k, v in spec["model"].items() if k != "name"}
-        model = catalogue.models[spec["model"]["name"]].factory(**params)
+        params = {k: v for k, v in spec.model.items() if k != "name"}
+        model = catalogue.models[spec.model.name].factory(**params)
     for name in spec.plugin_names():
         try:
-            changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec["plugins"][name])
+            changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec.plugins[name])
         except SpecError as exc:
             raise (exc.in_file(spec.origin(exc.key)) if exc.file is None else exc) from exc
         if changed is not None:
@@ -88,7 +88,7 @@ def build_model(spec, catalogue, run=None, base: nn.Module | None = None) -> nn.
 
 def build_engines(run) -> None:
     """Optimizer, schedule, trainer and evaluator for run.model, set on the run."""
-    train = run.spec["train"]
+    train = run.spec.train
     run.optimizer = make_optimizer(run.model.parameters(), train)
     run.scheduler = make_scheduler(run.optimizer, train)
     precision = resolve_precision(train["precision"], run.device)

@@ -60,7 +60,7 @@ def remove(run_dir) -> None:
 def attach(run) -> int:
     """Save a checkpoint at every k-th epoch end (train.checkpoint_epochs) but the last; restore the
     run folder's checkpoint if it has one. Returns the iteration the run goes on from (0: fresh)."""
-    every, total = run.spec["train"]["checkpoint_epochs"], run.spec["train"]["iterations"]
+    every, total = run.spec.train.checkpoint_epochs, run.spec.train.iterations
     objects = {"model": run.model, "optimizer": run.optimizer, "trainer": run.trainer, "metrics": run.metrics,
                "random": RandomState(run.device), "clock": TrainingClock(run.metrics)}
     if run.scheduler is not None:

@@ -43,13 +43,13 @@ def launched_by_torchrun() -> bool:
 
 def backend_for(spec: Spec) -> str:
     """The collective backend: nccl between GPUs, gloo between CPU processes."""
-    return "nccl" if resolve_device(spec["device"]).type == "cuda" else "gloo"
+    return "nccl" if resolve_device(spec.device).type == "cuda" else "gloo"
 
 
 def _check_trainable(spec: Spec, world: int, option: str) -> None:
-    if spec["train"]["iterations"] == 0:
+    if spec.train.iterations == 0:
         raise RunnerError(f"{spec.name} trains nothing (train.iterations = 0): {option} is for training")
-    if spec["train"]["batch_size"] % world:
+    if spec.train.batch_size % world:
         raise RunnerError(f"train.batch_size {spec['train']['batch_size']} must divide by {option} {world}")
 
 
@@ -64,13 +64,13 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     import ignite.distributed as idist
 
     _check_trainable(spec, nproc, "--nproc-per-node")
-    device = resolve_device(spec["device"])
+    device = resolve_device(spec.device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
     # Find (and unpack) the data here, once: missing data fails before any process starts, and
     # the processes do not race to unpack the same cache.
     locate_data(spec, data_source)
-    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec["seed"])
+    run_dir = artifacts.new_run_dir(Path(out), spec.name, spec.seed)
     # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
     # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.
     port = None if os.environ.get("MASTER_PORT") else _free_port()
@@ -251,7 +251,7 @@ def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
     if unfinished:
         found = latest_checkpoint(unfinished)
         return {"run_dir": str(unfinished), "resuming": True, "checkpoint": str(found) if found else None}
-    return {"run_dir": str(artifacts.new_run_dir(Path(out), spec.name, spec["seed"])), "resuming": False,
+    return {"run_dir": str(artifacts.new_run_dir(Path(out), spec.name, spec.seed)), "resuming": False,
             "checkpoint": None}
 
 

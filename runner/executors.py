@@ -277,7 +277,7 @@ def resumable(spec, options: RunOptions, catalogue) -> Path | None:
     """The latest unfinished run of this spec, seed and mode, if it was made from the same
     spec (resuming reloads the run's own spec.toml: one made from another spec would silently run
     that one); else None, saying why it is not resumed."""
-    unfinished = artifacts.unfinished_runs(options.out, spec.name, seed=spec["seed"], quick=options.quick)
+    unfinished = artifacts.unfinished_runs(options.out, spec.name, seed=spec.seed, quick=options.quick)
     if not unfinished:
         return None
     differs = spec_differences(unfinished[-1], spec, catalogue)

@@ -28,7 +28,7 @@ def record_metrics(run) -> None:
             return
         metrics.record(engine.state.iteration, out["loss"], out["correct"], out["count"])
 
-    @trainer.on(Events.ITERATION_COMPLETED(every=run.spec["train"]["log_every"]) | Events.COMPLETED)
+    @trainer.on(Events.ITERATION_COMPLETED(every=run.spec.train.log_every) | Events.COMPLETED)
     def check(engine):
         loss = float(engine.state.output["loss"])  # one host read every log_every steps, not every step
         if not math.isfinite(loss):
@@ -42,14 +42,14 @@ def record_metrics(run) -> None:
 def show_progress(run, interactive: bool) -> None:
     """One display over the whole run (a resumed run's starts where it stopped): a bar in a
     terminal, a line at every tenth otherwise, both with rate, ETA, loss and running accuracy."""
-    trainer, total = run.trainer, run.spec["train"]["iterations"]
+    trainer, total = run.trainer, run.spec.train.iterations
 
     @trainer.on(Events.STARTED)
     def open_display(engine):
         run.progress = Progress(total, run.spec.name, unit="it", interactive=interactive,
                                 initial=engine.state.iteration)
 
-    @trainer.on(Events.ITERATION_COMPLETED(every=run.spec["train"]["log_every"]) | Events.COMPLETED)
+    @trainer.on(Events.ITERATION_COMPLETED(every=run.spec.train.log_every) | Events.COMPLETED)
     def advance(engine):
         if engine.state.iteration > run.progress.done:  # COMPLETED right after the last every-th
             run.progress.update(engine.state.iteration - run.progress.done, loss=engine.state.metrics["loss"],

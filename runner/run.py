@@ -37,7 +37,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     rank/world: this process's place in a data-parallel run (see execute_distributed), whose
     folder run_dir the caller made; only rank 0 writes to it.
     """
-    device = resolve_device(spec["device"])
+    device = resolve_device(spec.device)
     if rank:
         # This machine's GPU for the process (ignite set it from LOCAL_RANK): across nodes, ranks outnumber GPUs.
         device = torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device
@@ -45,7 +45,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         # Missing data fails before a run folder exists (or, resuming, before the run is marked
         # running): a resume that finds no data leaves its run interrupted, to be resumed again.
         data_source = str(locate_data(spec, data_source))
-    run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec["seed"]))
+    run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec.seed))
     run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
     if rank:
         _train_and_evaluate(run, data_source, False)
@@ -93,15 +93,15 @@ def _at_iteration(run: Run) -> str:
     state = getattr(run.trainer, "state", None)
     if not state or not state.iteration:
         return ""
-    every = run.spec["train"]["checkpoint_epochs"] * state.epoch_length
+    every = run.spec.train.checkpoint_epochs * state.epoch_length
     saved = (state.iteration // every) * every if every else 0
     return (f" at iteration {state.iteration} of {run.spec['train']['iterations']}"
             + (f" (it goes on from the checkpoint at {saved})" if saved else " (no checkpoint yet: it starts over)"))
 
 
 def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
-    spec, train = run.spec, run.spec["train"]
-    manual_seed(spec["seed"])  # plugins' configure hooks ran when the spec loaded
+    spec, train = run.spec, run.spec.train
+    manual_seed(spec.seed)  # plugins' configure hooks ran when the spec loaded
 
     (run.train_images, run.train_labels, run.test_images, run.test_labels,
      run.class_names) = load_data(spec, data_source, run.device)
@@ -142,7 +142,7 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
 
 def _train(run: Run, batches, resumed_at: int) -> float:
     """Train to train.iterations; the seconds it took (a resumed run's include those before)."""
-    iterations = run.spec["train"]["iterations"]
+    iterations = run.spec.train.iterations
     started = time.perf_counter()
     if iterations and resumed_at < iterations:
         # Training batches all have one shape, so cuDNN's per-shape kernel search pays off; it
@@ -161,18 +161,18 @@ def _evaluate(run: Run) -> float:
     the whole test set with the same weights (and rank 0's BatchNorm statistics, which
     DistributedDataParallel broadcasts), so no gathering is needed."""
     started = time.perf_counter()
-    run.evaluator.run(EpochBatches(run.test_images, run.test_labels, run.spec["eval"]["batch_size"], shuffle=False))
+    run.evaluator.run(EpochBatches(run.test_images, run.test_labels, run.spec.eval.batch_size, shuffle=False))
     return time.perf_counter() - started
 
 
 def _summarize(run: Run, train_seconds: float, eval_seconds: float, setup_seconds: float) -> None:
     """What summary.json says of the run, before plugins add theirs."""
-    spec, train, done = run.spec, run.spec["train"], run.metrics.done
+    spec, train, done = run.spec, run.spec.train, run.metrics.done
     table = run.metrics.table()
     run.results.update({
         "spec": spec.name,
         "spec_file": str(spec.path.resolve()),  # the report finds the spec's explanation beside it, from anywhere
-        "seed": spec["seed"],
+        "seed": spec.seed,
         "overrides": list(spec.overrides),  # the --set texts (seed, --quick's, a sweep's value) it was run with
         "quick": run.quick,
         "iterations": done,

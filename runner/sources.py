@@ -24,7 +24,7 @@ from .errors import RunnerError
 
 def latest_run(run, spec_name: str) -> Path | None:
     """The run of `spec_name` that `run` reads (see the module's docstring), or None."""
-    return artifacts.source_run(run.dir.parent.parent, spec_name, run.quick, run.spec["seed"])
+    return artifacts.source_run(run.dir.parent.parent, spec_name, run.quick, run.spec.seed)
 
 
 def require_run(run, spec_name: str, role: str) -> Path:
@@ -62,7 +62,7 @@ def load_trained(run_dir, catalogue=None, device="cpu") -> tuple[nn.Module, obje
     run_dir = Path(run_dir)
     catalogue = catalogue or Catalogue.default()
     spec = load(run_dir / "spec.toml", catalogue)
-    if catalogue.model_source(spec["plugins"]):  # an attack's run: its model was another run's
+    if catalogue.model_source(spec.plugins):  # an attack's run: its model was another run's
         raise RunnerError(f"{run_dir} has no model of its own ({spec.name} read another run's); load the run "
                           f"named in its summary.json (model_source.run) instead")
     state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
@@ -74,7 +74,7 @@ def load_trained(run_dir, catalogue=None, device="cpu") -> tuple[nn.Module, obje
     _, pipeline = build_transforms(spec, catalogue, placeholder)
     pipeline.load_state_dict(state["eval_pipeline"])
     # In the memory format it trained in: on a CPU channels_last runs convolutions faster.
-    memory_format = torch.channels_last if spec["train"]["channels_last"] else torch.contiguous_format
+    memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
     return nn.Sequential(pipeline, model).to(device, memory_format=memory_format).eval(), spec
 
 
@@ -104,11 +104,11 @@ def require_runs(run) -> None:
 def source_model(run) -> nn.Module | None:
     """The trained model that is this run's own (an attack's source), or None when the spec builds
     its own; the results say which run it came from (model_source)."""
-    source = run.catalogue.model_source(run.spec["plugins"])
+    source = run.catalogue.model_source(run.spec.plugins)
     if source is None:
         return None
     plugin, key = source
-    name = run.spec["plugins"][plugin][key]
+    name = run.spec.plugins[plugin][key]
     run_dir = require_run(run, name, f"the trained model plugins.{plugin}.{key} names")
     run.results["model_source"] = {"spec": name, "run": str(run_dir)}
     return trained_model(run, run_dir)

@@ -20,9 +20,24 @@ from .schema import plugin_files
 from .errors import SpecError
 
 
+class Table(dict):
+    """A spec table whose keys read as attributes too: spec.train.lr is spec["train"]["lr"]."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"spec table has no key {key!r}") from None
+
+
+def _tables(values: dict) -> Table:
+    return Table({key: _tables(value) if isinstance(value, dict) else value for key, value in values.items()})
+
+
 @dataclass
 class Spec:
-    """A fully resolved spec: every key present, defaults filled in."""
+    """A fully resolved spec: every key present, defaults filled in. Sections read as attributes
+    (spec.train.iterations, spec.data.transforms) or as items (spec["train"]["iterations"])."""
 
     path: Path
     values: dict
@@ -37,6 +52,14 @@ class Spec:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key == "values":  # copying and unpickling look before values exists
+            raise AttributeError(key)
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(f"spec has no key {key!r}") from None
 
     def get(self, dotted: str, default=None) -> Any:
         node = self.values
@@ -224,7 +247,7 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
     values["transforms"] = {op: schema.validate_table(op_tables.get(op, {}), catalogue.transforms[op].settings,
                                                       file=file, prefix=f"transforms.{op}.") for op in ops}
 
-    return Spec(path=file, values=values, chain=list(chain), reads=catalogue.reads(values["plugins"]))
+    return Spec(path=file, values=_tables(values), chain=list(chain), reads=catalogue.reads(values["plugins"]))
 
 
 def _validated_model(table: dict, catalogue, file: Path) -> dict:

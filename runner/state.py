@@ -46,7 +46,7 @@ class Run:
     plugin_state: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, plugin: str) -> dict:
-        return self.spec["plugins"][plugin]
+        return self.spec.plugins[plugin]
 
     def state(self, plugin: str, make: Callable[[], Any] | None = None) -> Any:
         """The per-run object a plugin keeps between its hooks, made by `make` on first use;

@@ -217,8 +217,8 @@ def load_spec(path, catalogue, overrides=()):
 
 
 def _job(spec, overrides, sweep=()) -> Job:
-    return Job(path=str(spec.path), overrides=tuple(overrides), name=spec.name, seed=spec["seed"],
-               requires=frozenset(required_names(spec)), sweep=tuple(sweep), device=spec["device"])
+    return Job(path=str(spec.path), overrides=tuple(overrides), name=spec.name, seed=spec.seed,
+               requires=frozenset(required_names(spec)), sweep=tuple(sweep), device=spec.device)
 
 
 def _matching_run(options: RunOptions, job: Job, fingerprint: str) -> Path | None:
@@ -263,7 +263,7 @@ def expected_seconds(name: str, options: RunOptions) -> float:
 def required_names(spec) -> set[str]:
     """The names of the specs `spec` requires (a spec's name is its file's stem): those its plugins
     read, and any its `requires` adds."""
-    return {Path(p).stem for p in spec["requires"]} | set(spec.reads)
+    return {Path(p).stem for p in spec.requires} | set(spec.reads)
 
 
 def required_files(spec) -> list[Path]:
@@ -278,7 +278,7 @@ def required_files(spec) -> list[Path]:
             raise SpecError(f"names spec {name!r}, and there is no {name}.toml beside {spec.path.name} "
                             f"(looked in {', '.join(sorted({str(f) for f in folders}))})", file=spec.path, key=setting)
         found.append(path.resolve())
-    for required in map(Path, spec["requires"]):
+    for required in map(Path, spec.requires):
         if not required.is_file():
             raise SpecError(f"required spec {required.name!r} not found (looked for {required})",
                             file=spec.path, key="requires")

@@ -320,7 +320,7 @@ def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
     seed1 = completed(1)
     time.sleep(1.05)  # run folders are named by the second
     seed0 = completed(0)  # the newest
-    attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False, spec={"seed": seed})
+    attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False, spec=SimpleNamespace(seed=seed))
     assert source_run(attack(1), "p1_q4_crop") == seed1
     assert source_run(attack(0), "p1_q4_crop") == seed0
     assert source_run(attack(2), "p1_q4_crop") == seed0  # no seed-2 model: the newest of any seed
