@@ -74,11 +74,12 @@ class AttackResult:
 
 # Images per forward/backward pass. At 1,000 images a Table 1 net's activations are ~130 MB
 # tensors, which the C allocator maps fresh from the kernel and zero-fills on every step (half
-# the attack's time went to the system); at 128 they stay under its 32 MB mapping threshold and
-# are reused. Parts are near-equal and a pass is never split below 64 images, so every image
-# goes through the same kernels as in one pass of its whole active set (tiny batches, under 8
-# images on this CPU, take other kernels with other rounding).
-PASS_IMAGES = 128
+# the attack's time went to the system); at 64 they are 8 MB, reused from the heap and mostly
+# in cache (on this CPU 64 beat 128 and 250 per image-step). Parts are near-equal, so a pass
+# is split into parts of at least 32 images: every image goes through the same kernels as in
+# one pass of its whole active set (tiny batches, under 8 images on this CPU, take other
+# kernels with other rounding).
+PASS_IMAGES = 64
 
 
 def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confidence: float = 0.99,
