@@ -45,3 +45,16 @@ def cifar_dir(cifar_archive, tmp_path_factory) -> Path:
     from runner.data import locate
 
     return locate(cifar_archive, cache_dir=tmp_path_factory.mktemp("cifar"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def quick_suite(tmp_path_factory, cifar_archive) -> tuple[Path, int]:
+    """Every spec of specs/ run --quick at seed 0, two at a time, one thread each (conftest sets
+    OMP_NUM_THREADS): the runs folder and the command's exit code. Shared by the report's tests and
+    the golden test, so the suite runs once per session."""
+    from runner.cli import main
+
+    out = tmp_path_factory.mktemp("quick-suite")
+    code = main([str(REPO_ROOT / "specs"), "--quick", "--jobs", "2", "--data", str(cifar_archive), "--out", str(out),
+                 "--no-progress"])
+    return out, code

@@ -19,15 +19,15 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory, cifar_archive):
-    out = tmp_path_factory.mktemp("out")
+def reported(tmp_path_factory, quick_suite):
+    runs, code = quick_suite
     # 5: a spec's smoke run diverged (a deep net at the full learning rate, say); the report is made
     # from the runs that completed, and the tests below read those they need.
-    assert main([str(SPECS), "--quick", "--jobs", "2", "--data", str(cifar_archive), "--out", str(out / "runs"),
-                 "--no-progress"]) in (0, 5)
-    pdf, html = out / "report" / "report.pdf", out / "report" / "report.html"
-    assert main(["report", str(out / "runs"), "-o", str(pdf), "-o", str(html), "--quick"]) == 0
-    return out / "runs", pdf, html
+    assert code in (0, 5)
+    out = tmp_path_factory.mktemp("report")
+    pdf, html = out / "report.pdf", out / "report.html"
+    assert main(["report", str(runs), "-o", str(pdf), "-o", str(html), "--quick"]) == 0
+    return runs, pdf, html
 
 
 def pdf_text(pdf: Path) -> str:
@@ -121,7 +121,7 @@ def test_markdown_table_on_stdout_and_markdown_file(reported, capsys):
     markdown = path.read_text()
     assert "## P1 Q2: normalize images" in markdown
     # The runs' figures linked where they are, the ones drawn for the report embedded.
-    assert "(../runs/p1_q1_raw/" in markdown and "](data:image/png;base64," in markdown
+    assert f"(../{out.name}/p1_q1_raw/" in markdown and "](data:image/png;base64," in markdown
     assert "runner-report-" not in markdown
 
 
