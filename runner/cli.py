@@ -72,8 +72,8 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few iterations on a small subset (for tests and a first look)")
     parser.add_argument("--with-deps", action="store_true",
-                        help="first run the specs a spec requires (its `requires` key) that have no completed "
-                             "run yet, with the same --quick, --data and --out")
+                        help="first run the specs a spec requires (those its plugins read, and its `requires`) "
+                             "that have no completed run yet, with the same --quick, --data and --out")
     parser.add_argument("--force", action="store_true",
                         help="with a folder of specs: rerun specs whose latest run is up to date")
     parser.add_argument("--resume", action="store_true",
