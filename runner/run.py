@@ -20,7 +20,7 @@ from ignite.utils import manual_seed
 from . import artifacts, checkpoint, figures, handlers, sources
 from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
 from .engine import EpochBatches
-from .errors import DivergedError, RunnerError
+from .errors import DivergedError, PluginError, RunnerError
 from .fingerprint import code_version, fingerprint
 from .metrics import MetricsLog, per_class
 from .plugins import Catalogue
@@ -42,9 +42,11 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         # This machine's GPU for the process (ignite set it from LOCAL_RANK): across nodes, ranks outnumber GPUs.
         device = torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device
     if not rank:
-        # Missing data fails before a run folder exists (or, resuming, before the run is marked
-        # running): a resume that finds no data leaves its run interrupted, to be resumed again.
+        # Missing data, or a missing run of a spec it reads, fails before a run folder exists (or,
+        # resuming, before the run is marked running: it stays interrupted, to be resumed again).
         data_source = str(locate_data(spec, data_source))
+        given = resume_dir or run_dir
+        sources.require_runs(spec, Path(given).parent.parent if given else out, quick)
     run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec.seed))
     run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
     if rank:
@@ -76,10 +78,11 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
         _write_partial(run)
         artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())
-        try:
-            exc.details = run_dir / artifacts.STATUS_FILE  # the command line points there
-        except AttributeError:  # an exception type with __slots__
-            pass
+        if isinstance(exc, PluginError) or not isinstance(exc, RunnerError):  # a bug's: where to look
+            try:
+                exc.details = run_dir / artifacts.STATUS_FILE  # the command line points there
+            except AttributeError:  # an exception type with __slots__
+                pass
         raise
     finally:
         if run.progress is not None:
@@ -108,7 +111,6 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     run.train_pipeline, run.eval_pipeline = build_transforms(spec, run.catalogue, run.train_images)
     run.train_pipeline.to(run.device)
     memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
-    sources.require_runs(run)
     base = sources.source_model(run)  # another run's trained model, where a plugin names one
     run.model = build_model(spec, run.catalogue, run, base).to(run.device, memory_format=memory_format)
     build_engines(run)

@@ -29,13 +29,17 @@ def latest_run(run, spec_name: str) -> Path | None:
 
 def require_run(run, spec_name: str, role: str) -> Path:
     """latest_run, or an error that says which command makes it."""
-    found = latest_run(run, spec_name)
+    return _required(run.spec, run.dir.parent.parent, run.quick, spec_name, role)
+
+
+def _required(spec, out, quick: bool, spec_name: str, role: str) -> Path:
+    found = artifacts.source_run(out, spec_name, quick, spec.seed)
     if found is None:
-        out, quick = run.dir.parent.parent, " --quick" if run.quick else ""
+        flag = " --quick" if quick else ""
         raise RunnerError(
-            f"{run.spec.name} needs {role}: a completed{' quick' if run.quick else ''} run of spec "
-            f"{spec_name!r} under {out}, and there is none. Run `runner specs/{spec_name}.toml{quick} "
-            f"--out {out}` (with the same --data) first, or rerun {run.spec.name} with --with-deps.")
+            f"{spec.name} needs {role}: a completed{' quick' if quick else ''} run of spec "
+            f"{spec_name!r} under {out}, and there is none. Run `runner specs/{spec_name}.toml{flag} "
+            f"--out {out}` (with the same --data) first, or rerun {spec.name} with --with-deps.")
     return found
 
 
@@ -93,12 +97,12 @@ def probabilities(model, images, batch_size: int = 1000) -> torch.Tensor:
     return torch.cat(out)
 
 
-def require_runs(run) -> None:
-    """Fail before anything loads unless every spec a single-spec `reads` setting names has a run
-    to read, naming the command that makes it (a list may have gaps: its plugin lists them)."""
-    for name, setting in run.spec.reads.items():
-        if isinstance(run.spec.get(setting), str):
-            require_run(run, name, f"the run {setting} names")
+def require_runs(spec, out, quick: bool) -> None:
+    """Fail before a run starts unless every spec a single-spec `reads` setting names has a run to
+    read, naming the command that makes it (a list may have gaps: its plugin lists them)."""
+    for name, setting in spec.reads.items():
+        if isinstance(spec.get(setting), str):
+            _required(spec, Path(out), quick, name, f"the run {setting} names")
 
 
 def source_model(run) -> nn.Module | None:

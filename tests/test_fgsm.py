@@ -297,6 +297,7 @@ def test_missing_source_run_names_the_command(tmp_path, cifar_archive, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "runner specs/p1_q4_crop.toml --quick" in err and "--with-deps" in err
+    assert not (tmp_path / "p3_q1_fgsm").exists()  # found out before a run folder is made
 
 
 def test_training_is_refused(tmp_path, capsys):
