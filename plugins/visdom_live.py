@@ -54,7 +54,7 @@ _senders: "weakref.WeakSet[_Sender]" = weakref.WeakSet()  # flushed at exit
 
 
 @hookimpl
-def show_images(run, window: str, images, caption: str = "") -> None:
+def show_images(run, window: str, images, caption: str) -> None:
     """Show a grid of images (uint8 tensor or array, N x C x H x W) in the run's environment.
 
     One window per name, replaced on each call. Does nothing when Visdom is off for this run,

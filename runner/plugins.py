@@ -168,7 +168,8 @@ class Catalogue:
         if not impls:
             return None
         function = impls[0].function
-        args = {arg: kwargs[arg] for arg in impls[0].argnames}
+        # Arguments with a default too (pluggy lists them apart): a hook's caller gives them all.
+        args = {arg: kwargs[arg] for arg in (*impls[0].argnames, *impls[0].kwargnames) if arg in kwargs}
         try:
             return function(**args)
         except RunnerError:

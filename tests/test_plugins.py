@@ -226,3 +226,13 @@ def test_runs_that_crash_fail_alone_in_a_suite(tmp_path, cifar_archive, capsys):
     assert (next((tmp_path / "out" / "c_runs").iterdir()) / "summary.json").is_file()
     (crashed,) = (tmp_path / "out" / "b_forward").iterdir()
     assert "boom in forward" in (crashed / "status.json").read_text()  # with its traceback
+
+
+def test_a_hook_argument_with_a_default_is_still_given(catalogue):
+    class WithDefault:
+        @hookimpl
+        def show_images(self, run, window, images, caption="(none)"):
+            return caption
+
+    catalogue.add("with_default", WithDefault(), "test")
+    assert catalogue.call("with_default", "show_images", run=None, window="w", images=[], caption="given") == "given"
