@@ -74,11 +74,11 @@ class AttackResult:
 
 # Images per forward/backward pass. At 1,000 images a Table 1 net's activations are ~130 MB
 # tensors, which the C allocator maps fresh from the kernel and zero-fills on every step (half
-# the attack's time went to the system); at 64 they are 8 MB, reused from the heap and mostly
-# in cache (on this CPU 64 beat 128 and 250 per image-step). Parts are near-equal, so a pass
-# is split into parts of at least 32 images: every image goes through the same kernels as in
-# one pass of its whole active set (tiny batches, under 8 images on this CPU, take other
-# kernels with other rounding).
+# the attack's time went to the system); at 64 they are 8 MB, reused from the heap (64 and 128
+# run equally fast per image-step on this CPU, bench/attack_speed.py). Parts are near-equal, so
+# a larger active set is split into parts of at least 32 images: every image goes through the
+# same kernels as in one pass of its whole active set (tiny batches, under 8 images on this
+# CPU, take other kernels with other rounding).
 PASS_IMAGES = 64
 
 
