@@ -74,12 +74,13 @@ class AttackResult:
 
 # Images per forward/backward pass. At 1,000 images a Table 1 net's activations are ~130 MB
 # tensors, which the C allocator maps fresh from the kernel and zero-fills on every step (half
-# the attack's time went to the system); at 64 they are 8 MB, reused from the heap (64 and 128
-# run equally fast per image-step on this CPU, bench/attack_speed.py). Parts are near-equal, so
-# a larger active set is split into parts of at least 32 images: every image goes through the
-# same kernels as in one pass of its whole active set (tiny batches, under 8 images on this
+# the attack's time went to the system); at 128 they are 17 MB, under the allocator's 32 MB
+# threshold, and reused from the heap. 64 ran as fast on one thread (bench/attack_speed.py);
+# the larger pass halves the parallel regions two threads must meet at. Parts are near-equal,
+# so a larger active set is split into parts of at least 64 images: every image goes through
+# the same kernels as in one pass of its whole active set (tiny batches, under 8 images on this
 # CPU, take other kernels with other rounding).
-PASS_IMAGES = 64
+PASS_IMAGES = 128
 
 
 def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confidence: float = 0.99,
