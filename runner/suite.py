@@ -15,7 +15,10 @@ from . import artifacts
 from .errors import RunnerError, SpecError
 
 # --quick's run settings: a few iterations on a subset (a plugin may add its own quick values).
-QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4")
+# All 12 steps warm the learning rate up: at the full rate after one step, a deep net without
+# BatchNorm blows up, which says nothing of its full run (200 steps of warmup).
+QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4",
+         "train.warmup=1.0")
 
 
 @dataclass(frozen=True)
