@@ -66,7 +66,9 @@ def attach(run) -> int:
     if run.scheduler is not None:
         objects["scheduler"] = run.scheduler
     if every and run.rank == 0:
-        saver = Checkpoint(objects, DiskSaver(run.dir, require_empty=False, atomic=True), n_saved=1,
+        # Two kept: Checkpoint removes the oldest before it writes the next, so with one a Ctrl-C
+        # during that write would leave none (the write itself is atomic: a file there is whole).
+        saver = Checkpoint(objects, DiskSaver(run.dir, require_empty=False, atomic=True), n_saved=2,
                            global_step_transform=lambda engine, event: engine.state.iteration)
         # Not after the last epoch: model.pt follows at once.
         at = Events.EPOCH_COMPLETED(event_filter=lambda engine, epoch: epoch % every == 0
