@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 from . import artifacts
 from .errors import DataError, DivergedError, RunnerError
-from .suite import Job, Outcome, Plan, RunOptions, load_spec
+from .suite import Job, Outcome, Plan, RunOptions, job_to_json, load_spec
 
 POLL_SECONDS = 0.2
 
@@ -149,7 +149,7 @@ class Worker:
 
     def start(self, job: Job, options: RunOptions, log: Path) -> None:
         self.exit_code, self.reply = None, None
-        message = {"job": Outcome(job, "").to_json()["job"], "options": options.__dict__, "log": str(log)}
+        message = {"job": job_to_json(job), "options": options.__dict__, "log": str(log)}
         if self.jobs == 0 and self.gpu is not None:  # CUDA reads it when it starts, in the first job
             message["env"] = {"CUDA_VISIBLE_DEVICES": self.gpu}
         self.jobs += 1

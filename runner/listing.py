@@ -28,7 +28,7 @@ def resolved_with_origins(spec, quick_count: int = 0) -> str:
         lines.append(f"# {spec['question']}")
 
     def origin(key: str) -> str:
-        found = spec.origin(key) if _set_anywhere(spec, key) else None
+        found = spec.set_by(key)
         if found is None:
             return "the file's name" if key == "name" else "default"
         if found.startswith("--set "):
@@ -49,20 +49,6 @@ def resolved_with_origins(spec, quick_count: int = 0) -> str:
 
     table(spec.values, "")
     return "\n".join(lines)
-
-
-def _set_anywhere(spec, key: str) -> bool:
-    """Whether any file of the chain or any override names this key (else it is a default)."""
-    parts = key.split(".")
-    if any(text.split("=", 1)[0].strip().split(".")[:len(parts)] == parts for text in spec.overrides):
-        return True
-    for file in spec.chain or [spec.path]:
-        node = tomllib.loads(Path(file).read_text())
-        for part in parts:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            return True
-    return False
 
 
 def _assignment(key: str, value) -> str:

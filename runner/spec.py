@@ -77,7 +77,11 @@ class Spec:
 
     def origin(self, key: str | None) -> str:
         """Who set a key: the --set naming it, else the last file of the chain holding it, else this spec."""
-        return _origin(key, self.chain, self.overrides) or str(self.path)
+        return self.set_by(key) or str(self.path)
+
+    def set_by(self, key: str | None) -> str | None:
+        """The --set naming a key, else the last file of the chain holding it; None for a default."""
+        return _origin(key, self.chain, self.overrides)
 
 
 def _parse(path: Path) -> dict:

@@ -37,10 +37,8 @@ class Job:
     def label(self) -> str:
         return f"{self.name} seed {self.seed}" + "".join(f" {text}" for text in self.sweep)
 
-    def load(self, catalogue=None):
-        from .spec import load
-
-        return load(self.path, catalogue, list(self.overrides))
+    def load(self, catalogue):
+        return load_spec(self.path, catalogue, self.overrides)
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,7 @@ class Outcome:
         return self.status in ("ran", "skipped")
 
     def to_json(self) -> dict:
-        return {"job": {**self.job.__dict__, "overrides": list(self.job.overrides), "requires": sorted(self.job.requires),
-                        "sweep": list(self.job.sweep)},
+        return {"job": job_to_json(self.job),
                 "status": self.status, "summary": self.summary, "run_dir": self.run_dir, "error": self.error,
                 "exit_code": self.exit_code, "seconds": self.seconds}
 
@@ -79,6 +76,10 @@ class Outcome:
         job = data["job"]
         return cls(job=job_from_json(job),
                    **{key: data[key] for key in ("status", "summary", "run_dir", "error", "exit_code", "seconds")})
+
+
+def job_to_json(job: Job) -> dict:
+    return {**job.__dict__, "overrides": list(job.overrides), "requires": sorted(job.requires), "sweep": list(job.sweep)}
 
 
 def job_from_json(data: dict) -> Job:
