@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from ignite.utils import manual_seed
 
-from . import artifacts, checkpoint, figures, handlers, sources
+from . import artifacts, checkpoint, figures, handlers, memory, sources
 from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
 from .engine import EpochBatches
 from .errors import DivergedError, PluginError, RunnerError
@@ -37,6 +37,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     rank/world: this process's place in a data-parallel run (see execute_distributed), whose
     folder run_dir the caller made; only rank 0 writes to it.
     """
+    memory.keep_freed_memory()  # each step's activations reuse freed pages instead of new ones
     device = resolve_device(spec.device)
     if rank:
         # This machine's GPU for the process (ignite set it from LOCAL_RANK): across nodes, ranks outnumber GPUs.
