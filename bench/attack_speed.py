@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import plain  # noqa: E402
 from plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
 from runner.sources import probabilities  # noqa: E402
-from runner import artifacts, data, run, spec as spec_module  # noqa: E402
+from runner import artifacts, data, memory, run, spec as spec_module  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 from runner.sources import load_trained  # noqa: E402
 
@@ -66,6 +66,7 @@ def main() -> int:
                         help="images per forward/backward pass; several (32,64,128) are timed side by side")
     parser.add_argument("--reference", action="store_true", help="also time the plain attack; check equality")
     args = parser.parse_args()
+    memory.keep_freed_memory()  # as every run does
     source = data.resolve_source(args.data, None)
     folder = data.locate(source)
     train_images, train_labels = data.load_batches(folder, ["data_batch_1"])

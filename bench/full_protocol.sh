@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# The full-protocol runs behind the README's results, in the order later questions need them
-# (Part 3 attacks the Part 1 Q4 model and transfers to the Part 2 Q1 model).
-# Usage: bash bench/full_protocol.sh [--data PATH]   (extra arguments go to every runner call)
+# The full-protocol runs behind the example report (specs/figures/report.pdf): every homework
+# question's spec with seeds 0, 1 and 2, the studies beyond it with seed 0, one run at a time,
+# in the order later specs need them (Part 3 attacks each seed's Part 1 Q4 model and transfers
+# to its Part 2 Q1 model). Then: runner report OUT -o report.pdf -o report.html -o report.md
+# Usage: bash bench/full_protocol.sh [--data PATH] [--out DIR]   (arguments go to every runner call)
 set -u
 cd "$(dirname "$0")/.."
 r() { runner "$@" "${EXTRA[@]}" || echo "FAILED: runner $*" >&2; }
 EXTRA=("$@")
-r specs/p1_q4_crop.toml --seed 0
-r specs/p2_q1_allconv.toml --seed 0
-r specs/p2_q3_deep_plain.toml --seed 0
-r specs/p2_q4_skip.toml --seed 0
-r specs/p1_q1_raw.toml specs/p1_q2_normalize.toml specs/p1_q3_flip.toml --seed 0
-r specs/p1_q1_raw.toml specs/p1_q2_normalize.toml specs/p1_q3_flip.toml specs/p1_q4_crop.toml --seeds 1,2
-r specs/p2_q2_gradients.toml --seed 0
-r specs/p2_q1_allconv.toml specs/p2_q4_skip.toml --seeds 1,2
-r specs/p2_fix_kaiming.toml specs/p2_fix_residual.toml specs/p2_fix_fixup.toml specs/p2_ref_nobn.toml --seed 0
-r specs/p3_q1_fgsm.toml specs/p3_attack_raw.toml specs/p3_attack_allconv.toml specs/p3_q2_transfer.toml specs/p3_universal.toml
+HOMEWORK=(p1_q1_raw p1_q2_normalize p1_q3_flip p1_q4_crop p2_q1_allconv p2_q2_gradients p2_q3_deep_plain
+          p2_q4_skip p3_q1_fgsm p3_attack_raw p3_attack_allconv p3_q2_transfer)
+STUDIES=(p2_fix_residual p2_fix_fixup p2_fix_kaiming p2_ref_nobn p2_ablate_nobn_kaiming
+         p2_ablate_skip_default_init p3_universal)
+for spec in "${HOMEWORK[@]}"; do r "specs/$spec.toml" --seeds 0,1,2; done
+for spec in "${STUDIES[@]}"; do r "specs/$spec.toml" --seed 0; done
