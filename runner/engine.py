@@ -133,8 +133,11 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
         nonlocal accuracy, confusion
         images, labels = batch
         if accuracy is None:
-            accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(labels.device)
-            confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes).to(labels.device)
+            # Not summed across processes: in a data-parallel run each one evaluates the whole test set.
+            local = {"sync_on_compute": False}
+            accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro",
+                                                                      **local).to(labels.device)
+            confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes, **local).to(labels.device)
         with torch.inference_mode(), autocast(labels.device, precision):
             logits = forward(prepare(images, pipeline, channels_last))
         accuracy.update(logits, labels)

@@ -55,8 +55,14 @@ def test_the_run_completes_with_numbers_gathered_from_both_processes(runs):
 def test_accuracy_matches_a_single_process_run_within_noise(runs):
     single, parallel = (json.loads((run / "summary.json").read_text()) for run in runs)
     # Same data, seed and recipe; only BatchNorm's batch statistics (50 images per process) differ.
-    assert abs(single["test_accuracy"] - parallel["test_accuracy"]) < 0.06
+    # After 40 steps that moves test accuracy as a new seed does (seeds 0-3 in one process: 28-38%).
+    assert abs(single["test_accuracy"] - parallel["test_accuracy"]) < 0.12
     assert parallel["test_accuracy"] > 0.2  # it learned: chance is 0.1
+    # Each process evaluated the whole test set; the matrix counts it once.
+    matrix = parallel["per_class"]["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 1000
+    correct = sum(matrix[i][i] for i in range(10))
+    assert correct / 1000 == pytest.approx(parallel["test_accuracy"], abs=1e-6)
 
 
 def test_what_cannot_run_data_parallel_says_why(tmp_path, capsys):
@@ -121,7 +127,10 @@ def _torchrun_two_nodes(command: list[str], log: Path, **env) -> list[int]:
                     [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                      "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), *command],
                     env=environment, stdout=output, stderr=subprocess.STDOUT))
-            return [agent.wait(timeout=240) for agent in agents]
+            try:
+                return [agent.wait(timeout=240) for agent in agents]
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the torchrun agents still ran after 240 s; their output:\n{log.read_text()}")
     finally:
         _stop(agents)
 
