@@ -119,6 +119,7 @@ def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source,
         catalogue.add_spec_files(spec.path, spec.values)
         execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
                 rank=idist.get_rank(), world=idist.get_world_size())
+        _free_data_parallel_model()
     except RunnerError as exc:
         # Left for execute_distributed to raise again: the parent gets only a traceback's text. Not
         # pickled whole, as unpickling would call __init__ with args (SpecError's rewords them).
@@ -126,6 +127,16 @@ def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source,
             state = pickle.dumps((type(exc), exc.args, exc.__dict__))
             (errors_dir / f"{idist.get_rank()}.pickle").write_bytes(state)
         raise
+
+
+def _free_data_parallel_model() -> None:
+    """Free the finished run's DistributedDataParallel now. It holds the process group, and the
+    run's engines hold it in reference cycles, so it would otherwise go at the interpreter's exit,
+    after ignite destroyed the group: gloo's teardown then can abort the process (SIGABRT,
+    'terminate called without an active exception') after a run that succeeded."""
+    import gc
+
+    gc.collect()
 
 
 def _share_cores(processes_here: int) -> None:
@@ -190,6 +201,7 @@ def _torchrun_worker(local_rank: int, specs: list[Spec], out, data_source, quick
         execute(spec, catalogue, out=out, data_source=data_source, quick=quick, show_progress=False,
                 run_dir=None if resuming else run_dir, resume_dir=run_dir if resuming else None,
                 rank=rank, world=world)
+        _free_data_parallel_model()
         summary = artifacts.read_summary(run_dir) if rank == 0 else None
         summaries.append(json.loads(idist.broadcast(json.dumps(summary), src=0, safe_mode=True)))
 
