@@ -7,8 +7,9 @@ or one the runner trains there first (specs/p1_q4_crop.toml, a few minutes) when
 Training is timed with the plain loop of bench/overhead.py (the spec's recipe, within noise of
 the runner's own rate). The attack is p3_q1_fgsm's (eps 1, until a wrong class has 99%, cap 200) on
 the first --images correctly classified test images in one batch, as the plugin attacks them.
---reference also times the attack written plainly (tests/test_fgsm.py's reference_fgsm, one pass
-of the whole active set per step) and checks that both give the same images, bit for bit.
+--reference also times the attack written plainly (tests/test_fgsm.py's reference_fgsm: one pass
+of the whole active set per step, autograd's own backward) and checks that both give the same
+images, bit for bit.
 
 Usage: python bench/attack_speed.py [--data ARCHIVE] [--out artifacts] [--rounds 3]
        [--images 1000] [--train-batches 50] [--pass-images 64[,N...]] [--reference]
@@ -32,6 +33,7 @@ from overhead import plain  # noqa: E402
 from plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
 from runner.sources import probabilities  # noqa: E402
 from runner import artifacts, data, memory, run, spec as spec_module  # noqa: E402
+from runner.input_grad import shapes_checked  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 from runner.sources import load_trained  # noqa: E402
 
@@ -107,6 +109,9 @@ def main() -> int:
         unit = "images/s (batch 100)" if name == "training" else "image-steps/s"
         print(f"{name:14} {median:7.0f} {unit:21} {median / training:5.2f}x training  "
               f"system time {statistics.median(system[name]):4.0%}  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+    checked = shapes_checked()
+    print(f"layer shapes whose backward was checked against autograd's: {checked['cheaper']} take the cheaper "
+          f"one, {checked['autograd']} autograd's (runner/input_grad.py)")
     if args.reference:
         plain_images, plain_steps = results["plain attack"][:2]
         same = all(torch.equal(results[f"attack /{n}"].images, plain_images)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from runner import Setting, figures, hookimpl
 from runner.artifacts import atomic_path, save_figure, save_torch, write_text
+from runner.input_grad import input_gradients
 from runner.progress import Progress
 from runner.sources import probabilities
 
@@ -92,12 +93,6 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
     Finished images leave the batch and stay frozen. With a target, images of that class are
     failures at 0 steps: they cannot become adversarial by reaching their own class.
     """
-    was_training = model.training
-    model.eval()  # BatchNorm on running statistics: images do not influence each other
-    # Gradients w.r.t. the input only: with the weights frozen autograd records nothing for them.
-    weights = [p for p in model.parameters() if p.requires_grad]
-    for p in weights:
-        p.requires_grad_(False)
     x = images.detach().float().clone()
     original = x.clone()
     labels = labels.to(x.device)
@@ -111,7 +106,9 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
     if target is not None:
         active = active[labels != target]
     sign = -eps if target is not None else eps  # descend the target's loss, ascend the true label's
-    try:
+    # BatchNorm on running statistics (images do not influence each other), frozen weights, and the
+    # cheaper backward passes of runner.input_grad, which give autograd's gradients bit for bit.
+    with input_gradients(model):
         for step in range(max_steps + 1):
             if active.numel() == 0:
                 break
@@ -141,10 +138,6 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
                     moved = torch.minimum(torch.maximum(moved, start - bound), start + bound)
                 x[part[keep]] = moved[keep]
             active = active[~torch.cat(finished)]
-    finally:
-        for p in weights:
-            p.requires_grad_(True)
-        model.train(was_training)
     return AttackResult(x, steps, success, predicted, probability, goal_probability)
 
 

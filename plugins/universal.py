@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from runner import Setting, figures, hookimpl
 from runner.artifacts import save_figure, save_torch
+from runner.input_grad import input_gradients
 
 from runner.sources import completed_runs, probabilities, trained_model
 
@@ -51,27 +52,28 @@ def fit_universal(model, images, *, radius: float, step: float, epochs: int, sto
     `images` are uint8 or float pixel values 0-255; the model takes such values. Labels are not
     needed: an image is fooled when its class differs from the model's class for it unperturbed.
     """
-    model.eval()
     clean = probabilities(model, images, batch_size).argmax(1)
     v = torch.zeros(1, *images.shape[1:], device=images.device)
     history = []
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator, device="cpu").to(images.device)
-        for start in range(0, len(images), batch_size):
-            index = order[start:start + batch_size]
-            perturbation = v.clone().requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(_add(images[index], perturbation))
-                not_fooled = logits.argmax(1) == clean[index]
-                if not not_fooled.any():
-                    continue
-                # Push away from the clean class, only for images v does not fool yet (the paper's rule).
-                loss = F.cross_entropy(logits[not_fooled], clean[index][not_fooled], reduction="sum")
-                (grad,) = torch.autograd.grad(loss, perturbation)
-            v = (v + step * grad.sign()).clamp(-radius, radius)
-        history.append(fooling_rate(model, images, v, clean, batch_size))
-        if history[-1] >= stop_at:
-            break
+    # Eval mode, frozen weights and runner.input_grad's cheaper backward passes (autograd's bits).
+    with input_gradients(model):
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator, device="cpu").to(images.device)
+            for start in range(0, len(images), batch_size):
+                index = order[start:start + batch_size]
+                perturbation = v.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    logits = model(_add(images[index], perturbation))
+                    not_fooled = logits.argmax(1) == clean[index]
+                    if not not_fooled.any():
+                        continue
+                    # Push away from the clean class, only for images v does not fool yet (the paper's rule).
+                    loss = F.cross_entropy(logits[not_fooled], clean[index][not_fooled], reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, perturbation)
+                v = (v + step * grad.sign()).clamp(-radius, radius)
+            history.append(fooling_rate(model, images, v, clean, batch_size))
+            if history[-1] >= stop_at:
+                break
     return v.detach(), history
 
 

@@ -2,8 +2,8 @@
 
 The public API, all a plugin may import (tests/test_structure.py holds plugins to it):
 - names: hookimpl, Setting, the errors, TrainEvents (the trainer's custom events);
-- modules: artifacts (run folders, atomic writes), figures (matplotlib, headless), progress
-  (progress displays), sources (other specs' runs and trained models), blocks (shared model
+- modules: artifacts (run folders, atomic writes), figures (matplotlib, headless), input_grad
+  (gradients w.r.t. a model's input, for attacks), progress (progress displays), sources (other specs' runs and trained models), blocks (shared model
   parts), report (report sections a plugin contributes), results (a run's headline figure).
 """
 import importlib
@@ -14,7 +14,7 @@ from .schema import Setting
 
 __version__ = "0.1.0"
 
-PUBLIC_MODULES = ("artifacts", "blocks", "figures", "progress", "report", "results", "sources")
+PUBLIC_MODULES = ("artifacts", "blocks", "figures", "input_grad", "progress", "report", "results", "sources")
 __all__ = ["DataError", "PluginError", "RunnerError", "Setting", "SpecError", "TrainEvents", "hookimpl",
            *PUBLIC_MODULES]
 
