@@ -3,8 +3,9 @@
 The public API, all a plugin may import (tests/test_structure.py holds plugins to it):
 - names: hookimpl, Setting, the errors, TrainEvents (the trainer's custom events);
 - modules: artifacts (run folders, atomic writes), figures (matplotlib, headless), input_grad
-  (gradients w.r.t. a model's input, for attacks), progress (progress displays), sources (other specs' runs and trained models), blocks (shared model
-  parts), report (report sections a plugin contributes), results (a run's headline figure).
+  (gradients w.r.t. a model's input, for attacks), progress (progress displays), sources (other
+  specs' runs and trained models), blocks (shared model parts), report (report sections a plugin
+  contributes), results (a run's headline figure).
 """
 import importlib
 
