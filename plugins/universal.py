@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from runner import Setting, figures, hookimpl
 from runner.artifacts import save_figure, save_torch
 from runner.input_grad import input_gradients
-
 from runner.sources import completed_runs, probabilities, trained_model
 
 RUN_MODEL = "source"  # the attacked model is this run's model
@@ -52,6 +51,7 @@ def fit_universal(model, images, *, radius: float, step: float, epochs: int, sto
     `images` are uint8 or float pixel values 0-255; the model takes such values. Labels are not
     needed: an image is fooled when its class differs from the model's class for it unperturbed.
     """
+    model.eval()
     clean = probabilities(model, images, batch_size).argmax(1)
     v = torch.zeros(1, *images.shape[1:], device=images.device)
     history = []
