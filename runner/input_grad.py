@@ -113,6 +113,8 @@ class _Layer:
             return self.forward(x)
         key = (type(self).__name__, tuple(x.shape), self.shape_of_weights(), x.stride(), x.dtype,
                torch.get_num_threads())
+        if _SAME.get(key) is False:  # the cheaper backward differed here: autograd records as usual
+            return self.forward(x)
         return _CheckedBackward.apply(x, self, key)
 
     def shape_of_weights(self) -> tuple:
@@ -190,10 +192,10 @@ class _HalvingAvgPool(_Layer):
 class _BatchNormReluPool(_Layer):
     def __init__(self, modules):
         super().__init__(modules)
-        self.norm = _RunningBatchNorm(modules[0])
+        self.norm, self.pool = _RunningBatchNorm(modules[0]), _HalvingAvgPool(modules[2])
 
     def applies_to(self, x):
-        return self.norm.applies_to(x) and _HalvingAvgPool(self.module[2]).applies_to(x)
+        return self.pool.applies_to(x)
 
     def forward(self, x):
         return self.run(x)[0]
@@ -213,21 +215,25 @@ class _BatchNormReluPool(_Layer):
 
 
 class _CheckedBackward(torch.autograd.Function):
+    """The layer's forward; its backward the cheaper one, or on a shape's first call autograd's,
+    compared with the cheaper one to decide that shape."""
+
     @staticmethod
     def forward(ctx, x, layer, key):
         output, ctx.kept = layer.run(x)
         ctx.layer, ctx.key, ctx.x_shape = layer, key, x.shape
-        if not _SAME.get(key, False):  # autograd's backward is run from the input
+        ctx.checking = key not in _SAME
+        if ctx.checking:  # autograd's backward is run from the input
             ctx.save_for_backward(x)
         return output
 
     @staticmethod
     def backward(ctx, grad):
         layer = ctx.layer
-        if _SAME.get(ctx.key, False):
+        if not ctx.checking:
             return layer.backward(ctx.x_shape, grad, *ctx.kept), None, None
         (x,) = ctx.saved_tensors
         stock = layer.autograd_backward(x, grad)
-        if ctx.key not in _SAME:
+        if ctx.key not in _SAME:  # several passes of a new shape may be in flight at once
             _SAME[ctx.key] = layer.applies_to(x) and torch.equal(layer.backward(ctx.x_shape, grad, *ctx.kept), stock)
         return stock, None, None
