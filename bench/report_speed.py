@@ -10,7 +10,6 @@ Usage: python bench/report_speed.py [--runs DIR [--quick]] [--data ARCHIVE] [--r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -19,12 +18,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.artifacts import completed_runs  # noqa: E402
 
 
 def runs_in(folder: Path) -> int:
-    """Completed runs under folder (a run folder holds summary.json)."""
-    return sum(1 for path in folder.glob("*/*/summary.json")
-               if json.loads(path.read_text()).get("status", "completed") == "completed")
+    """Completed runs under folder (OUT/<spec>/<run>)."""
+    return sum(len(completed_runs(folder, spec.name)) for spec in folder.iterdir() if spec.is_dir())
 
 
 def main() -> int:
