@@ -22,6 +22,7 @@ from .builders import build_engines, build_model, build_transforms, device_name,
 from .engine import EpochBatches
 from .errors import DivergedError, PluginError, RunnerError
 from .fingerprint import code_version, fingerprint
+from .machine_load import OtherWork
 from .metrics import MetricsLog, per_class
 from .plugins import Catalogue
 from .results import headline
@@ -126,12 +127,16 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     resumed_at = checkpoint.attach(run)
     setup_seconds = time.perf_counter() - run.started
 
+    other_work = OtherWork()
     train_seconds = _train(run, batches, resumed_at)
+    other_cores = other_work.cores()
     eval_seconds = _evaluate(run)
     if run.rank:
         return  # rank 0 writes the results
 
     _summarize(run, train_seconds, eval_seconds, setup_seconds)
+    # Cores other processes kept busy while it trained: its seconds are a quiet machine's only near 0.
+    run.results["other_work_cores"] = other_cores
     run.call_plugins("run_finished", run=run, results=run.results)
     # This process's time on the run, attacks and other run_finished work included: what --jobs
     # schedules by (a resumed run counts from its resumption).

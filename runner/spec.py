@@ -137,7 +137,18 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
     # `name` and `question` describe one file; they are not inherited.
     merged.pop("name", None)
     merged.pop("question", None)
-    return merge(merged, table), chain + [path]
+    return _plugins_in_file_order(merge(merged, table), table), chain + [path]
+
+
+def _plugins_in_file_order(merged: dict, table: dict) -> dict:
+    """Plugins run in [plugins.*] order, and a file that lists a plugin places it: the tables it
+    lists come after the inherited ones, in its order (a spec that lists [plugins.skip] then
+    [plugins.init] gets skip's blocks before init, whatever its parents listed first)."""
+    plugins, own = merged.get("plugins"), table.get("plugins")
+    if isinstance(plugins, dict) and isinstance(own, dict):
+        merged["plugins"] = {**{k: v for k, v in plugins.items() if k not in own},
+                             **{k: plugins[k] for k in own if k in plugins}}
+    return merged
 
 
 def _anchor_paths(table: dict, path: Path) -> None:
