@@ -71,6 +71,9 @@ class AttackResult:
     predicted: torch.Tensor    # int64: the model's class for `images`
     probability: torch.Tensor  # float: its probability
     goal_probability: torch.Tensor  # float: max wrong-class probability (or the target's), the stop test
+    # int64: the first step at which the model's class was wrong (-1: never), which the 99% stop
+    # rule overshoots by the rest of `steps`
+    first_wrong: torch.Tensor | None = None
 
 
 # Images per forward/backward pass. At 1,000 images a Table 1 net's activations are ~130 MB
@@ -102,6 +105,7 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
     predicted = torch.zeros(n, dtype=torch.long, device=x.device)
     probability = torch.zeros(n, device=x.device)
     goal_probability = torch.zeros(n, device=x.device)
+    first_wrong = torch.full((n,), -1, dtype=torch.long, device=x.device)
     active = torch.arange(n, device=x.device)
     if target is not None:
         active = active[labels != target]
@@ -122,6 +126,8 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
                 done = goal >= confidence
                 top = probs.max(1)
                 predicted[part], probability[part] = top.indices, top.values
+                now_wrong = (top.indices != labels[part]) & (first_wrong[part] < 0)
+                first_wrong[part[now_wrong]] = step
                 goal_probability[part], steps[part] = goal, step
                 success[part[done]] = True
                 finished.append(done)
@@ -138,7 +144,7 @@ def iterative_fgsm(model, images, labels, *, eps: float, max_steps: int, confide
                     moved = torch.minimum(torch.maximum(moved, start - bound), start + bound)
                 x[part[keep]] = moved[keep]
             active = active[~torch.cat(finished)]
-    return AttackResult(x, steps, success, predicted, probability, goal_probability)
+    return AttackResult(x, steps, success, predicted, probability, goal_probability, first_wrong)
 
 
 def goal_of(probs, labels, target: int | None = None) -> torch.Tensor:
@@ -250,7 +256,8 @@ def _attack_pairs(run, model, chosen, attack, settings, summary) -> dict:
     measured = distortion(adversarial, originals)
     for i, row in enumerate(rows):
         row.update({
-            "steps": int(result.steps[i]), "success": bool(result.success[i]),
+            "steps": int(result.steps[i]), "steps_to_wrong": int(result.first_wrong[i]),
+            "success": bool(result.success[i]),
             "predicted": int(back_class[i]), "predicted_name": names[int(back_class[i])],
             "probability": round(float(back_prob[i]), 5), "png_adversarial": bool(still[i]),
             "linf": float(measured["linf"][i]), "l2": round(float(measured["l2"][i]), 3),
@@ -289,10 +296,12 @@ def _attack_set(run, model, indices, attack, settings, summary) -> dict:
     labels, originals = run.test_labels[indices], run.test_images[indices]
     if parts:
         steps, success = torch.cat([p.steps for p in parts]), torch.cat([p.success for p in parts])
+        first_wrong = torch.cat([p.first_wrong for p in parts])
         images = to_uint8(torch.cat([p.images for p in parts]))
     else:
         steps = torch.zeros(0, dtype=torch.long, device=run.device)
         success = torch.zeros(0, dtype=torch.bool, device=run.device)
+        first_wrong = steps.clone()
         images = originals.clone()
     # Rounding to 8 bits is exact for integer eps; for any other eps this counts what survives it.
     probs = probabilities(model, images, settings["batch_size"])
@@ -314,12 +323,37 @@ def _attack_set(run, model, indices, attack, settings, summary) -> dict:
         "attack_seconds": round(seconds, 3),
         "attack_images_per_second": round(attacked / seconds, 2) if seconds > 0 else None,
         "top_switches": top_switches(labels[success], probs.argmax(1)[success], run.class_names),
+        **_spread(measured, success, first_wrong, steps, indices, labels, probs.argmax(1), run.class_names),
     })
     figure = _steps_figure(steps.tolist(), success.tolist(), attack["max_steps"], run.spec.name, summary)
     save_figure(run.dir / "steps_histogram.png", figure)
     figures.close(figure)
     return {"images": images, "labels": labels, "indices": indices, "success": success, "steps": steps,
             "predicted": probs.argmax(1)}
+
+
+def _spread(measured, success, first_wrong, steps, indices, labels, reached, names) -> dict:
+    """How the fooled images' distortion is spread (quartiles of L-inf and PSNR, the most damaged
+    image) and how far the 99% rule carries an image past its first wrong class."""
+    if not bool(success.any()):
+        return {}
+    quantiles = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
+    linf = measured["linf"][success].float().cpu()
+    psnr = measured["psnr"][success].float().cpu()
+    psnr = psnr[torch.isfinite(psnr)]
+    # Below 50% confidence an image can meet the goal while its class is still right: no overshoot.
+    wrong = torch.where(first_wrong < 0, steps, first_wrong)[success].cpu()
+    worst = int(measured["linf"].masked_fill(~success, -1).argmax())
+    return {
+        "linf_quantiles": [round(float(v), 2) for v in torch.quantile(linf, quantiles)],  # min, q1, median, q3, p90, max
+        "psnr_quantiles": [round(float(v), 2) for v in torch.quantile(psnr, quantiles)] if psnr.numel() else None,
+        "median_steps_to_wrong": float(wrong.median()),
+        "median_overshoot_steps": float((steps[success].cpu() - wrong).median()),
+        "worst": {"test_index": int(indices[worst]), "true": names[int(labels[worst])],
+                  "reached": names[int(reached[worst])], "steps": int(steps[worst]),
+                  "steps_to_wrong": int(first_wrong[worst]), "linf": float(measured["linf"][worst]),
+                  "psnr": _finite(measured["psnr"][worst])},
+    }
 
 
 def top_switches(labels: torch.Tensor, predicted: torch.Tensor, names, most: int = 5) -> list[dict]:
@@ -342,7 +376,7 @@ def _finite(value):
 
 def _write_csv(path, rows) -> None:
     buffer = io.StringIO()
-    columns = ["class", "class_name", "k", "test_index", "steps", "success", "predicted", "predicted_name",
+    columns = ["class", "class_name", "k", "test_index", "steps", "steps_to_wrong", "success", "predicted", "predicted_name",
                "probability", "png_adversarial", "linf", "l2", "psnr", "file"]
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
