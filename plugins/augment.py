@@ -91,31 +91,6 @@ def _extends(longer: list, shorter: list) -> bool:
     return len(shorter) < len(longer) and all(name in rest for name in shorter)
 
 
-def _word(change: float, noise: float, words: tuple[str, str]) -> str:
-    """A difference in words; within the noise it is "about the same as"."""
-    return "about the same as" if abs(change) <= noise else words[change < 0]
-
-
-def compare(this, previous) -> dict:
-    """Fields `vs_previous` of a spec against the one with a transform fewer: test_change,
-    train_change, gap_change (fractions) and their words ("higher than", "lower than", "about the
-    same as"; for the gap between training and test accuracy "wider than", "narrower than"). A
-    change within 1 point, or within 2 standard errors of the difference of the means, is about the same."""
-    import math
-
-    (test, sd), (before, sd_before) = this.mean_sd(), previous.mean_sd()
-    noise = max(0.01, 2 * math.sqrt((sd or 0) ** 2 / len(this.runs) + (sd_before or 0) ** 2 / len(previous.runs)))
-    fields = {"spec": previous.name, "test_change": test - before}
-    fields["test_word"] = _word(fields["test_change"], noise, ("higher than", "lower than"))
-    train, train_before = this.mean_sd("final_running_train_accuracy")[0], previous.mean_sd("final_running_train_accuracy")[0]
-    if train is not None and train_before is not None:
-        fields["train_change"] = train - train_before
-        fields["train_word"] = _word(fields["train_change"], noise, ("higher than", "lower than"))
-        fields["gap_change"] = (train - test) - (train_before - before)
-        fields["gap_word"] = _word(fields["gap_change"], noise, ("wider than", "narrower than"))
-    return fields
-
-
 def class_changes(this, previous) -> list[tuple[str, float, float, float]]:
     """(class, accuracy before, after, change) per class, mean over seeds; [] without per-class results."""
     if not (this.representative.get("per_class") and previous.representative.get("per_class")):
@@ -138,7 +113,7 @@ def report_sections(runs):
     a per-class table; and, in the last spec of such a chain, its runs' training curves on one plot."""
     from runner import figures
     from runner.artifacts import save_figure
-    from runner.report import Figure, Section, Table
+    from runner.report import Figure, Section, Table, compare
 
     trained = [spec for spec in runs.values() if spec.trained]
     sections, chains = [], {}

@@ -102,3 +102,12 @@ def change_model(model, settings):
     else:
         kaiming(model, settings["layers"])
     return None
+
+
+@hookimpl
+def describe_setup(settings):
+    which = "convs and linears" if settings["layers"] == "all" else "convs"
+    if settings["scheme"] == "fixup":
+        return {"initialization": f"Fixup: He normal on the {which}, each residual branch's last conv zeroed, "
+                                  "its others scaled down with depth"}
+    return {"initialization": f"He normal (fan_in, ReLU gain) on the {which}, zero biases"}

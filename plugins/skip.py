@@ -143,3 +143,12 @@ def wrap(model: nn.Module, settings: dict) -> nn.Sequential:
 @hookimpl
 def change_model(model, settings):
     return wrap(model, settings)
+
+
+@hookimpl
+def describe_setup(settings):
+    which = "the inserted convs" if settings["layers"] == "inserted" else "every run of shape-preserving convs"
+    gate = "a learnable gate starting at 0" if settings["gate"] == "zero" else "no gate"
+    shortcut = "identity" if settings["shortcut"] == "identity" else "1x1-conv"
+    relu = ", ReLU after the addition" if settings["final_relu"] else ""
+    return {"residual blocks": f"{which} in blocks of {settings['block']}, {shortcut} shortcut, {gate}{relu}"}

@@ -83,6 +83,16 @@ def run_finished(run, results, settings):
 
 
 @hookspec
+def describe_setup(settings):
+    """What this plugin changes of a run's training setup, in words, for the report's table of
+    each part's setup: {row: text}, such as {"initialization": "He normal (fan_in, ReLU gain)"}.
+
+    A run hook (the enabled plugins, each with its settings). Plugins that only watch a run
+    (live plots, gradient logging) leave it out, and so stay out of the table.
+    """
+
+
+@hookspec
 def report_sections(runs):
     """Add to `runner report`: return a list of `runner.report.Section` (or None).
 

@@ -100,6 +100,7 @@ def validate_table(table: Any, schema: dict[str, Setting], *, file, prefix: str)
 TOP = {
     "name": Setting("", "run name; default the spec file's stem"),
     "question": Setting("", "the homework question in one line, for the report"),
+    "title": Setting("", "a short name in words for the report's captions and tables (default: the spec's name)"),
     "seed": Setting(0, "random seed", min=0),
     "device": Setting("auto", "where to run", choices=("auto", "cpu", "cuda")),
     "requires": Setting([], "specs (paths relative to this file) whose trained models this one uses", item=str),

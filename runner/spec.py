@@ -114,6 +114,11 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# Keys that describe a spec file rather than what it runs: not inherited, and a change to them
+# leaves earlier runs of the spec its runs.
+DESCRIPTIVE = ("name", "question", "title")
+
+
 def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
     path = path.resolve()
     if path in seen:
@@ -134,9 +139,9 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
         parent_table, parent_chain = _resolve(parent_path, seen + (path,))
         merged = merge(merged, parent_table)
         chain += parent_chain
-    # `name` and `question` describe one file; they are not inherited.
-    merged.pop("name", None)
-    merged.pop("question", None)
+    # `name`, `question` and `title` describe one file; they are not inherited.
+    for key in DESCRIPTIVE:
+        merged.pop(key, None)
     return _plugins_in_file_order(merge(merged, table), table), chain + [path]
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from .. import artifacts
 from ..errors import RunnerError
 from .build import build, say
+from .compare import compare
 from .collect import Runs, SpecRuns, collect, gather, latest_per_seed, spec_path, spec_runs
 from .document import Document, Figure, Paragraph, Section, Table
 from .markdown import results_table
 from .templates import Fields, accuracy_text, explanations, fill_template, template_fields
 
-__all__ = ["Document", "Fields", "accuracy_text", "Figure", "Paragraph", "Runs", "Section", "SpecRuns", "Table", "collect",
+__all__ = ["Document", "Fields", "accuracy_text", "compare", "Figure", "Paragraph", "Runs", "Section", "SpecRuns", "Table", "collect",
            "explanations", "fill_template", "latest_per_seed", "make_runs", "results_table", "spec_path",
            "template_fields", "write_report"]
 

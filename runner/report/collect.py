@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts
+from ..spec import DESCRIPTIVE
 
 # This project's own specs: the last place a run's spec file is looked for.
 PROJECT_SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -51,6 +52,8 @@ def _comparable(values: dict) -> dict:
     protocol (--device is routine), and paths are anchored in the checkout that made the run,
     so required specs and plugin files count by file name."""
     values = dict(values, requires=[Path(p).name for p in values.get("requires", [])])
+    for key in DESCRIPTIVE:  # words about the spec, not its protocol
+        values.pop(key, None)
     values.pop("device", None)
     values["data"] = {k: v for k, v in values.get("data", {}).items() if k != "root"}
     values["plugins"] = {name: dict(table, path=Path(table["path"]).name) if table.get("path") else table
@@ -141,6 +144,25 @@ class SpecRuns:
     @property
     def question(self) -> str:
         return self.spec.get("question") or ""
+
+    @property
+    def title(self) -> str:
+        """The spec's name in words (its spec file's `title`, which runs made before it was written
+        lack), else its name."""
+        if self.spec_file and self.spec_file.is_file():
+            try:
+                own = tomllib.loads(self.spec_file.read_text()).get("title")
+            except (OSError, tomllib.TOMLDecodeError):
+                own = None
+            if isinstance(own, str) and own:
+                return own
+        return self.spec.get("title") or self.name
+
+    @property
+    def label(self) -> str:
+        """"P1 Q2" of a question "P1 Q2: ...", else the text before the colon ("Beyond P2 Q1")."""
+        asked = QUESTION.match(self.question)
+        return asked[0] if asked else self.question.partition(":")[0]
 
     @property
     def trained(self) -> bool:

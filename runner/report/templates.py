@@ -10,6 +10,10 @@ tables), and besides the summary's keys every spec has
 - `train_accuracy_mean`: its final running training accuracy, mean over seeds, and `gap`: that
   minus the mean test accuracy (the overfitting);
 
+- `vs`: the spec against any other in the report, `{this.vs.other.test_word}` ("higher than",
+  "lower than", "about the same as": see compare.py), `.test_change`, `.train_word`, `.gap_word`:
+  a comparative sentence written with these follows the numbers, whichever way they fall;
+
 and whatever fields plugins add for it (their report_sections). HTML comments are left out. A
 section whose spec has no runs in the report is skipped silently; a paragraph with a field without
 a value (a run it quotes is missing) is left out and named on stderr.
@@ -22,6 +26,7 @@ import sys
 from pathlib import Path
 
 from .collect import Runs, SpecRuns
+from .compare import compare
 
 
 class Fields(dict):
@@ -35,7 +40,21 @@ class Fields(dict):
 
     def __getitem__(self, key):
         value = super().__getitem__(str(key) if str(key) in self else key)
-        return Fields(value) if isinstance(value, dict) else value
+        return Fields(value) if isinstance(value, dict) and not isinstance(value, Fields) else value
+
+
+class Comparisons(Fields):
+    """`{spec.vs.other...}`: one spec compared with each other spec of the report, on first use."""
+
+    def __init__(self, spec: SpecRuns, runs: Runs):
+        super().__init__()
+        self.spec, self.runs = spec, runs
+
+    def __missing__(self, other):
+        if other not in self.runs:
+            raise KeyError(other)
+        self[other] = compare(self.spec, self.runs[other])
+        return super().__getitem__(other)
 
 
 def accuracy_text(mean: float, sd: float | None, seeds: int) -> str:
@@ -55,7 +74,7 @@ def spec_fields(spec: SpecRuns) -> dict:
 
 def template_fields(runs: Runs, added: dict[str, dict] | None = None) -> Fields:
     """Every spec's fields, with the fields plugins added for it (`added`: spec name -> fields)."""
-    fields = {name: spec_fields(spec) for name, spec in runs.items()}
+    fields = {name: dict(spec_fields(spec), vs=Comparisons(spec, runs)) for name, spec in runs.items()}
     for name, extra in (added or {}).items():
         fields.setdefault(name, {}).update(extra)
     return Fields(fields)
