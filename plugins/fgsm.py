@@ -344,7 +344,13 @@ def _spread(measured, success, first_wrong, steps, indices, labels, reached, nam
     # Below 50% confidence an image can meet the goal while its class is still right: no overshoot.
     wrong = torch.where(first_wrong < 0, steps, first_wrong)[success].cpu()
     worst = int(measured["linf"].masked_fill(~success, -1).argmax())
+    classes = len(names)
+    reached_counts = torch.bincount((labels[success] * classes + reached[success]).cpu(), minlength=classes ** 2)
     return {
+        # The report draws its figures from these, so a clone without adversarial_set.pt still has them.
+        "reached_counts": reached_counts.view(classes, classes).tolist(),  # true class x class reached
+        "steps_counts": torch.bincount(steps[success].cpu()).tolist(),  # fooled images by steps to 99%
+        "steps_to_wrong_counts": torch.bincount(wrong).tolist(),  # ... by steps to their first wrong class
         "linf_quantiles": [round(float(v), 2) for v in torch.quantile(linf, quantiles)],  # min, q1, median, q3, p90, max
         "psnr_quantiles": [round(float(v), 2) for v in torch.quantile(psnr, quantiles)] if psnr.numel() else None,
         "median_steps_to_wrong": float(wrong.median()),
@@ -480,8 +486,7 @@ def reached_figure(run_dir: Path, title: str):
 def report_sections(runs):
     """Each attack's numbers as a table, its images, its steps and where its images went (true
     class against the class reached); the field `switches` for its explanation template."""
-    from runner.artifacts import save_figure
-    from runner.report import Figure, Section, Table
+    from runner.report import Section, Table
 
     sections = []
     for spec in runs.using("fgsm"):
@@ -501,20 +506,105 @@ def report_sections(runs):
             f"at most {summary.get('max_steps')} steps, until a wrong class has at least "
             f"{summary.get('confidence', 0):.0%}); distances in gray levels over the 3,072 values of an image.",
             small=True)]
-        # The small figures first: they fill what is left of a page, the tall one starts the next.
-        if path := spec.figure("steps_histogram.png"):
-            blocks.append(Figure(path, f"Steps each attacked image needed ({spec.name}).", 0.5))
-        figure = reached_figure(spec.run_dir, f"{spec.name}: where the fooled images went")
-        if figure is not None:
-            path = runs.workdir / f"reached_{spec.name}.png"
-            save_figure(path, figure)
-            figures.close(figure)
-            blocks.append(Figure(path, f"True class against the class the attack reached, over the "
-                                       f"{summary.get('succeeded')} fooled images ({spec.name}).", 0.5))
-        if path := spec.figure("adversarial_pairs.png"):
-            blocks.append(Figure(path, f"The {summary.get('pairs_count')} shown images ({spec.name}): original, "
-                                       "adversarial (the class the net gives it and its probability) and the "
-                                       "perturbation, amplified.", 0.55))
+        blocks += _report_figures(spec, summary, runs.workdir)
         sections.append(Section(spec=spec.name, blocks=blocks,
-                                fields={"switches": switches_text(summary.get("top_switches"))}))
+                                fields={"switches": switches_text(summary.get("top_switches")),
+                                        **pairs_fields(summary.get("pairs") or [])}))
     return sections
+
+
+def pairs_fields(rows: list[dict]) -> dict:
+    """The shown pairs' spread for the template: `pairs_linf` (median, min, max), `pairs_psnr`
+    (min, max, dB) and `pairs_worst`, the most changed shown image's row."""
+    fooled = [r for r in rows if r.get("success")]
+    if not fooled:
+        return {}
+    linf = [r["linf"] for r in fooled]
+    psnr = [r["psnr"] for r in fooled if r.get("psnr") is not None]
+    return {"pairs_linf": {"median": statistics.median(linf), "min": min(linf), "max": max(linf)},
+            "pairs_psnr": {"min": min(psnr), "max": max(psnr)} if psnr else None,
+            "pairs_worst": max(fooled, key=lambda r: r["linf"])}
+
+
+def _report_figures(spec, summary, folder) -> list:
+    """An attack's figures drawn for the page, from its summary and PNGs: the steps to a wrong
+    class and to 99%, where the fooled images went, and the shown pairs in two full-width halves."""
+    from runner.report import Figure
+
+    names = (spec.representative.get("per_class") or {}).get("classes") or [str(c) for c in range(10)]
+    title = spec.title
+    drawn = []
+    if summary.get("steps_counts"):
+        drawn.append((_steps_report_figure(summary), "steps", 0.5,
+                      f"Steps {title} needed per fooled image: to its first wrong class, and to {summary['confidence']:.0%} "
+                      "on a wrong class, where the attack stops."))
+    counts = summary.get("reached_counts")
+    figure = (figures.confusion_matrix(counts, names, "", xlabel="class reached", ylabel="true class", size=(3.4, 3.0))
+              if counts else reached_figure(spec.run_dir, ""))
+    if figure is not None:
+        drawn.append((figure, "reached", 0.5, f"Where the {summary.get('succeeded')} fooled images of {title} went: "
+                                              "true class (rows) against the class reached (columns)."))
+    rows = [r for r in summary.get("pairs", []) if (spec.run_dir / "adversarial" / f"{r['file']}_adv.png").is_file()]
+    if rows:
+        originals = torch.stack([load_png(spec.run_dir / "adversarial" / f"{r['file']}_orig.png") for r in rows])
+        adversarial = torch.stack([load_png(spec.run_dir / "adversarial" / f"{r['file']}_adv.png") for r in rows])
+        gain = _perturbation(adversarial, originals)[1]
+        half = (len(rows) + 1) // 2 // 2 * 2  # an even count: both images of a class on one figure
+        for part, chosen in enumerate((range(0, half), range(half, len(rows))), 1):
+            picked = list(chosen)
+            if not picked:
+                continue
+            first, last = rows[picked[0]]["class_name"], rows[picked[-1]]["class_name"]
+            drawn.append((_pairs_page(originals[picked], adversarial[picked], [rows[i] for i in picked], gain),
+                          f"pairs{part}", 1.0,
+                          f"Adversarial images of {title}, {first} to {last} ({part} of 2): each original, its "
+                          f"adversarial image (the class the net gives it, its probability, the steps taken) and the "
+                          f"perturbation, amplified {gain:.1f}x around gray."))
+    blocks = []
+    for figure, key, width, caption in drawn:
+        path = folder / f"fgsm_{key}_{spec.name}.png"
+        save_figure(path, figure)
+        figures.close(figure)
+        blocks.append(Figure(path, caption, width))
+    return blocks
+
+
+def _steps_report_figure(summary):
+    plt = figures.plt
+    figure, axes = plt.subplots(figsize=(3.4, 2.6))
+    for key, label, color in (("steps_to_wrong_counts", "first wrong class", "tab:orange"),
+                              ("steps_counts", f"{summary['confidence']:.0%} on a wrong class", "tab:blue")):
+        counts = summary.get(key) or []
+        axes.step(range(len(counts)), counts, where="mid", color=color, lw=1.2, label=label)
+    axes.set_xlabel("FGSM steps (gray levels)", fontsize=8)
+    axes.set_ylabel("fooled images", fontsize=8)
+    axes.tick_params(labelsize=8)
+    axes.set_xlim(0, max(len(summary.get("steps_counts") or [1]), 2) * 0.6)
+    axes.legend(fontsize=7.5)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _pairs_page(originals, adversarial, rows, gain):
+    """The shown pairs at print size (7 in wide, two originals per row): original | adversarial |
+    perturbation, one short title line each."""
+    plt = figures.plt
+    delta = ((adversarial.float() - originals.float()) * gain + 128).round().clamp(0, 255).to(torch.uint8)
+    per_row = 2
+    nrows = math.ceil(len(rows) / per_row)
+    figure, axes = plt.subplots(nrows, 3 * per_row, figsize=(7, nrows * 1.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        r, c = divmod(i, per_row)
+        psnr = f"{row['psnr']:.1f} dB" if row.get("psnr") is not None else "inf dB"
+        panels = ((originals[i], row["class_name"]),
+                  (adversarial[i], f"{row['predicted_name']} {row['probability']:.0%}, {row['steps']} st."),
+                  (delta[i], f"L-inf {row['linf']:.0f}, {psnr}"))
+        for j, (image, text) in enumerate(panels):
+            ax = axes[r, 3 * c + j]
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(text, fontsize=7.5, color="crimson" if j == 1 and not row["png_adversarial"] else "black")
+    figure.tight_layout(pad=0.3, h_pad=0.6, w_pad=0.3)
+    return figure

@@ -198,8 +198,9 @@ def run_finished(run, results, settings):
     from runner import artifacts
 
     title = getattr(getattr(run, "spec", None), "name", "")
-    for filename, make in (("grad_first_last.png", first_last_figure), ("grad_heatmap.png", heatmap_figure)):
-        figure = make(table, state, title)
+    first, last = _first_last(state)
+    for filename, figure in (("grad_first_last.png", first_last_figure(table, first, last, title)),
+                             ("grad_heatmap.png", heatmap_figure(table, state.names, title))):
         try:
             artifacts.save_figure(run.dir / filename, figure)
         finally:
@@ -214,28 +215,27 @@ def _recorded(table: dict, name: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def first_last_figure(table: dict, state: GradMagnitude, title: str = ""):
+def first_last_figure(table: dict, first: str, last: str, title: str = "", size=(7, 4)):
     from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
     import matplotlib.pyplot as plt
 
-    first, last = _first_last(state)
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=size)
     for name, label in ((first, "first conv"), (last, "last conv")):
         x, y = _recorded(table, name)
         axes.plot(x, y, lw=1.2, marker="." if len(x) < 50 else None, label=f"{label}: {name[2:]}")
     axes.set_yscale("log")
     axes.set(xlabel="iteration", ylabel="G = max |dL/dw|",
-             title=f"Gradient magnitude of the first and last conv layer{' - ' + title if title else ''}")
+             title=f"Gradient magnitude of the first and last conv layer - {title}" if title else None)
     axes.grid(alpha=0.3, which="both")
     axes.legend(loc="best")
+    figure.tight_layout()
     return figure
 
 
-def heatmap_figure(table: dict, state: GradMagnitude, title: str = ""):
+def heatmap_figure(table: dict, names: list[str], title: str = "", width: float = 8, fontsize: float = 7):
     from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
     import matplotlib.pyplot as plt
 
-    names = state.names
     # Only recorded iterations become columns, so `every` leaves no empty stripes.
     iterations = _recorded_iterations(table, names)
     log_g = [[math.log10(v) if math.isfinite(v) and v > 0 else float("nan")
@@ -245,13 +245,14 @@ def heatmap_figure(table: dict, state: GradMagnitude, title: str = ""):
     x_edges = [iterations[0] - 0.5] + middles + [iterations[-1] + 0.5]
     y_edges = [i - 0.5 for i in range(len(names) + 1)]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # G = 0 (no log) or no gradient
-    figure, axes = plt.subplots(figsize=(8, max(3.0, 0.22 * len(names) + 1.5)))
+    figure, axes = plt.subplots(figsize=(width, max(2.6, 0.016 * fontsize * len(names) + 1.3)))
     mesh = axes.pcolormesh(x_edges, y_edges, log_g, shading="flat", cmap=cmap)
-    axes.set_yticks(range(len(names)), [n[2:] for n in names], fontsize=7)
+    axes.set_yticks(range(len(names)), [n[2:].split(" (")[0] for n in names], fontsize=fontsize)
     axes.invert_yaxis()  # first layer at the top, as the forward pass reads
     axes.set(xlabel="iteration", ylabel="layer (forward order)",
-             title=f"log10 G per layer{' - ' + title if title else ''}")
+             title=f"log10 G per layer - {title}" if title else None)
     figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|  (grey: zero or no gradient)")
+    figure.tight_layout()
     return figure
 
 
@@ -282,6 +283,35 @@ def gradients_table(runs) -> list[list[str]]:
     return rows
 
 
+def _report_figures(spec, folder) -> list:
+    """A spec's G figures, drawn for the page from its representative run's metrics.csv: first and
+    last conv over iterations, and every layer as a heat map."""
+    from runner import artifacts, figures
+    from runner.metrics import read_csv
+    from runner.report import Figure
+
+    summary = spec.representative.get("grad_magnitude") or {}
+    metrics = spec.run_dir / "metrics.csv"
+    if not summary.get("first") or not metrics.is_file():
+        return []
+    table = read_csv(metrics)
+    names = [c for c in table if c.startswith("G/")]
+    seed = spec.representative.get("seed")
+    blocks = []
+    for file_name, figure, caption in (
+            ("first_last", first_last_figure(table, summary["first"], summary["last"], size=(7, 2.8)),
+             f"$G = max_i |∂L \\/ ∂w_i|$ of the first and the last conv layer of {spec.title} over iterations "
+             f"(seed {seed}, log scale)."),
+            ("heatmap", heatmap_figure(table, names, width=7, fontsize=8),
+             f"$log_10 G$ of every conv layer of {spec.title} (rows, in forward order) over iterations (seed {seed}); "
+             "grey: a gradient of exactly zero.")):
+        path = folder / f"grad_{file_name}_{spec.name}.png"
+        artifacts.save_figure(path, figure)
+        figures.close(figure)
+        blocks.append(Figure(path, caption, 1.0))
+    return blocks
+
+
 @hookimpl
 def report_sections(runs):
     """Each spec's G figures, and one section comparing every spec's gradients."""
@@ -289,14 +319,7 @@ def report_sections(runs):
 
     sections = []
     for spec in runs.values():
-        shown = f"seed {spec.representative.get('seed')}"
-        blocks = []
-        if path := spec.figure("grad_first_last.png"):
-            blocks.append(Figure(path, f"G = max |dL/dw| of the first and the last conv layer of {spec.name} over "
-                                       f"iterations ({shown}, log scale).", 0.33))
-        if path := spec.figure("grad_heatmap.png"):
-            blocks.append(Figure(path, f"log10 G of every conv layer of {spec.name} (rows, forward order) over "
-                                       f"iterations ({shown}).", 0.33))
+        blocks = _report_figures(spec, runs.workdir)
         if blocks:
             sections.append(Section(spec=spec.name, blocks=blocks))
     rows = gradients_table(runs)

@@ -168,8 +168,9 @@ def _matrix(run, settings) -> dict:
 
 def _accuracy_figure(summary, title):
     plt = figures.plt
-    figure, axes = plt.subplots(figsize=(6.5, 4))
-    groups = [("20 shown images", summary["pairs"]), (f"all {summary['set_n']} adversarial", summary["set"])]
+    # Drawn at print size: half a page's width, 8-point text.
+    figure, axes = plt.subplots(figsize=(3.4, 2.8))
+    groups = [(f"{summary['pairs_n']} shown", summary["pairs"]), (f"all {summary['set_n']}", summary["set"])]
     for g, (label, block) in enumerate(groups):
         for k, (kind, color) in enumerate((("clean", "tab:gray"), ("adversarial", "tab:red"))):
             cell = block[kind]
@@ -179,12 +180,13 @@ def _accuracy_figure(summary, title):
             axes.bar(x, cell["accuracy"], width=0.34, color=color, label=kind if g == 0 else None)
             axes.errorbar(x, cell["accuracy"], yerr=[[cell["accuracy"] - cell["ci95"][0]],
                                                      [cell["ci95"][1] - cell["accuracy"]]], color="k", capsize=4)
-            axes.text(x, cell["ci95"][1] + 0.02, f"{cell['accuracy']:.0%}\n{cell['correct']}/{cell['n']}",
-                      ha="center", fontsize=7)
-    axes.set_xticks(range(len(groups)), [label for label, _ in groups])
-    axes.set(ylabel=f"accuracy of {summary['target_spec']}", ylim=(0, 1.15),
-             title=f"{title}: images made on {summary['source_spec']} (95% Wilson intervals)")
-    axes.legend(loc="upper right")
+            axes.text(x, cell["ci95"][1] + 0.02, f"{cell['accuracy']:.0%}", ha="center", fontsize=8)
+    axes.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
+    axes.tick_params(labelsize=8)
+    axes.set_ylabel(f"accuracy of {summary['target_spec']}", fontsize=8)
+    axes.set_ylim(0, 1.15)
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
     axes.grid(axis="y", alpha=0.3)
     return figure
 
@@ -194,17 +196,18 @@ def _pairs_figure(pairs, target_class, names, summary):
     n = len(pairs["labels"])
     cols = min(10, n)
     rows = math.ceil(n / cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.9 + 0.4), squeeze=False)
+    # Print size: the text width, 7-point titles.
+    figure, axes = plt.subplots(rows, cols, figsize=(7, rows * 1.25 + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
         ax.imshow(pairs["images"][i].cpu().permute(1, 2, 0).numpy(), interpolation="nearest")
         label, source, target = int(pairs["labels"][i]), int(pairs["predicted"][i]), int(target_class[i])
-        ax.set_title(f"{names[label]}\nsrc: {names[source]}\ntgt: {names[target]}", fontsize=6.5,
+        ax.set_title(f"{names[label]}\n{names[source]}\n{names[target]}", fontsize=7,
                      color="darkgreen" if target == label else "crimson")
-    figure.suptitle(f"Adversarial images made on {summary['source_spec']} (src) fed to {summary['target_spec']} "
-                    f"(tgt): true class, each model's class (green: tgt still correct)", fontsize=8)
+    figure.suptitle(f"true class / {summary['source_spec']}'s class / {summary['target_spec']}'s class "
+                    "(green: still correct)", fontsize=8)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_size_inches()[1]))
     return figure
 
@@ -268,9 +271,53 @@ def report_sections(runs):
         for file_name, caption, width in (
                 ("transfer_accuracy.png", "Accuracy on the adversarial images against the same images unperturbed, "
                                           "with 95% Wilson intervals", 0.5),
-                ("transfer_matrix.png", "The transfer matrix as a heat map", 0.5),
-                ("transfer_pairs.png", "The shown adversarial images and the class the evaluated net gives them", 0.62)):
+                ("transfer_pairs.png", "The shown adversarial images and the class the evaluated net gives them", 1.0)):
             if path := spec.figure(file_name):
-                blocks.append(Figure(path, f"{caption} ({spec.name}).", width))
-        sections.append(Section(spec=spec.name, blocks=blocks))
+                blocks.append(Figure(path, f"{caption} ({spec.title}).", width))
+        sections.append(Section(spec=spec.name, blocks=blocks, fields=matrix_fields(summary, runs)))
     return sections
+
+
+def _range(values) -> str:
+    values = [v for v in values if v is not None]
+    return "–" if not values else f"{min(values):.1%}" if len(values) == 1 else f"{min(values):.1%} to {max(values):.1%}"
+
+
+def matrix_fields(summary: dict, runs) -> dict:
+    """The transfer matrix read for the explanation template (`{spec.matrix.*}`): `forward`, the
+    target's accuracy on the attack's images; `others` and `others_word`, the other nets'
+    accuracies on the same images and where the target's stands among them ("lower than",
+    "higher than", "within the range of"); `reverse`, the attacked net's accuracy on images made
+    on the target, and `reverse_others` the other nets' on those; `direction_word`, whether
+    transfer is "stronger" ("weaker", "about as strong") from the attacked net to the target than
+    back; `linf_word`, whether the attack on the target moved its images "further" than the attack
+    on the attacked net ("less far", "about as far"), with `linf` and `reverse_linf` (mean L-inf)."""
+    matrix = summary.get("matrix") or {}
+    sources, models, targets = matrix.get("sources", []), matrix.get("source_models", []), matrix.get("targets", [])
+    attacked, target = summary.get("source_spec"), summary.get("target_spec")
+    if summary.get("attack_spec") not in sources or target not in targets:
+        return {}
+    row = matrix["accuracy"][sources.index(summary["attack_spec"])]
+    forward = row[targets.index(target)]
+    others = [v for t, v in zip(targets, row) if t not in (target, attacked) and v is not None]
+    fields = {"forward": forward, "others": _range(others)}
+    if others and forward is not None:
+        fields["others_word"] = ("lower than" if forward < min(others) else "higher than" if forward > max(others)
+                                 else "within the range of")
+    if target in models and attacked in targets:
+        back = matrix["accuracy"][models.index(target)]
+        reverse = back[targets.index(attacked)]
+        fields["reverse"] = reverse
+        fields["reverse_others"] = _range([v for t, v in zip(targets, back) if t not in (target, attacked)])
+        if reverse is not None and forward is not None:
+            gap = reverse - forward  # accuracy left: lower means the images transferred better
+            fields["direction_word"] = "about as strong" if abs(gap) <= 0.02 else "stronger" if gap > 0 else "weaker"
+        made_on = {runs[name].representative.get("fgsm", {}).get("source_spec"): runs[name]
+                   for name in sources if name in runs}
+        if attacked in made_on and target in made_on:
+            linf = made_on[attacked].representative["fgsm"].get("mean_linf")
+            reverse_linf = made_on[target].representative["fgsm"].get("mean_linf")
+            if linf and reverse_linf:
+                fields.update(linf=linf, reverse_linf=reverse_linf, linf_word="about as far" if
+                              abs(reverse_linf - linf) <= 0.1 * linf else "further" if reverse_linf > linf else "less far")
+    return {"matrix": fields}

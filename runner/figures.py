@@ -7,9 +7,9 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def training_accuracy(table: dict, title: str, test_accuracy: float | None = None):
+def training_accuracy(table: dict, title: str, test_accuracy: float | None = None, size=(7, 4)):
     """Batch and running training accuracy over iterations, test accuracy as a line."""
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=size)
     axes.plot(table["iteration"], table["batch_accuracy"], lw=0.6, alpha=0.35, label="batch")
     axes.plot(table["iteration"], table["running_accuracy"], lw=1.6, label="running (last epoch)")
     if test_accuracy is not None:
@@ -17,18 +17,19 @@ def training_accuracy(table: dict, title: str, test_accuracy: float | None = Non
     axes.set(xlabel="iteration", ylabel="training accuracy", title=title, ylim=(0, 1))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
+    figure.tight_layout()
     return figure
 
 
 def confusion_matrix(matrix: list[list[int]], classes: list[str], title: str,
-                     xlabel: str = "predicted class", ylabel: str = "true class"):
+                     xlabel: str = "predicted class", ylabel: str = "true class", size=(5.4, 4.2)):
     """A class x class count matrix as a heat map, each row shaded by its share of the row's images
     (so a class with fewer images reads like the others) and every non-zero cell labelled."""
     import numpy as np
 
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    figure, axes = plt.subplots(figsize=(5.4, 4.2))
+    figure, axes = plt.subplots(figsize=size)
     axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(counts):
         if count:

@@ -90,11 +90,19 @@ def test_augment_compares_each_spec_with_the_one_with_a_transform_fewer(tmp_path
 
 
 def test_text_reaches_the_pdf_as_it_is(tmp_path):
-    tricky = 'a #b $c$ *d* _e_ "f" \\g <h> @i // j [k] = l'
+    tricky = 'a #b $c *d* _e_ "f" \\g <h> @i // j [k] = l'  # one $ is no math
     document = Document("Title", [("what", tricky)], sections=[
         Section("S", [Paragraph(tricky), Table(["x", "y"], [[tricky, "1"]], "caption " + tricky)])]).number()
     pdf = tmp_path / "t.pdf"
     write_pdf(document, pdf, tmp_path / "work")
     text = " ".join(" ".join(page.extract_text() for page in PdfReader(pdf).pages).split())
-    plain = 'a #b $c$ d _e_ "f" \\g <h> @i // j [k] = l'  # *d* is emphasis
+    plain = 'a #b $c d _e_ "f" \\g <h> @i // j [k] = l'  # *d* is emphasis
     assert text.count(plain) == 4, text  # the title page's fact, the paragraph, the cell and the caption
+
+
+def test_math_between_dollars_is_typeset(tmp_path):
+    document = Document("Title", [], sections=[Section("S", [Paragraph("so $G = max_i |x_i|$ holds")])]).number()
+    pdf = tmp_path / "t.pdf"
+    write_pdf(document, pdf, tmp_path / "work")
+    text = " ".join(page.extract_text() for page in PdfReader(pdf).pages)
+    assert "max" in text and "$" not in text and "max_i" not in text  # a subscript, not the source

@@ -13,13 +13,14 @@ from pathlib import Path
 from .. import artifacts
 from ..errors import RunnerError
 from .build import build, say
+from .config import ReportConfig
 from .compare import compare
 from .collect import Runs, SpecRuns, collect, gather, latest_per_seed, spec_path, spec_runs
 from .document import Document, Figure, Paragraph, Section, Table
 from .markdown import results_table
 from .templates import Fields, accuracy_text, explanations, fill_template, template_fields
 
-__all__ = ["Document", "Fields", "accuracy_text", "compare", "Figure", "Paragraph", "Runs", "Section", "SpecRuns", "Table", "collect",
+__all__ = ["ReportConfig", "Document", "Fields", "accuracy_text", "compare", "Figure", "Paragraph", "Runs", "Section", "SpecRuns", "Table", "collect",
            "explanations", "fill_template", "latest_per_seed", "make_runs", "results_table", "spec_path",
            "template_fields", "write_report"]
 
@@ -39,8 +40,11 @@ def make_runs(out: Path, quick: bool, workdir: Path, catalogue) -> Runs:
     return Runs(found, quick=quick, out=out, workdir=workdir, left_out=left_out, sweeps=sweeps)
 
 
-def write_report(out: Path, outputs: list[Path], quick: bool = False) -> Runs:
-    """Writes the report of `out` to each path, in the format its suffix names (.pdf, .html, .md)."""
+def write_report(out: Path, outputs: list[Path], quick: bool = False, config: ReportConfig | None = None,
+                 author: str | None = None, collaborators: list[str] | None = None) -> Runs:
+    """Writes the report of `out` to each path, in the format its suffix names (.pdf, .html, .md).
+    `config` defaults to the report.toml beside the runs' spec files (config.py); `author` and
+    `collaborators` override its."""
     from ..plugins import Catalogue
 
     out = Path(out)
@@ -58,7 +62,13 @@ def write_report(out: Path, outputs: list[Path], quick: bool = False) -> Runs:
         swept = sum(len(s) for s in runs.sweeps.values())
         say(f"{sum(len(s.runs) for s in runs.values())} runs of {len(runs)} specs"
             + (f" and {swept} runs made with --set" if swept else "") + "; drawing figures and tables")
-        document = build(runs, catalogue)
+        if config is None:
+            config = ReportConfig.find(sorted({s.spec_file.parent for s in runs.values() if s.spec_file}))
+        if author is not None:
+            config.author = author
+        if collaborators is not None:
+            config.collaborators = collaborators
+        document = build(runs, catalogue, config, Path(outputs[0]).resolve().parent)
         for path in outputs:
             write(document, Path(path), workdir)
     return runs
@@ -91,6 +101,9 @@ def cmd_report(argv) -> int:
                         help="where to write it: .pdf (typeset), .html (one self-contained file) or .md; "
                              "may be given more than once (default: ARTIFACTS/report.pdf)")
     parser.add_argument("--quick", action="store_true", help="report the --quick runs instead of full ones")
+    parser.add_argument("--author", help="the author's name on the title page (default: report.toml's)")
+    parser.add_argument("--collaborators", help="collaborators, comma-separated (default: report.toml's)")
+    parser.add_argument("--config", type=Path, help="a report.toml (default: the one beside the runs' spec files)")
     args = parser.parse_args(argv)
     out = Path(args.artifacts)
     if not out.is_dir():
@@ -101,7 +114,11 @@ def cmd_report(argv) -> int:
         if path.suffix not in FORMATS:
             raise RunnerError(f"cannot write a report as {path.name!r}: name it .pdf, .html or .md "
                               f"(runner report {out} -o report.pdf)")
-    runs = write_report(out, outputs, args.quick)
+    if args.config and not args.config.is_file():
+        raise RunnerError(f"no report config {args.config}: write one with a [report] table (see runner/report/config.py)")
+    config = ReportConfig.load(args.config) if args.config else None
+    collaborators = None if args.collaborators is None else [c.strip() for c in args.collaborators.split(",") if c.strip()]
+    runs = write_report(out, outputs, args.quick, config, args.author, collaborators)
     print(results_table(runs))
     print("wrote " + ", ".join(map(str, outputs)))
     return 0

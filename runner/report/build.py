@@ -8,15 +8,16 @@ explanation templates, and the rest comes from the runs and the plugins.
 from __future__ import annotations
 
 import datetime
-import platform
-import subprocess
+import os
 import sys
 from pathlib import Path
 
 from ..errors import RunnerError
 from .collect import QUESTION, Runs, SpecRuns
-from .document import Document, Figure, Paragraph, Section, Table, blocks_from_text
-from .templates import accuracy_text, explanations, template_fields
+from .document import Bullets, Document, Figure, Paragraph, Section, Table, blocks_from_text
+from .config import ReportConfig
+from .setup import part_of, setup_tables
+from .templates import accuracy_text, explanations, fill_text, template_fields
 
 
 def say(message: str) -> None:
@@ -27,16 +28,32 @@ def pct(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def build(runs: Runs, catalogue) -> Document:
+def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path | None = None) -> Document:
+    """The report's document; `where` is the folder the report is written to, which the provenance
+    names the runs' folder relative to."""
+    config = config or ReportConfig()
     contributed = plugin_sections(runs, catalogue)
     added: dict[str, dict] = {}
     for section in contributed:
         if section.spec:
             added.setdefault(section.spec, {}).update(section.fields)
-    answers = explanations(runs, template_fields(runs, added))
+    fields = template_fields(runs, added)
+    answers = explanations(runs, fields)
     sections = [overview(runs)]
+    parts_done: set = set()
+    shown = Shown()
     for name, spec in runs.items():
-        section = spec_section(spec, answers.get(name))
+        answer = answers.get(name)
+        if not answer:
+            say(f"left out {name}: no answer in its explanation template explains its runs")
+            continue
+        section = spec_section(spec, answer, shown, runs.workdir)
+        part = part_of(spec)
+        if part is not None and part not in parts_done:
+            parts_done.add(part)
+            section.blocks[:0] = setup_tables(runs, part, catalogue)
+        if spec.trained and (layers := shown.architecture(spec, catalogue)):
+            section.blocks.append(layers)
         extra = [block for s in contributed if s.spec == name for block in s.blocks]
         # Text and tables first, then every figure, so figures pair up side by side.
         blocks = section.blocks + extra
@@ -45,9 +62,43 @@ def build(runs: Runs, catalogue) -> Document:
     sections += [s for s in contributed if not s.spec]
     if runs.sweeps:
         sections.append(sweeps_section(runs))
-    say("architecture tables")
-    return Document("Experiment report", title_facts(runs), quick_warning(runs), sections,
-                    appendix(runs, catalogue)).number()
+    if config.conclusion:
+        text = fill_text(config.conclusion, fields, "the conclusion")
+        if text:
+            sections.append(Section("Conclusion", blocks_from_text(text)))
+    if config.references:
+        sections.append(Section("References", [Bullets([f"[{i}] {r}" for i, r in enumerate(config.references, 1)])]))
+    return Document(config.title, title_facts(config), quick_warning(runs), sections,
+                    appendix(runs, where)).number()
+
+
+class Shown:
+    """What earlier sections already show, so a later one refers to it instead of repeating it:
+    each architecture's layer table, and each training curve (a spec that trains exactly as an
+    earlier one, as Q2 does Q1's net with its gradients logged, gets a sentence, not the same plot)."""
+
+    def __init__(self):
+        self.layers: set = set()
+        self.curves: dict[tuple, str] = {}
+
+    def architecture(self, spec: SpecRuns, catalogue) -> Table | None:
+        found = architecture(spec, catalogue)
+        if found is None or (key := repr(found[1])) in self.layers:
+            return None
+        self.layers.add(key)
+        header, rows = found
+        return Table(header, collapse_repeats(rows), f"Architecture of {spec.title}: every module the forward pass "
+                     "calls, in order (· marks a layer inside a residual block; a run of repeated layers is shown "
+                     "once, with its count).", small=True)
+
+    def curve(self, spec: SpecRuns) -> str | None:
+        """The title of an earlier spec whose runs trained exactly as this one's, else None (and
+        this one is remembered)."""
+        key = tuple((s.get("seed"), s.get("final_loss"), s.get("test_accuracy")) for s in spec.runs)
+        if key in self.curves:
+            return self.curves[key]
+        self.curves[key] = spec.title
+        return None
 
 
 def sweeps_section(runs: Runs) -> Section:
@@ -107,23 +158,40 @@ def label(question: str) -> str:
     return asked[0] if asked else question.partition(":")[0]
 
 
-def spec_section(spec: SpecRuns, answer: str | None) -> Section:
+def spec_section(spec: SpecRuns, answer: str, shown: Shown, workdir: Path) -> Section:
     runs = spec.runs
     seeds = ", ".join(str(s.get("seed")) for s in runs)
-    subtitle = f"spec {spec.name}; {len(runs)} run{'s' if len(runs) > 1 else ''} (seed{'s' if len(runs) > 1 else ''} {seeds})"
+    subtitle = (f"{spec.title}: {len(runs)} run{'s' if len(runs) > 1 else ''} (seed{'s' if len(runs) > 1 else ''} "
+                f"{seeds}) of specs/{spec.name}.toml")
     section = Section(title=spec.question or spec.name, spec=spec.name, subtitle=subtitle)
-    if answer:
-        section.blocks += blocks_from_text(answer)
+    section.blocks += blocks_from_text(answer)
     if spec.trained:
         section.blocks.append(Paragraph(results_sentence(spec)))
-        shown = f"seed {spec.representative.get('seed')}"
-        if path := spec.figure("training_accuracy.png"):
-            section.blocks.append(Figure(path, f"Training accuracy of {spec.name} over iterations ({shown}): each "
-                                               "batch, and running over the last epoch; dashed: test accuracy.", 0.33))
-        if path := spec.figure("confusion_matrix.png"):
-            section.blocks.append(Figure(path, f"Confusion matrix of {spec.name} on the test images ({shown}): "
-                                               "rows are the true class, columns the predicted one.", 0.33))
+        same = shown.curve(spec)
+        if same:
+            section.blocks.append(Paragraph(f"It trains exactly as {same} (the same losses and test accuracy for "
+                                            "every seed), so its training curve is that section's."))
+        elif figure := training_figure(spec, workdir):
+            section.blocks.append(figure)
     return section
+
+
+def training_figure(spec: SpecRuns, workdir: Path) -> Figure | None:
+    """The representative run's training accuracy, drawn for the page from its metrics.csv."""
+    from .. import artifacts, figures
+    from ..metrics import read_csv
+
+    metrics = spec.run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    seed = spec.representative.get("seed")
+    figure = figures.training_accuracy(read_csv(metrics), "", spec.representative.get("test_accuracy"),
+                                       size=(7, 2.6))
+    path = workdir / f"training_{spec.name}.png"
+    artifacts.save_figure(path, figure)
+    figures.close(figure)
+    return Figure(path, f"Training accuracy of {spec.title} over iterations (seed {seed}): each batch, and "
+                        "running over the last epoch (100 iterations); dashed: its test accuracy.", 1.0)
 
 
 def results_sentence(spec: SpecRuns) -> str:
@@ -140,29 +208,64 @@ def results_sentence(spec: SpecRuns) -> str:
     return text + "."
 
 
+BUSY = 0.25  # cores other processes kept busy while a run trained, above which its seconds are not a quiet machine's
+
+
+def seconds_text(spec: SpecRuns) -> str:
+    """Training seconds per run (mean), marked * when any run trained beside other work and ? when
+    a run did not record how busy the machine was."""
+    seconds, _ = spec.mean_sd("seconds")
+    if seconds is None:
+        return "–"
+    other = spec.values("other_work_cores")
+    mark = "*" if any(v is not None and v > BUSY for v in other) else "?" if any(v is None for v in other) else ""
+    return f"{seconds:.0f}{mark}"
+
+
 def overview(runs: Runs) -> Section:
-    """Every spec's headline numbers, and every trained spec's per-class test accuracy."""
+    """Every spec's headline number and training seconds, in question order."""
     rows = []
     for name, spec in runs.items():
         mean, sd = spec.mean_sd()
-        seconds, _ = spec.mean_sd("seconds") if spec.trained else (None, None)
         own = None if spec.trained else spec.headline()
         result = (accuracy_text(mean, sd, len(spec.runs)).split(" (")[0] if spec.trained and mean is not None
-                  else f"none of its own ({own[0]} {own[1]:.1%})" if own else "evaluates another spec's model")
-        rows.append([label(spec.question) if spec.question else "", name, str(len(spec.runs)), result,
-                     f"{seconds:.0f}" if seconds is not None else "–"])
-    blocks = [Table(["question", "spec", "seeds", "test accuracy (mean ± sd)", "training s per run"], rows,
-                    "Every spec in this report, in question order. Attacks and other evaluate-only specs train "
-                    "nothing and have no test accuracy of their own; their results are in their sections.",
-                    small=True)]
+                  else f"{own[0]} {own[1]:.1%}" if own else "evaluates another net")
+        rows.append([spec.label, spec.title, str(len(spec.runs)), result,
+                     seconds_text(spec) if spec.trained else "–"])
+    return Section("Overview", [Table(
+        ["question", "net", "seeds", "result (mean ± sd)", "training s per run"], rows,
+        "Every net and attack in this report, in question order; the result is the test accuracy, or for an "
+        "attack its own measure. Seconds are training time on the machine in the appendix: * marks runs "
+        f"that trained while other processes kept more than {BUSY:g} of a core busy (their seconds are "
+        "longer than a quiet machine's), ? runs that did not record it.", small=True)])
+
+
+def per_class_table(runs: Runs) -> Table | None:
     trained = [spec for spec in runs.values() if spec.trained and spec.representative.get("per_class")]
-    if trained:
-        classes = trained[0].representative["per_class"]["classes"]
-        per_class = [[spec.name] + [pct(v) for v in spec.class_accuracy()] for spec in trained]
-        blocks.append(Table(["spec"] + classes, per_class,
-                            "Per-class test accuracy of every trained spec (the share of each class's test images "
-                            "classified correctly, mean over seeds).", small=True))
-    return Section("Overview", blocks)
+    if not trained:
+        return None
+    classes = trained[0].representative["per_class"]["classes"]
+    return Table(["net"] + classes, [[spec.title] + [pct(v) for v in spec.class_accuracy()] for spec in trained],
+                 "Per-class test accuracy of every trained net (the share of each class's test images classified "
+                 "correctly, mean over seeds).", small=True)
+
+
+def confusion_figures(runs: Runs) -> list[Figure]:
+    """The homework questions' confusion matrices, drawn small for the appendix."""
+    from .. import artifacts, figures
+
+    found = []
+    for name, spec in runs.items():
+        per_class = spec.representative.get("per_class") or {}
+        if not (spec.trained and QUESTION.match(spec.question) and per_class.get("confusion_matrix")):
+            continue
+        figure = figures.confusion_matrix(per_class["confusion_matrix"], per_class["classes"], "", size=(3.4, 3.0))
+        path = runs.workdir / f"confusion_{name}.png"
+        artifacts.save_figure(path, figure)
+        figures.close(figure)
+        found.append(Figure(path, f"{spec.label}, {spec.title} (seed {spec.representative.get('seed')}): test "
+                                  "images by true class (rows) and predicted class (columns).", 0.5))
+    return found
 
 
 def _when(spec: SpecRuns) -> list[datetime.datetime]:
@@ -177,17 +280,6 @@ def _when(spec: SpecRuns) -> list[datetime.datetime]:
     return found
 
 
-def _checkout() -> str:
-    """This checkout's commit (and whether it has uncommitted changes), or "" outside git."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return commit.stdout.strip() if commit.returncode == 0 else ""
-
-
 def _counted(values: list) -> str:
     counts: dict = {}
     for value in values:
@@ -195,51 +287,38 @@ def _counted(values: list) -> str:
     return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.items())
 
 
-def title_facts(runs: Runs) -> list[tuple[str, str]]:
+def title_facts(config: ReportConfig) -> list[tuple[str, str]]:
+    """The title page: course, assignment, author, collaborators and the date."""
+    facts = [(key, value) for key, value in (("course", config.course), ("assignment", config.assignment)) if value]
+    facts.append(("author", config.author or "(not set: runner report --author NAME, or author in report.toml)"))
+    facts.append(("collaborators", ", ".join(config.collaborators) or "none"))
+    facts.append(("date", f"{datetime.date.today():%B %-d, %Y}"))
+    return facts
+
+
+def provenance(runs: Runs, where: Path | None) -> list[list[str]]:
+    """Which runs, from where (relative to the report), when, on what machine and code."""
     summaries = [s for spec in runs.values() for s in spec.runs]
     when = sorted(t for spec in runs.values() for t in _when(spec))
     kind = "--quick smoke runs" if runs.quick else "full-protocol runs"
-    facts = [("what was run", f"{len(runs)} specs, {len(summaries)} {kind} (the newest completed run of each "
-                              f"seed) from {runs.out.resolve()}")]
+    shown = os.path.relpath(runs.out.resolve(), where.resolve()) if where is not None else str(runs.out)
+    facts = [["runs", f"{len(runs)} specs, {len(summaries)} {kind} (the newest completed run of each seed) in "
+                      f"{shown} (relative to this report)"]]
     if when:
-        facts.append(("when", f"{when[0]:%Y-%m-%d %H:%M} to {when[-1]:%Y-%m-%d %H:%M} (run ids)"))
-    facts.append(("machine", _counted([f"{s.get('device', '?')}, {s.get('threads', '?')} thread"
+        facts.append(["when", f"{when[0]:%Y-%m-%d %H:%M} to {when[-1]:%Y-%m-%d %H:%M} (run ids)"])
+    facts.append(["machine", _counted([f"{s.get('device', '?')}, {s.get('threads', '?')} thread"
                                        f"{'' if s.get('threads') == 1 else 's'}, torch {s.get('torch', '?')}"
-                                       for s in summaries])))
-    facts.append(("code version of the runs", _counted([s.get("code_version", "?") for s in summaries])))
-    checkout = _checkout()
-    facts.append(("report made", f"{datetime.datetime.now():%Y-%m-%d %H:%M} on {platform.node() or '?'}"
-                                 + (f" by checkout {checkout}" if checkout else "")))
+                                       for s in summaries])])
+    facts.append(["code version of the runs", _counted([s.get("code_version", "?") for s in summaries])])
     if runs.left_out:
-        facts.append(("left out", f"{len(runs.left_out)} run(s) whose spec differs from their spec file's now "
+        facts.append(["left out", f"{len(runs.left_out)} run(s) whose spec differs from their spec file's now "
                                   "(made with --set, or before the spec changed): "
-                                  + ", ".join(note.partition(" (")[0] for note in runs.left_out)))
+                      + ", ".join(note.partition(" (")[0] for note in runs.left_out)])
     return facts
 
 
 def _value(value) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def settings_row(spec: SpecRuns, catalogue) -> list[str]:
-    """A spec's model, transforms, training and plugins, each plugin with the settings it changes
-    from the plugin's defaults (a plugin at its defaults, as visdom is, is its name alone)."""
-    table = spec.spec
-    model, train, data = table.get("model", {}), table.get("train", {}), table.get("data", {})
-    model_text = model.get("name", "?") + "".join(f"; {k} {_value(v)}" for k, v in model.items() if k != "name")
-    plugins = []
-    for name in spec.plugins:
-        defaults = catalogue.settings_of(name) if name in catalogue.origins else {}
-        changed = {k: v for k, v in table["plugins"][name].items() if k not in ("enabled", "path")
-                   and (k not in defaults or defaults[k].default != v)}
-        plugins.append(name + (" (" + "; ".join(f"{k} {_value(v)}" for k, v in changed.items()) + ")" if changed else ""))
-    if train.get("iterations"):
-        training = f"{train['iterations']} it. at batch {train.get('batch_size')}, {train.get('optimizer')} lr {train.get('lr')}"
-        model_shown = model_text
-    else:
-        training, model_shown = "evaluate only", "another spec's trained model"
-    return [spec.name, model_shown, ", ".join(data.get("transforms", [])) or "none", training,
-            ", ".join(plugins) or "none"]
 
 
 def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]] | None:
@@ -282,26 +361,10 @@ def collapse_repeats(rows: list[list[str]], longest: int = 8) -> list[list[str]]
     return out
 
 
-def appendix(runs: Runs, catalogue) -> list[Section]:
-    settings = Table(["spec", "model", "transforms", "training", "plugins (settings)"],
-                     [settings_row(spec, catalogue) for spec in runs.values()],
-                     "Each spec's settings, as its representative run resolved them (spec.toml in its run folder); "
-                     "each plugin with the settings it changes from its defaults.", small=True)
-    # Specs with the same layers (Part 1's four nets, say) share one table.
-    groups: dict[tuple, list[str]] = {}
-    tables: dict[tuple, tuple] = {}
-    built: dict[str, tuple | None] = {}  # specs with the same model and plugins have the same layers
-    for name, spec in runs.items():
-        same = repr((spec.spec.get("model"), spec.spec.get("plugins"), spec.trained))
-        found = built[same] if same in built else built.setdefault(same, architecture(spec, catalogue))
-        if found:
-            key = tuple(map(tuple, found[1]))
-            groups.setdefault(key, []).append(name)
-            tables[key] = found
-    blocks = []
-    for key, names in groups.items():
-        header, rows = tables[key]
-        blocks.append(Table(header, collapse_repeats(rows), "Architecture of " + ", ".join(names) + ": every module "
-                            "the forward pass calls, in order (· marks a layer inside a residual block; a run of "
-                            "repeated layers is shown once, with its count).", small=True))
-    return [Section("Appendix: settings", [settings]), Section("Appendix: architectures", blocks)]
+def appendix(runs: Runs, where: Path | None) -> list[Section]:
+    sections = [Section("Appendix: the runs", [Table(["", ""], provenance(runs, where),
+                                                     "Where the numbers of this report come from.", small=True)])]
+    blocks = [t for t in [per_class_table(runs)] if t] + confusion_figures(runs)
+    if blocks:
+        sections.append(Section("Appendix: per-class results", blocks))
+    return sections

@@ -2,7 +2,7 @@
 HTML and Markdown writers each draw in their own syntax.
 
 Text in blocks may carry a little inline markup, as the explanation templates do: **bold**,
-*emphasis* and `code`. Writers turn it into their own (no asterisk reaches the PDF).
+*emphasis*, `code` and $math$ (Typst's math syntax). Writers turn it into their own (no asterisk reaches the PDF).
 """
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", re.S)
+INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|\$([^$]+)\$", re.S)
 
 
 def inline(text: str) -> list[tuple[str, str]]:
-    """Text as (kind, text) runs, kind one of "text", "strong", "emph", "code"."""
+    """Text as (kind, text) runs, kind one of "text", "strong", "emph", "code", "math" ($...$, in
+    Typst's math syntax: the PDF typesets it, HTML and Markdown show it as written)."""
     parts, at = [], 0
     for match in INLINE.finditer(text):
         if match.start() > at:
             parts.append(("text", text[at:match.start()]))
-        strong, code, emph = match.groups()
+        strong, code, emph, math = match.groups()
         parts.append(("strong", strong) if strong is not None else ("code", code) if code is not None
-                     else ("emph", emph))
+                     else ("emph", emph) if emph is not None else ("math", math))
         at = match.end()
     if at < len(text):
         parts.append(("text", text[at:]))

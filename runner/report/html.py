@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from pathlib import Path
 
 from .document import Bullets, Document, Figure, Heading, Paragraph, Section, Table, inline, layout
@@ -26,10 +27,18 @@ code { font-size: 0.9em; background: #f3f3f3; padding: 0 0.2em; } nav ol { font-
 """
 
 
+def math(value: str) -> str:
+    """Typst math as HTML: italic, a_b and a^b as sub- and superscripts, quoted words upright."""
+    escaped = html.escape(value.replace('"', "").replace("\\", ""))
+    escaped = re.sub(r"_\(([^)]*)\)|_(\w)", lambda m: f"<sub>{m[1] or m[2]}</sub>", escaped)
+    escaped = re.sub(r"\^\(([^)]*)\)|\^(-?\w+)", lambda m: f"<sup>{m[1] or m[2]}</sup>", escaped)
+    return f"<i>{escaped}</i>"
+
+
 def text(value: str) -> str:
     tags = {"strong": "strong", "emph": "em", "code": "code"}
-    return "".join(html.escape(part) if kind == "text" else f"<{tags[kind]}>{html.escape(part)}</{tags[kind]}>"
-                   for kind, part in inline(value))
+    return "".join(html.escape(part) if kind == "text" else math(part) if kind == "math"
+                   else f"<{tags[kind]}>{html.escape(part)}</{tags[kind]}>" for kind, part in inline(value))
 
 
 def data_uri(path: Path) -> str:

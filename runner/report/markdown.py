@@ -39,14 +39,17 @@ def results_table(runs: Runs) -> str:
     return "\n".join(table_lines(header, rows)) + "\n"
 
 
-def image_link(path: Path, folder: Path, workdir: Path) -> str:
+def image_link(path: Path, folder: Path, workdir: Path, kept: str = "report-figures") -> str:
     """A run's figure by its path from the Markdown file; one drawn for the report (in `workdir`,
-    gone once the report is written) embedded as a data URI."""
-    if path.is_relative_to(workdir):
-        from .html import data_uri
+    gone once the report is written) is copied into a folder beside the Markdown file."""
+    import shutil
 
-        return data_uri(path)
-    return os.path.relpath(path, folder)
+    if path.is_relative_to(workdir):
+        copy = folder / kept / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        path = copy
+    return os.path.relpath(path.resolve(), folder.resolve())
 
 
 def block_lines(block, folder: Path, workdir: Path) -> list[str]:

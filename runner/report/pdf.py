@@ -46,7 +46,7 @@ def content(text: str) -> str:
             if part[-1:].isspace():
                 literal += ' + " "'
         runs.append({"text": literal, "strong": f"strong({literal})", "emph": f"emph({literal})",
-                     "code": f"raw({literal})"}[kind])
+                     "code": f"raw({literal})", "math": f"eval({literal}, mode: \"math\")"}[kind])
     return "{" + "; ".join(runs or ['""']) + "}"
 
 

@@ -108,6 +108,20 @@ def sections(path: Path) -> dict[str, str]:
     return found
 
 
+def fill_text(text: str, fields: Fields, what: str, where: str = "") -> str:
+    """A template text filled; a paragraph with a field without a value is left out and named."""
+    kept = []
+    for paragraph in re.split(r"\n\s*\n", re.sub(r"<!--.*?-->", "", text, flags=re.S).strip()):
+        missing = missing_fields(paragraph, fields)
+        if missing:
+            names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            print(f"report: {where}left out a paragraph of {what} ({paragraph.strip()[:40]!r}...): no value for {names}",
+                  file=sys.stderr)
+        else:
+            kept.append(paragraph.format_map(fields).strip())
+    return "\n\n".join(kept)
+
+
 def fill_template(path: Path, fields: Fields, specs=None) -> dict[str, str]:
     """The template's answers filled (spec name -> text), for the specs in `specs` (default: every
     spec with fields). A paragraph with a field without a value is left out, and named on stderr:
@@ -117,17 +131,9 @@ def fill_template(path: Path, fields: Fields, specs=None) -> dict[str, str]:
     for name, body in sections(path).items():
         if name not in wanted or not body:
             continue
-        kept = []
-        for paragraph in re.split(r"\n\s*\n", body):
-            missing = missing_fields(paragraph, fields)
-            if missing:
-                names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-                print(f"report: {path.name}: left out a paragraph of the answer for {name} "
-                      f"({paragraph.strip()[:40]!r}...): no value for {names}", file=sys.stderr)
-            else:
-                kept.append(paragraph.format_map(fields).strip())
-        if kept:
-            filled[name] = "\n\n".join(kept)
+        text = fill_text(body, fields, f"the answer for {name}", f"{path.name}: ")
+        if text:
+            filled[name] = text
     return filled
 
 
