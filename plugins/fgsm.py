@@ -336,7 +336,8 @@ def _spread(measured, success, first_wrong, steps, indices, labels, reached, nam
     """How the fooled images' distortion is spread (quartiles of L-inf and PSNR, the most damaged
     image) and how far the 99% rule carries an image past its first wrong class."""
     if not bool(success.any()):
-        return {}
+        return dict.fromkeys(("reached_counts", "steps_counts", "steps_to_wrong_counts", "linf_quantiles",
+                              "psnr_quantiles", "median_steps_to_wrong", "median_overshoot_steps", "worst"))
     quantiles = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.9, 1.0])
     linf = measured["linf"][success].float().cpu()
     psnr = measured["psnr"][success].float().cpu()
@@ -506,7 +507,8 @@ def report_sections(runs):
             f"at most {summary.get('max_steps')} steps, until a wrong class has at least "
             f"{summary.get('confidence', 0):.0%}); distances in gray levels over the 3,072 values of an image.",
             small=True)]
-        blocks += _report_figures(spec, summary, runs.workdir)
+        if spec.label.startswith("P") and " Q" in spec.label:  # a question's attack; other rows keep their table
+            blocks += _report_figures(spec, summary, runs.workdir)
         sections.append(Section(spec=spec.name, blocks=blocks,
                                 fields={"switches": switches_text(summary.get("top_switches")),
                                         **pairs_fields(summary.get("pairs") or [])}))

@@ -154,7 +154,7 @@ def _first_last(state: GradMagnitude) -> tuple[str, str]:
 
 def _recorded_iterations(table: dict, names: list[str]) -> list[int]:
     """Iterations where the plugin wrote a row (at least one layer's G is not NaN)."""
-    return [it for it in table["iteration"] if any(table[n][it - 1] == table[n][it - 1] for n in names)]
+    return [it for it in map(int, table["iteration"]) if any(table[n][it - 1] == table[n][it - 1] for n in names)]
 
 
 def summarize(table: dict, state: GradMagnitude) -> dict | None:
@@ -224,6 +224,8 @@ def first_last_figure(table: dict, first: str, last: str, title: str = "", size=
         x, y = _recorded(table, name)
         axes.plot(x, y, lw=1.2, marker="." if len(x) < 50 else None, label=f"{label}: {name[2:]}")
     axes.set_yscale("log")
+    if table["iteration"]:
+        axes.set_xlim(0, max(table["iteration"]))  # where a line stops, G is exactly 0 (no log)
     axes.set(xlabel="iteration", ylabel="G = max |dL/dw|",
              title=f"Gradient magnitude of the first and last conv layer - {title}" if title else None)
     axes.grid(alpha=0.3, which="both")
@@ -245,7 +247,7 @@ def heatmap_figure(table: dict, names: list[str], title: str = "", width: float 
     x_edges = [iterations[0] - 0.5] + middles + [iterations[-1] + 0.5]
     y_edges = [i - 0.5 for i in range(len(names) + 1)]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # G = 0 (no log) or no gradient
-    figure, axes = plt.subplots(figsize=(width, max(2.6, 0.016 * fontsize * len(names) + 1.3)))
+    figure, axes = plt.subplots(figsize=(width, max(2.4, 0.013 * fontsize * len(names) + 1.2)))
     mesh = axes.pcolormesh(x_edges, y_edges, log_g, shading="flat", cmap=cmap)
     axes.set_yticks(range(len(names)), [n[2:].split(" (")[0] for n in names], fontsize=fontsize)
     axes.invert_yaxis()  # first layer at the top, as the forward pass reads
@@ -278,31 +280,51 @@ def gradients_table(runs) -> list[list[str]]:
             ("first_G", "1"), ("last_G", "1"), ("ratio_first_over_last", "1"),
             ("ratio_first_over_last", "100"), ("ratio_first_over_last", "last_iteration"))]
         mean, sd = spec.mean_sd()
-        rows.append([spec.name, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else "–"]
+        rows.append([spec.title, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else "–"]
                     + [_sci(c) for c in cells])
     return rows
+
+
+def collapse_fields(spec) -> dict:
+    """When a net stopped learning, for the template: `chance_at`, the first iteration whose loss
+    is within 0.01 of ln(10), a uniform guess's; `zero_at`, the first iteration at which the first
+    conv's G is exactly zero (no unit passes a gradient); `first_G_min`, its smallest non-zero G
+    (each None where it never happened)."""
+    summary = spec.representative.get("grad_magnitude") or {}
+    table = spec.metrics()
+    if not summary.get("first") or table is None:
+        return {}
+    loss, first = table["loss"], table[summary["first"]]
+    chance = next((i + 1 for i, v in enumerate(loss) if abs(v - math.log(10)) < 0.01), None)
+    zero = next((i + 1 for i, v in enumerate(first) if v == 0), None)
+    positive = [v for v in first if math.isfinite(v) and v > 0]
+    return {"chance_at": chance, "zero_at": zero, "first_G_min": min(positive) if positive else None}
 
 
 def _report_figures(spec, folder) -> list:
     """A spec's G figures, drawn for the page from its representative run's metrics.csv: first and
     last conv over iterations, and every layer as a heat map."""
     from runner import artifacts, figures
-    from runner.metrics import read_csv
     from runner.report import Figure
 
     summary = spec.representative.get("grad_magnitude") or {}
-    metrics = spec.run_dir / "metrics.csv"
-    if not summary.get("first") or not metrics.is_file():
+    table = spec.metrics()
+    if not summary.get("first") or table is None:
         return []
-    table = read_csv(metrics)
     names = [c for c in table if c.startswith("G/")]
     seed = spec.representative.get("seed")
     blocks = []
+    if not spec.is_question:  # a study: the first and last conv only, half a page wide
+        figure = first_last_figure(table, summary["first"], summary["last"], size=(3.5, 2.4))
+        path = folder / f"grad_first_last_{spec.name}.png"
+        artifacts.save_figure(path, figure)
+        figures.close(figure)
+        return [Figure(path, f"$G$ of the first and the last conv layer of {spec.title} (seed {seed}, log scale).", 0.5)]
     for file_name, figure, caption in (
-            ("first_last", first_last_figure(table, summary["first"], summary["last"], size=(7, 2.8)),
+            ("first_last", first_last_figure(table, summary["first"], summary["last"], size=(7, 2.4)),
              f"$G = max_i |∂L \\/ ∂w_i|$ of the first and the last conv layer of {spec.title} over iterations "
-             f"(seed {seed}, log scale)."),
-            ("heatmap", heatmap_figure(table, names, width=7, fontsize=8),
+             f"(seed {seed}, log scale; where a line stops, its G is exactly zero)."),
+            ("heatmap", heatmap_figure(table, names, width=7, fontsize=7),
              f"$log_10 G$ of every conv layer of {spec.title} (rows, in forward order) over iterations (seed {seed}); "
              "grey: a gradient of exactly zero.")):
         path = folder / f"grad_{file_name}_{spec.name}.png"
@@ -321,13 +343,13 @@ def report_sections(runs):
     for spec in runs.values():
         blocks = _report_figures(spec, runs.workdir)
         if blocks:
-            sections.append(Section(spec=spec.name, blocks=blocks))
+            sections.append(Section(spec=spec.name, blocks=blocks, fields=collapse_fields(spec)))
     rows = gradients_table(runs)
     if len(rows) > 1:
         sections.append(Section("Gradient magnitudes of every net compared", [
             Paragraph("G = max |dL/dw| over a layer's weights, read after the backward pass and before the "
                       "optimizer step; first is the first conv layer, last the classifier's. A ratio far below 1 "
                       "means the gradient vanishes on its way back to the first layer."),
-            Table(["spec", "test accuracy", "G first @1", "G last @1", "ratio @1", "ratio @100", "ratio @end"], rows,
+            Table(["net", "test accuracy", "G first @1", "G last @1", "ratio @1", "ratio @100", "ratio @end"], rows,
                   "Gradient magnitudes (from each spec's lowest seed) and test accuracy (over its seeds).")]))
     return sections

@@ -262,9 +262,10 @@ def report_sections(runs):
                               f"{summary.get('source_spec')}.")]
         matrix = summary.get("matrix") or {}
         if matrix.get("sources") and matrix.get("targets"):
+            named = lambda spec_name: runs[spec_name].title if spec_name in runs else spec_name
             blocks.append(Table(
-                ["adversarial images made on"] + matrix["targets"],
-                [[f"{model} (n={n})"] + [_share(v) for v in row]
+                ["adversarial images made on"] + [named(t) for t in matrix["targets"]],
+                [[f"{named(model)} (n={n})"] + [_share(v) for v in row]
                  for model, n, row in zip(matrix["source_models"], matrix["n"], matrix["accuracy"])],
                 "Transfer matrix: accuracy of each evaluated net (columns) on the adversarial images made on each "
                 "attacked net (rows); on the attacked net itself it is 0% by construction.", small=True))

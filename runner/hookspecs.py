@@ -100,7 +100,8 @@ def report_sections(runs):
     `runs` (a `runner.report.Runs`) maps each reported spec's name to its `SpecRuns`, in question
     order: `.runs` (one summary.json per seed, lowest seed first), `.representative` (that first
     run, which single numbers and figures come from), `.spec` (its resolved spec.toml), `.trained`,
-    `.figure(file_name)`; `runs.using(plugin)` lists the specs that enable a plugin, and
+    `.title` (its name in words, for captions), `.label` ("P2 Q3"), `.figure(file_name)` and
+    `.metrics()` (the representative's metrics.csv as columns, to draw a figure at print size); `runs.using(plugin)` lists the specs that enable a plugin, and
     `runs.workdir` is a temporary folder for figures drawn now.
 
     `Section(spec=name, blocks=[...], fields={...})` adds blocks (`Paragraph`, `Table`, `Figure`)

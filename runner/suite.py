@@ -108,12 +108,15 @@ class Plan:
 # ---- building a plan --------------------------------------------------------------------------
 
 def expand_specs(paths) -> list[Path]:
-    """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out."""
+    """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out,
+    and so is its report.toml (what `runner report` prints about these specs: report/config.py)."""
+    from .report.config import FILE as REPORT_CONFIG
+
     out = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(path.glob("*.toml"))
+            found = sorted(p for p in path.glob("*.toml") if p.name != REPORT_CONFIG)
             if not found:
                 raise SpecError(f"no spec files (*.toml) in folder {path}")
             out += found

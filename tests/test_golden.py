@@ -38,7 +38,9 @@ NOISE = 0.05
 def observed(runs: Path) -> dict:
     """spec -> its run's status, metrics.csv digest and headline result."""
     found = {}
-    for spec in sorted(SPECS.glob("*.toml")):
+    from runner.suite import expand_specs
+
+    for spec in expand_specs([SPECS]):
         folders = sorted((runs / spec.stem).iterdir()) if (runs / spec.stem).is_dir() else []
         if not folders:
             found[spec.stem] = {"status": "not run"}

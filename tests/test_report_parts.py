@@ -106,3 +106,23 @@ def test_math_between_dollars_is_typeset(tmp_path):
     write_pdf(document, pdf, tmp_path / "work")
     text = " ".join(page.extract_text() for page in PdfReader(pdf).pages)
     assert "max" in text and "$" not in text and "max_i" not in text  # a subscript, not the source
+
+
+def _q4_answer(tmp_path, q4, ablation):
+    """The P2 Q4 answer's "what limits it" paragraph, filled from runs with these accuracies."""
+    specs = [_spec("p2_q4_skip", "P2 Q4: fix", q4, 0.9, []), _spec("p2_ablate_nobn_kaiming", "P2 ablation", ablation, 0.9, []),
+             _spec("p2_ablate_skip_default_init", "P2 ablation", [0.70, 0.70, 0.70], 0.9, [])]
+    runs = Runs(specs, quick=False, out=tmp_path, workdir=tmp_path)
+    answer = fill_template(SPECS / "p2_explanation.md", template_fields(runs), ["p2_q4_skip"])["p2_q4_skip"]
+    return " ".join(next(p for p in answer.split("\n\n") if p.startswith("**What limits it**")).split())
+
+
+def test_comparative_sentences_follow_the_numbers_they_compare(tmp_path):
+    above = _q4_answer(tmp_path, [0.73, 0.731, 0.729], [0.70, 0.701, 0.699])
+    below = _q4_answer(tmp_path, [0.70, 0.701, 0.699], [0.73, 0.731, 0.729])
+    same = _q4_answer(tmp_path, [0.730, 0.725, 0.735], [0.731, 0.726, 0.736])
+    assert "73.0% is higher than what its layers reach" in above
+    assert "70.0% is lower than what its layers reach" in below
+    assert "is about the same as what its layers reach" in same
+    # the default-init sentence compares 70.0% with Q4's, whichever is larger
+    assert "70.0%, lower than with He init" in above and "70.0%, about the same as with He init" in below

@@ -88,11 +88,22 @@ def test_a_suite_with_jobs_in_a_terminal(tmp_path, cifar_archive):
     # The live status line (k of N, what runs, ETA) and one line per start and end, never mixed.
     assert "suite: " in term.screen and " done; running: " in term.screen and "ETA" in term.screen
     finished = [line for line in lines(term.screen) if " done in " in line]
-    assert len(finished) == len(list((ROOT / "specs").glob("*.toml")))
+    assert len(finished) == len([p for p in (ROOT / "specs").glob("*.toml") if p.name != "report.toml"])
     assert all(line.startswith("[") for line in finished)
     # Attacks show their own result, not their source model's accuracy.
     attack = next(line for line in term.screen.splitlines() if line.startswith("p3_q1_fgsm "))
     assert "fooled" in attack and "test accuracy" not in attack
+    # The report of those runs, as the README says to make it, with the title page's author.
+    pdf = tmp_path / "report.pdf"
+    term = Terminal([RUNNER, "report", str(tmp_path), "--quick", "-o", str(pdf), "--author", "Ada Lovelace",
+                     "--collaborators", "Charles Babbage, Mary Somerville"])
+    assert term.wait(300) == 0, term.screen[-3000:]
+    assert "Traceback" not in term.screen and f"wrote {pdf}" in term.screen
+    from pypdf import PdfReader
+
+    title_page = PdfReader(pdf).pages[0].extract_text()
+    assert "Ada Lovelace" in title_page and "Charles Babbage, Mary Somerville" in title_page
+    assert "CIS680" in title_page  # specs/report.toml's course
 
 
 def test_ctrl_c_says_how_to_continue_and_resume_needs_no_data(tmp_path, cifar_archive):

@@ -165,6 +165,11 @@ class SpecRuns:
         return asked[0] if asked else self.question.partition(":")[0]
 
     @property
+    def is_question(self) -> bool:
+        """Whether it answers one of the homework's questions ("P2 Q3: ..."), not a study beyond them."""
+        return bool(QUESTION.match(self.question))
+
+    @property
     def trained(self) -> bool:
         """Whether the spec trains its own model (an attack's evaluates another spec's)."""
         return bool(self.representative.get("iterations"))
@@ -199,6 +204,13 @@ class SpecRuns:
         if not all(isinstance(h, dict) and h.get("name") and h.get("value") is not None for h in own):
             return None
         return own[0]["name"], statistics.mean(h["value"] for h in own)
+
+    def metrics(self) -> dict | None:
+        """The representative run's metrics.csv as columns (lists by name), or None without one."""
+        from ..metrics import read_csv
+
+        path = self.run_dir / "metrics.csv"
+        return read_csv(path) if path.is_file() else None
 
     def figure(self, file_name: str) -> Path | None:
         """A figure of the representative run, or None when it did not draw one."""

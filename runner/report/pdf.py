@@ -104,7 +104,7 @@ def title_page(document: Document) -> str:
     return (f"#align(center, text(size: 20pt, weight: \"bold\", {content(document.title)}))\n"
             f"#v(0.6em)\n{warning}"
             f"#text(size: 9pt, grid(columns: (auto, 1fr), column-gutter: 10pt, row-gutter: 6pt,\n  {facts}))\n"
-            "#v(0.8em)\n#text(size: 9pt, outline(depth: 1))\n#pagebreak()\n")
+            "#v(0.8em)\n#text(size: 9pt, outline(depth: 1))\n")
 
 
 def source(document: Document, images: dict[Path, str]) -> str:

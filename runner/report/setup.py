@@ -90,7 +90,7 @@ def setup_tables(runs: Runs, part: int, catalogue) -> list[Table]:
                     + (" (what differs follows)." if differing else "."))]
     if differing:
         tables.append(Table(["net"] + differing,
-                            [[f"{s.label}: {s.title}" if s.label.startswith("P") else s.title]
+                            [[f"{s.label}, {s.title}"]
                              + [described[s.name].get(k, "none") for k in differing] for s in specs],
                             f"What differs between the Part {part} nets.", small=True))
     return tables
