@@ -61,6 +61,23 @@ def test_name_and_question_are_not_inherited(tmp_path, catalogue):
     assert spec.name == "child" and spec["question"] == ""
 
 
+def test_a_file_that_lists_plugins_places_them_after_the_inherited_ones(tmp_path, catalogue):
+    write(tmp_path, "base.toml", '[model]\nname = "table1"\n[plugins.init]\nscheme = "kaiming"\n[plugins.grad_magnitude]\n')
+    both = write(tmp_path, "both.toml", 'extends = "base.toml"\n[plugins.skip]\nfinal_relu = true\n'
+                                        '[plugins.init]\nscheme = "fixup"\n')
+    one = write(tmp_path, "one.toml", 'extends = "base.toml"\n[plugins.skip]\n')
+    # Fixup needs skip's blocks first: the child's order wins for the plugins it lists.
+    assert [n for n in load(both, catalogue).plugin_names() if n != "visdom"] == ["grad_magnitude", "skip", "init"]
+    assert [n for n in load(one, catalogue).plugin_names() if n != "visdom"] == ["init", "grad_magnitude", "skip"]
+    assert load(both, catalogue)["plugins"]["init"]["scheme"] == "fixup"
+
+
+def test_title_is_not_inherited_and_not_protocol(tmp_path, catalogue):
+    write(tmp_path, "base.toml", 'title = "the base net"\n[model]\nname = "table1"\n')
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n')
+    assert load(child, catalogue)["title"] == ""
+
+
 def test_overrides_are_typed_and_win(tmp_path, catalogue):
     path = write(tmp_path, "s.toml", '[model]\nname = "table1"\n')
     spec = load(path, catalogue, "train.lr=0.25", "train.nesterov=true", 'data.transforms=["normalize"]',
