@@ -59,7 +59,7 @@ def table(block: Table) -> str:
     caption = f"{{strong(\"Table {block.number}.\"); \" \"; {content(block.caption)}}}" if block.caption else "none"
     size = "7pt" if block.small else "8.5pt"
     # A short table stays on one page; a long one (an architecture) continues on the next.
-    breakable = "show figure: set block(breakable: true); " if len(block.rows) > 15 else ""
+    breakable = "show figure: set block(breakable: true); " if len(block.rows) > 8 else ""
     return (f"#{{ set text(size: {size}); {breakable}figure({body},\n  kind: table, supplement: none, "
             f"numbering: none, caption: {caption}) }}\n")
 

@@ -33,11 +33,14 @@ def _transforms(spec: dict) -> str:
     return " then ".join(shown) or "none (raw pixel values 0-255)"
 
 
-def _model(spec: dict) -> str:
+def _model(spec: dict) -> dict[str, str]:
+    """The model as rows: its name, then one row per setting, so a table of what differs between
+    nets shows only the settings that do."""
     model = dict(spec.get("model", {}))
-    name = model.pop("name", "?")
-    return name + "".join(f"; {k.replace('_', ' ')} {_number(v) if not isinstance(v, list) else '/'.join(map(str, v))}"
-                          for k, v in model.items())
+    rows = {"model": model.pop("name", "?")}
+    for key, value in model.items():
+        rows[f"model: {key.replace('_', ' ')}"] = "/".join(map(str, value)) if isinstance(value, list) else _number(value)
+    return rows
 
 
 def rows_of(spec: SpecRuns, catalogue) -> dict[str, str]:
@@ -50,7 +53,7 @@ def rows_of(spec: SpecRuns, catalogue) -> dict[str, str]:
     warmup = train.get("warmup") or 0
     schedule = train.get("schedule", "constant")
     rows = {
-        "model": _model(table),
+        **_model(table),
         "augmentation (in order)": _transforms(table),
         "optimizer": optimizer,
         "learning rate": f"peak {_number(train.get('lr'))}" + (f", linear warmup over the first {warmup:.0%}" if warmup else "")
