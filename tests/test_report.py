@@ -262,6 +262,9 @@ def test_every_template_field_names_a_key_the_runs_or_plugins_write(reported, tm
                 if name and name.partition(".")[0] in runs:
                     try:
                         formatter.get_field(name, (), fields)  # KeyError/AttributeError: no such key
+                    except AttributeError as exc:
+                        if "'NoneType'" not in str(exc):  # a table a smoke run left empty (null) is no error
+                            raise
                     except (KeyError, TypeError):
                         if "[" not in name:  # an index a 12-step run has no entry for (iteration 100)
                             raise
