@@ -520,7 +520,7 @@ def pairs_fields(rows: list[dict]) -> dict:
     (min, max, dB) and `pairs_worst`, the most changed shown image's row."""
     fooled = [r for r in rows if r.get("success")]
     if not fooled:
-        return {}
+        return dict.fromkeys(("pairs_linf", "pairs_psnr", "pairs_worst"))
     linf = [r["linf"] for r in fooled]
     psnr = [r["psnr"] for r in fooled if r.get("psnr") is not None]
     return {"pairs_linf": {"median": statistics.median(linf), "min": min(linf), "max": max(linf)},

@@ -301,7 +301,10 @@ def matrix_fields(summary: dict, runs) -> dict:
     row = matrix["accuracy"][sources.index(summary["attack_spec"])]
     forward = row[targets.index(target)]
     others = [v for t, v in zip(targets, row) if t not in (target, attacked) and v is not None]
-    fields = {"forward": forward, "others": _range(others)}
+    # Every key, None where the matrix lacks its cells, so a template's paragraph is left out, not broken.
+    fields = dict.fromkeys(("others_word", "reverse", "reverse_others", "direction_word", "linf", "reverse_linf",
+                            "linf_word"))
+    fields.update(forward=forward, others=_range(others))
     if others and forward is not None:
         fields["others_word"] = ("lower than" if forward < min(others) else "higher than" if forward > max(others)
                                  else "within the range of")
