@@ -507,7 +507,7 @@ def report_sections(runs):
             f"at most {summary.get('max_steps')} steps, until a wrong class has at least "
             f"{summary.get('confidence', 0):.0%}); distances in gray levels over the 3,072 values of an image.",
             small=True)]
-        if spec.label.startswith("P") and " Q" in spec.label:  # a question's attack; other rows keep their table
+        if spec.is_question:  # a question's attack; the transfer matrix's other rows keep their table
             blocks += _report_figures(spec, summary, runs.workdir)
         sections.append(Section(spec=spec.name, blocks=blocks,
                                 fields={"switches": switches_text(summary.get("top_switches")),

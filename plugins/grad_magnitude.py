@@ -337,7 +337,7 @@ def _report_figures(spec, folder) -> list:
 @hookimpl
 def report_sections(runs):
     """Each spec's G figures, and one section comparing every spec's gradients."""
-    from runner.report import Figure, Paragraph, Section, Table
+    from runner.report import Paragraph, Section, Table
 
     sections = []
     for spec in runs.values():

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RunnerError
-from .collect import QUESTION, Runs, SpecRuns
+from .collect import Runs, SpecRuns
 from .document import Bullets, Document, Figure, Paragraph, Section, Table, blocks_from_text
 from .config import ReportConfig
 from .setup import part_of, setup_tables
@@ -152,12 +152,6 @@ def quick_warning(runs: Runs) -> str:
             "test the pipeline and are not results." if runs.quick else "")
 
 
-def label(question: str) -> str:
-    """"P1 Q2" of "P1 Q2: normalize ...", else the text before the colon (or the whole question)."""
-    asked = QUESTION.match(question)
-    return asked[0] if asked else question.partition(":")[0]
-
-
 def spec_section(spec: SpecRuns, answer: str, shown: Shown, workdir: Path) -> Section:
     runs = spec.runs
     seeds = ", ".join(str(s.get("seed")) for s in runs)
@@ -179,15 +173,14 @@ def spec_section(spec: SpecRuns, answer: str, shown: Shown, workdir: Path) -> Se
 def training_figure(spec: SpecRuns, workdir: Path) -> Figure | None:
     """The representative run's training accuracy, drawn for the page from its metrics.csv."""
     from .. import artifacts, figures
-    from ..metrics import read_csv
 
-    metrics = spec.run_dir / "metrics.csv"
-    if not metrics.is_file():
+    table = spec.metrics()
+    if table is None:
         return None
     seed = spec.representative.get("seed")
     # A question's plot spans the page; a study's takes half of it, drawn half as wide.
     width, size = (1.0, (7, 2.2)) if spec.is_question else (0.5, (3.5, 2.4))
-    figure = figures.training_accuracy(read_csv(metrics), "", spec.representative.get("test_accuracy"), size=size)
+    figure = figures.training_accuracy(table, "", spec.representative.get("test_accuracy"), size=size)
     path = workdir / f"training_{spec.name}.png"
     artifacts.save_figure(path, figure)
     figures.close(figure)
@@ -258,7 +251,7 @@ def confusion_figures(runs: Runs) -> list[Figure]:
     found = []
     for name, spec in runs.items():
         per_class = spec.representative.get("per_class") or {}
-        if not (spec.trained and QUESTION.match(spec.question) and per_class.get("confusion_matrix")):
+        if not (spec.trained and spec.is_question and per_class.get("confusion_matrix")):
             continue
         figure = figures.confusion_matrix(per_class["confusion_matrix"], per_class["classes"], "", size=(2.0, 1.9))
         path = runs.workdir / f"confusion_{name}.png"
@@ -316,10 +309,6 @@ def provenance(runs: Runs, where: Path | None) -> list[list[str]]:
                                   "(made with --set, or before the spec changed): "
                       + ", ".join(note.partition(" (")[0] for note in runs.left_out)])
     return facts
-
-
-def _value(value) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]] | None:
