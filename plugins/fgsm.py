@@ -1,6 +1,6 @@
 """Part 3 Q1: adversarial images by the iterative fast gradient sign method, on a trained model.
 
-The run's model is the trained model of another spec (`source`, RUN_MODEL below): the spec
+The run's model is the trained model of another spec (`source`, its declared run_model): the spec
 names no model and trains nothing, and the loaded model carries its own normalization, so the
 attack works on real pixel values 0-255 and every iterate is an image (integer eps keeps it an
 exact 8-bit image).
@@ -31,31 +31,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from runner import Setting, figures, hookimpl
+from runner import Plugin, figures, hookimpl, setting
 from runner.artifacts import atomic_path, save_figure, save_torch, write_text
 from runner.input_grad import input_gradients
 from runner.progress import Progress
 from runner.sources import probabilities
 
-SETTINGS = {
-    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
-                      reads="model"),
-    "eps": Setting(1.0, "step size in pixel units (0-255); an integer keeps every iterate an 8-bit image",
-                   min=0.0),
+@dataclass(frozen=True)
+class Settings:
+    source: str = setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
+                          reads="model")
+    eps: float = setting(1.0, "step size in pixel units (0-255); an integer keeps every iterate an 8-bit image",
+                         min=0.0)
     # A quick run's barely trained net is rarely fooled at 99%: uncapped, every image would take all
     # 200 steps and the attack would outlast the training.
-    "max_steps": Setting(200, "steps per image at most; images not fooled by then count as failures", min=0,
-                         quick=20),
-    "confidence": Setting(0.99, "stop once a wrong class (or the target) has at least this probability",
-                          min=0.0, max=1.0),
-    "bound": Setting(0.0, "L-inf radius around the original in pixel units (0: none, only [0, 255])", min=0.0),
-    "target": Setting(-1, "class to push images into (-1: any wrong class, the homework's attack)", min=-1, max=9),
-    "per_class": Setting(2, "images per class shown side by side with their originals", min=0),
-    "attack_all": Setting(True, "also attack every correctly classified test image, for statistics"),
-    "batch_size": Setting(1000, "images attacked at once", min=1),
-}
+    max_steps: int = setting(200, "steps per image at most; images not fooled by then count as failures", min=0,
+                             quick=20)
+    confidence: float = setting(0.99, "stop once a wrong class (or the target) has at least this probability",
+                                min=0.0, max=1.0)
+    bound: float = setting(0.0, "L-inf radius around the original in pixel units (0: none, only [0, 255])",
+                           min=0.0)
+    target: int = setting(-1, "class to push images into (-1: any wrong class, the homework's attack)",
+                          min=-1, max=9)
+    per_class: int = setting(2, "images per class shown side by side with their originals", min=0)
+    attack_all: bool = setting(True, "also attack every correctly classified test image, for statistics")
+    batch_size: int = setting(1000, "images attacked at once", min=1)
 
-RUN_MODEL = "source"  # the attacked model is this run's model
+
+# The attacked model (the trained model of the spec `source` names) is this run's model.
+plugin = Plugin(settings=Settings, run_model="source",
+                help="iterative FGSM until the net is fooled with the given confidence (P3 Q1)")
+
 SET_FILE = "adversarial_set.pt"  # what a transfer evaluation reads (plugins/transfer.py)
 
 
@@ -193,24 +199,24 @@ def load_png(path) -> torch.Tensor:
 @hookimpl
 def run_finished(run, results, settings):
     model = run.model.eval()
-    target = settings["target"] if settings["target"] >= 0 else None
-    attack = dict(eps=settings["eps"], max_steps=settings["max_steps"], confidence=settings["confidence"],
-                  bound=settings["bound"], target=target)
+    target = settings.target if settings.target >= 0 else None
+    attack = dict(eps=settings.eps, max_steps=settings.max_steps, confidence=settings.confidence,
+                  bound=settings.bound, target=target)
     summary = results.setdefault("fgsm", {})
-    summary.update({key: settings[key] for key in ("eps", "max_steps", "confidence", "bound", "target")})
+    summary.update({key: getattr(settings, key) for key in ("eps", "max_steps", "confidence", "bound", "target")})
     summary["source_spec"], summary["source_run"] = results["model_source"]["spec"], results["model_source"]["run"]
     summary["source_test_accuracy"] = results.get("test_accuracy")
 
     images, labels, names = run.test_images, run.test_labels, run.class_names
-    correct = probabilities(model, images, settings["batch_size"]).argmax(1) == labels
+    correct = probabilities(model, images, settings.batch_size).argmax(1) == labels
     if target is not None:
         correct &= labels != target  # an image of the target class cannot be pushed into it
 
-    chosen = torch.cat([torch.nonzero(correct & (labels == c)).flatten()[:settings["per_class"]]
+    chosen = torch.cat([torch.nonzero(correct & (labels == c)).flatten()[:settings.per_class]
                         for c in range(len(names))])
     pairs = _attack_pairs(run, model, chosen, attack, settings, summary)
 
-    if settings["attack_all"]:
+    if settings.attack_all:
         everything = torch.nonzero(correct).flatten()
         full = _attack_set(run, model, everything, attack, settings, summary)
     else:  # the transfer spec still gets a set: the pairs
@@ -226,7 +232,7 @@ def run_finished(run, results, settings):
         "class_names": list(names), "source_spec": summary["source_spec"], "source_run": summary["source_run"],
         "attack": attack,
     })
-    everything = settings["attack_all"]
+    everything = settings.attack_all
     results["headline"] = {
         "name": "fooled",
         "value": summary["success_rate"] if everything else summary["pairs_success"] / max(summary["pairs_count"], 1),
@@ -250,7 +256,7 @@ def _attack_pairs(run, model, chosen, attack, settings, summary) -> dict:
         rows.append({"class": label, "class_name": names[label], "k": k, "test_index": index, "file": stem})
     # The delivered artifact is the PNG: check that it, not the float tensor, fools the model.
     back = torch.stack(reloaded).to(run.device) if rows else adversarial
-    probs = probabilities(model, back, settings["batch_size"])
+    probs = probabilities(model, back, settings.batch_size)
     still = (goal_of(probs, labels, attack["target"]) >= attack["confidence"]) & result.success
     back_prob, back_class = probs.max(1)
     measured = distortion(adversarial, originals)
@@ -286,8 +292,8 @@ def _attack_set(run, model, indices, attack, settings, summary) -> dict:
     _sync(run.device)
     started = time.perf_counter()
     with Progress(len(indices), f"{run.spec.name} attack", unit="images") as progress:
-        for start in range(0, len(indices), settings["batch_size"]):
-            batch = indices[start:start + settings["batch_size"]]
+        for start in range(0, len(indices), settings.batch_size):
+            batch = indices[start:start + settings.batch_size]
             parts.append(iterative_fgsm(model, run.test_images[batch], run.test_labels[batch], **attack))
             fooled = sum(int(part.success.sum()) for part in parts)
             progress.update(len(batch), fooled=f"{fooled}/{progress.done + len(batch)}")
@@ -304,7 +310,7 @@ def _attack_set(run, model, indices, attack, settings, summary) -> dict:
         first_wrong = steps.clone()
         images = originals.clone()
     # Rounding to 8 bits is exact for integer eps; for any other eps this counts what survives it.
-    probs = probabilities(model, images, settings["batch_size"])
+    probs = probabilities(model, images, settings.batch_size)
     kept = (goal_of(probs, labels, attack["target"]) >= attack["confidence"]) & success
     measured = distortion(images, originals)
     won = steps[success].tolist()
@@ -484,13 +490,13 @@ def reached_figure(run_dir: Path, title: str):
 
 
 @hookimpl
-def report_sections(runs):
+def report_sections(runs, specs):
     """Each attack's numbers as a table, its images, its steps and where its images went (true
     class against the class reached); the field `switches` for its explanation template."""
     from runner.report import Section, Table
 
     sections = []
-    for spec in runs.using("fgsm"):
+    for spec in specs:
         summary = spec.representative.get("fgsm") or {}
         if not summary:
             continue

@@ -20,18 +20,24 @@ alone. change_model hooks run in the spec's [plugins.*] order: list [plugins.ski
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from runner import Setting, SpecError, hookimpl
+from runner import Plugin, SpecError, hookimpl, setting
 from runner.blocks import Residual
 
-SETTINGS = {
-    "scheme": Setting("kaiming", "kaiming: He normal (fan_in, ReLU) weights, zero biases; fixup: kaiming, then "
-                      "residual branches from the skip plugin start at zero (Fixup)", choices=("kaiming", "fixup")),
-    "layers": Setting("all", "which layers kaiming re-initializes: convs and linears, or convs only",
-                      choices=("all", "conv")),
-}
+@dataclass(frozen=True)
+class Settings:
+    scheme: str = setting("kaiming", "kaiming: He normal (fan_in, ReLU) weights, zero biases; fixup: kaiming, "
+                          "then residual branches from the skip plugin start at zero (Fixup)",
+                          choices=("kaiming", "fixup"))
+    layers: str = setting("all", "which layers kaiming re-initializes: convs and linears, or convs only",
+                          choices=("all", "conv"))
+
+
+plugin = Plugin(settings=Settings, help="re-initialize the model's weights (He/Kaiming, or Fixup with skip)")
 
 NO_BLOCKS = ("scheme \"fixup\" needs residual blocks: enable the skip plugin and list [plugins.skip] before "
              "[plugins.init] in the spec, so its blocks exist when init runs")
@@ -86,7 +92,7 @@ def fixup(model: nn.Module, which: str = "all") -> int:
 def configure(spec, settings):
     # Checked from the spec, before any model exists (runner validate, a suite's first step);
     # fixup() checks the blocks themselves again.
-    if settings["scheme"] != "fixup":
+    if settings.scheme != "fixup":
         return
     order = spec.plugin_names()
     if "skip" not in order or order.index("skip") > order.index("init"):
@@ -97,17 +103,17 @@ def configure(spec, settings):
 
 @hookimpl
 def change_model(model, settings):
-    if settings["scheme"] == "fixup":
-        fixup(model, settings["layers"])
+    if settings.scheme == "fixup":
+        fixup(model, settings.layers)
     else:
-        kaiming(model, settings["layers"])
+        kaiming(model, settings.layers)
     return None
 
 
 @hookimpl
 def describe_setup(settings):
-    which = "convs and linears" if settings["layers"] == "all" else "convs"
-    if settings["scheme"] == "fixup":
+    which = "convs and linears" if settings.layers == "all" else "convs"
+    if settings.scheme == "fixup":
         return {"initialization": f"Fixup: He normal on the {which}, each residual branch's last conv zeroed, "
                                   "its others scaled down with depth"}
     return {"initialization": f"He normal (fan_in, ReLU gain) on the {which}, zero biases"}

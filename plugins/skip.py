@@ -22,23 +22,28 @@ same objects as before; identity shortcuts add none, `gate = "zero"` adds one pe
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from runner import Setting, SpecError, hookimpl
+from runner import Plugin, SpecError, hookimpl, setting
 from runner.blocks import Residual
 
-SETTINGS = {
-    "layers": Setting("inserted", "which convs: the run right after the first conv (the homework's inserted "
-                      "layers), or every run of shape-preserving convs", choices=("inserted", "all")),
-    "block": Setting(2, "conv layers per residual block", min=1),
-    "shortcut": Setting("identity", "shortcut path: identity, or a 1x1 conv initialized to the identity",
-                        choices=("identity", "projection")),
-    "gate": Setting("none", "scale of the residual branch: none (1), or a learnable scalar starting at 0",
-                    choices=("none", "zero")),
-    "final_relu": Setting(False, "move each branch's trailing ReLU after the addition (ResNet's block; needed "
-                          "by init's fixup, whose zeroed last conv a trailing ReLU would never let train)"),
-}
+@dataclass(frozen=True)
+class Settings:
+    layers: str = setting("inserted", "which convs: the run right after the first conv (the homework's inserted "
+                          "layers), or every run of shape-preserving convs", choices=("inserted", "all"))
+    block: int = setting(2, "conv layers per residual block", min=1)
+    shortcut: str = setting("identity", "shortcut path: identity, or a 1x1 conv initialized to the identity",
+                            choices=("identity", "projection"))
+    gate: str = setting("none", "scale of the residual branch: none (1), or a learnable scalar starting at 0",
+                        choices=("none", "zero"))
+    final_relu: bool = setting(False, "move each branch's trailing ReLU after the addition (ResNet's block; "
+                               "needed by init's fixup, whose zeroed last conv a trailing ReLU would never let train)")
+
+
+plugin = Plugin(settings=Settings, help="residual blocks around runs of shape-preserving convs (P2 Q4's fix)")
 
 
 def identity_conv(channels: int) -> nn.Conv2d:
@@ -107,26 +112,26 @@ def wrap(model: nn.Module, settings: dict) -> nn.Sequential:
                         f"{type(model).__name__}", key="plugins.skip.layers")
     layers = list(model)
     runs = find_runs(layers)
-    chosen = _inserted(layers, runs) if settings["layers"] == "inserted" else runs
+    chosen = _inserted(layers, runs) if settings.layers == "inserted" else runs
     if not chosen:
         where = ("right after the first conv (with only ReLU, BatchNorm or pooling in between)"
-                 if settings["layers"] == "inserted" else "anywhere in the model")
+                 if settings.layers == "inserted" else "anywhere in the model")
         raise SpecError(f"found no run of shape-preserving convs {where}: the skip plugin wraps Conv2d layers "
                         "with stride 1, as many output as input channels and 'same' padding (odd kernel, "
                         "padding kernel // 2), each optionally followed by BatchNorm2d and ReLU"
-                        + ("; try layers = \"all\"" if settings["layers"] == "inserted" and runs else ""),
-                        key="plugins.skip.layers", allowed=SETTINGS["layers"].choices)
+                        + ("; try layers = \"all\"" if settings.layers == "inserted" and runs else ""),
+                        key="plugins.skip.layers", allowed=plugin.schema["layers"].choices)
     blocks_at = {}  # start index -> (number of layers replaced, residual blocks)
     for start, units in chosen:
-        blocks, size = [], settings["block"]
+        blocks, size = [], settings.block
         for b in range(0, len(units), size):
             group = [m for unit in units[b:b + size] for m in unit]
             channels = group[0].in_channels
-            if settings["final_relu"] and isinstance(group[-1], nn.ReLU):
+            if settings.final_relu and isinstance(group[-1], nn.ReLU):
                 group.pop()  # Residual applies it after the addition
             blocks.append(Residual(nn.Sequential(*group),
-                                   identity_conv(channels) if settings["shortcut"] == "projection" else None,
-                                   gate=settings["gate"] == "zero", final_relu=settings["final_relu"]))
+                                   identity_conv(channels) if settings.shortcut == "projection" else None,
+                                   gate=settings.gate == "zero", final_relu=settings.final_relu))
         blocks_at[start] = (sum(len(u) for u in units), blocks)
     out, i = [], 0
     while i < len(layers):
@@ -147,8 +152,8 @@ def change_model(model, settings):
 
 @hookimpl
 def describe_setup(settings):
-    which = "the inserted convs" if settings["layers"] == "inserted" else "every run of shape-preserving convs"
-    gate = "a learnable gate starting at 0" if settings["gate"] == "zero" else "no gate"
-    shortcut = "identity" if settings["shortcut"] == "identity" else "1x1-conv"
-    relu = ", ReLU after the addition" if settings["final_relu"] else ""
-    return {"residual blocks": f"{which} in blocks of {settings['block']}, {shortcut} shortcut, {gate}{relu}"}
+    which = "the inserted convs" if settings.layers == "inserted" else "every run of shape-preserving convs"
+    gate = "a learnable gate starting at 0" if settings.gate == "zero" else "no gate"
+    shortcut = "identity" if settings.shortcut == "identity" else "1x1-conv"
+    relu = ", ReLU after the addition" if settings.final_relu else ""
+    return {"residual blocks": f"{which} in blocks of {settings.block}, {shortcut} shortcut, {gate}{relu}"}

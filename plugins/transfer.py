@@ -1,6 +1,6 @@
 """Part 3 Q2: feed adversarial images made on one model to another (cross-model transfer).
 
-The run's model is the trained model of `target` (RUN_MODEL below: the spec names no model and
+The run's model is the trained model of `target` (its declared run_model: the spec names no model and
 trains nothing); run_finished reads the `attack` run's adversarial_set.pt and reports the
 target's accuracy on
 
@@ -13,26 +13,32 @@ accuracy on that attack's adversarial images (runs that do not exist are listed,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
 
-from runner import RunnerError, Setting, figures, hookimpl
+from runner import Plugin, RunnerError, figures, hookimpl, setting
 from runner.artifacts import save_figure
 
 from runner.sources import completed_runs, probabilities, require_run, trained_model
 
 SET_FILE = "adversarial_set.pt"  # what an fgsm run writes: its adversarial images and their originals' places
-RUN_MODEL = "target"  # the evaluated model is this run's model
 
-SETTINGS = {
-    "attack": Setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used", reads="run"),
-    "target": Setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated",
-                      reads="model"),
-    "matrix_sources": Setting([], "attack specs for the transfer matrix (rows)", item=str, reads="run"),
-    "matrix_targets": Setting([], "model specs for the transfer matrix (columns)", item=str, reads="model"),
-    "batch_size": Setting(1000, "images evaluated at once", min=1),
-}
+@dataclass(frozen=True)
+class Settings:
+    attack: str = setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used", reads="run")
+    target: str = setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated",
+                          reads="model")
+    matrix_sources: list[str] = setting([], "attack specs for the transfer matrix (rows)", reads="run")
+    matrix_targets: list[str] = setting([], "model specs for the transfer matrix (columns)", reads="model")
+    batch_size: int = setting(1000, "images evaluated at once", min=1)
+
+
+# The evaluated model (the trained model of the spec `target` names) is this run's model.
+plugin = Plugin(settings=Settings, run_model="target",
+                help="how adversarial images made on one net fool another (P3 Q2)")
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -95,14 +101,14 @@ def successful(adversarial: dict) -> dict:
 
 @hookimpl
 def run_finished(run, results, settings):
-    attack_dir = require_run(run, settings["attack"], "adversarial images")
+    attack_dir = require_run(run, settings.attack, "adversarial images")
     summary = results.setdefault("transfer", {})
     summary.update({"target_spec": results["model_source"]["spec"], "target_run": results["model_source"]["run"],
-                    "attack_spec": settings["attack"], "attack_run": str(attack_dir)})
+                    "attack_spec": settings.attack, "attack_run": str(attack_dir)})
     model = run.model.eval()
     adversarial = load_set(attack_dir, run)
     summary["source_spec"], summary["source_run"] = adversarial["source_spec"], adversarial["source_run"]
-    batch = settings["batch_size"]
+    batch = settings.batch_size
 
     pairs = adversarial["pairs"]
     shown = evaluate(model, pairs, pairs["originals"], batch)
@@ -129,7 +135,7 @@ def run_finished(run, results, settings):
         figure = _pairs_figure(pairs, shown["predicted"], adversarial["class_names"], summary)
         save_figure(run.dir / "transfer_pairs.png", figure)
         figures.close(figure)
-    if settings["matrix_sources"] and settings["matrix_targets"]:
+    if settings.matrix_sources and settings.matrix_targets:
         summary["matrix"] = _matrix(run, settings)
         if summary["matrix"]["sources"] and summary["matrix"]["targets"]:
             figure = _matrix_figure(summary["matrix"])
@@ -145,15 +151,15 @@ def _matrix(run, settings) -> dict:
     """Target accuracy on each attack's successful adversarial images; missing runs are listed."""
     skipped = []
     sets = {}
-    for name, found in completed_runs(run, settings["matrix_sources"], skipped, "attack "):
+    for name, found in completed_runs(run, settings.matrix_sources, skipped, "attack "):
         adversarial = load_set(found, run)
         sets[name] = (found, successful(adversarial), adversarial["source_spec"])
     models = {name: (found, trained_model(run, found))
-              for name, found in completed_runs(run, settings["matrix_targets"], skipped, "model ")}
+              for name, found in completed_runs(run, settings.matrix_targets, skipped, "model ")}
     accuracy, clean, ci = [], [], []
     for name, (_, images, _) in sets.items():
         originals = run.test_images[images["indices"]]
-        row = [evaluate(model, images, originals, settings["batch_size"]) for _, model in models.values()]
+        row = [evaluate(model, images, originals, settings.batch_size) for _, model in models.values()]
         accuracy.append([cell["adversarial"]["accuracy"] for cell in row])
         ci.append([cell["adversarial"]["ci95"] for cell in row])
         clean.append([cell["clean"]["accuracy"] for cell in row])
@@ -243,13 +249,13 @@ def _interval(block: dict) -> str:
 
 
 @hookimpl
-def report_sections(runs):
+def report_sections(runs, specs):
     """Each transfer spec's accuracies (adversarial against the same images unperturbed, with 95%
     Wilson intervals), its transfer matrix as a table, and its figures."""
     from runner.report import Figure, Section, Table
 
     sections = []
-    for spec in runs.using("transfer"):
+    for spec in specs:
         summary = spec.representative.get("transfer") or {}
         if not summary.get("set"):
             continue

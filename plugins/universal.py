@@ -16,30 +16,36 @@ baseline that shows the effect is not the norm alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import time
 
 import torch
 import torch.nn.functional as F
 
-from runner import Setting, figures, hookimpl
+from runner import Plugin, figures, hookimpl, setting
 from runner.artifacts import save_figure, save_torch
 from runner.input_grad import input_gradients
 from runner.sources import completed_runs, probabilities, trained_model
 
-RUN_MODEL = "source"  # the attacked model is this run's model
 
-SETTINGS = {
-    "source": Setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
-                      reads="model"),
-    "radius": Setting(10.0, "L-inf bound of the perturbation in pixel units (0-255)", min=0.0, max=255.0),
-    "step": Setting(1.0, "change of v per update, pixel units", min=0.0),
-    "epochs": Setting(10, "passes over the training images at most", min=1, quick=2),
-    "stop_at": Setting(0.8, "stop once this fraction of training images is fooled (the paper's 1 - delta)",
-                       min=0.0, max=1.0),
-    "batch_size": Setting(250, "training images per update", min=1),
-    "targets": Setting([], "other model specs whose test fooling rate is measured too (missing runs are listed)",
-                       item=str, reads="model"),
-}
+@dataclass(frozen=True)
+class Settings:
+    source: str = setting("p1_q4_crop", "spec whose latest completed run (same --out, same --quick) is attacked",
+                          reads="model")
+    radius: float = setting(10.0, "L-inf bound of the perturbation in pixel units (0-255)", min=0.0, max=255.0)
+    step: float = setting(1.0, "change of v per update, pixel units", min=0.0)
+    epochs: int = setting(10, "passes over the training images at most", min=1, quick=2)
+    stop_at: float = setting(0.8, "stop once this fraction of training images is fooled (the paper's 1 - delta)",
+                             min=0.0, max=1.0)
+    batch_size: int = setting(250, "training images per update", min=1)
+    targets: list[str] = setting([], "other model specs whose test fooling rate is measured too (missing runs "
+                                 "are listed)", reads="model")
+
+
+# The attacked model (the trained model of the spec `source` names) is this run's model.
+plugin = Plugin(settings=Settings, run_model="source",
+                help="one universal perturbation that fools most images (Moosavi-Dezfooli et al.)")
 
 FILE = "universal_perturbation.pt"
 
@@ -98,14 +104,14 @@ def run_finished(run, results, settings):
     summary["source_spec"], summary["source_run"] = results["model_source"]["spec"], results["model_source"]["run"]
     generator = torch.Generator().manual_seed(run.spec["seed"])
     started = time.perf_counter()
-    v, history = fit_universal(run.model, run.train_images, radius=settings["radius"], step=settings["step"],
-                               epochs=settings["epochs"], stop_at=settings["stop_at"],
-                               batch_size=settings["batch_size"], generator=generator)
+    v, history = fit_universal(run.model, run.train_images, radius=settings.radius, step=settings.step,
+                               epochs=settings.epochs, stop_at=settings.stop_at,
+                               batch_size=settings.batch_size, generator=generator)
     seconds = time.perf_counter() - started
-    noise = random_sign_noise(v, settings["radius"], generator)
-    models = {settings["source"]: run.model}
+    noise = random_sign_noise(v, settings.radius, generator)
+    models = {settings.source: run.model}
     skipped = []
-    for name, found in completed_runs(run, settings["targets"], skipped):
+    for name, found in completed_runs(run, settings.targets, skipped):
         if name not in models:
             models[name] = trained_model(run, found)
     test = {}
@@ -117,17 +123,17 @@ def run_finished(run, results, settings):
         test[name] = {"fooling_rate": _mean(with_v != clean), "random_noise_fooling_rate": _mean(with_noise != clean),
                       "clean_accuracy": _mean(clean == labels), "perturbed_accuracy": _mean(with_v == labels)}
     summary.update({
-        "radius": settings["radius"], "linf": round(float(v.abs().max()), 3),
+        "radius": settings.radius, "linf": round(float(v.abs().max()), 3),
         "train_images": len(run.train_images), "epochs_run": len(history),
         "train_fooling_rate_by_epoch": [round(r, 5) for r in history],
         "seconds": round(seconds, 3),
-        "source_test_fooling_rate": test[settings["source"]]["fooling_rate"],
+        "source_test_fooling_rate": test[settings.source]["fooling_rate"],
         "test": test, "skipped": skipped,
     })
     results["headline"] = {"name": "fooling rate", "value": summary["source_test_fooling_rate"], "seconds": summary["seconds"]}
-    save_torch(run.dir / FILE, {"perturbation": v.cpu(), "radius": settings["radius"],
-                                "source_spec": settings["source"]})
-    figure = _figure(v, run.test_images[:6], models[settings["source"]], run.class_names, summary)
+    save_torch(run.dir / FILE, {"perturbation": v.cpu(), "radius": settings.radius,
+                                "source_spec": settings.source})
+    figure = _figure(v, run.test_images[:6], models[settings.source], run.class_names, summary)
     save_figure(run.dir / "universal_perturbation.png", figure)
     figures.close(figure)
 
@@ -175,13 +181,13 @@ def _figure(v, examples, model, names, summary):
 # ---- the report ---------------------------------------------------------------------------
 
 @hookimpl
-def report_sections(runs):
+def report_sections(runs, specs):
     """Each universal perturbation's fooling rates as a table, and its figure."""
     from runner.report import Figure, Section, Table
 
     share = lambda value: "–" if value is None else f"{value:.1%}"
     sections = []
-    for spec in runs.using("universal"):
+    for spec in specs:
         summary = spec.representative.get("universal") or {}
         if not summary.get("test"):
             continue

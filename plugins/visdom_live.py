@@ -1,6 +1,6 @@
 """Live Visdom plots of a run: loss, batch/running/test accuracy, G of the first and last conv layer, images.
 
-On by default (DEFAULT_ENABLED; `[plugins.visdom] enabled = false` turns it off): plots go to a
+On by default (default_enabled; `[plugins.visdom] enabled = false` turns it off): plots go to a
 server when one answers at the run's start, and every run records the same messages to
 visdom.jsonl in its folder either way, so `runner visdom replay RUN_DIR` shows a finished run
 later. One environment per run, named after the spec and run id; windows are created once and
@@ -17,6 +17,8 @@ reaches this plugin's show_images hook when it is on for that run.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import atexit
 import json
 import math
@@ -30,49 +32,52 @@ from urllib.parse import quote, urlparse
 
 from ignite.engine import Events
 
-from runner import Setting, hookimpl
+from runner import Plugin, hookimpl, setting
 
-DEFAULT_ENABLED = True
 LOG_NAME = "visdom.jsonl"  # runner/visdom_server.py's replay reads this name
 DEFAULT_SERVER = "http://127.0.0.1"
 DEFAULT_PORT = 8097
 RETRY_SECONDS = 5.0  # after losing the server, how often to try it again
 G_PREFIX = "G/"  # grad_magnitude's column prefix
 
-SETTINGS = {
-    "server": Setting("", "Visdom server URL; default $VISDOM_SERVER_URL, else http://127.0.0.1"),
-    "port": Setting(0, "server port; default $VISDOM_PORT, else the URL's port, else 8097", min=0, max=65535),
-    "env": Setting("", "environment name; default <spec name>_<run id>"),
-    "log": Setting(True, f"record every message to {LOG_NAME} in the run folder (for replay)"),
-    "interval": Setting(1.0, "seconds between sends at least; log points in between go out together", min=0.0),
-    "queue": Setting(512, "messages waiting for the sender at most; further ones are dropped", min=1),
-    "flush_seconds": Setting(5.0, "when the run finishes, wait at most this long for queued messages", min=0.0),
-}
+@dataclass(frozen=True)
+class Settings:
+    server: str = setting("", "Visdom server URL; default $VISDOM_SERVER_URL, else http://127.0.0.1")
+    port: int = setting(0, "server port; default $VISDOM_PORT, else the URL's port, else 8097", min=0, max=65535)
+    env: str = setting("", "environment name; default <spec name>_<run id>")
+    log: bool = setting(True, f"record every message to {LOG_NAME} in the run folder (for replay)")
+    interval: float = setting(1.0, "seconds between sends at least; log points in between go out together",
+                              min=0.0)
+    queue: int = setting(512, "messages waiting for the sender at most; further ones are dropped", min=1)
+    flush_seconds: float = setting(5.0, "when the run finishes, wait at most this long for queued messages",
+                                   min=0.0)
 
-NAME = "visdom"  # this plugin's name: its per-run Live is run.state(NAME)
+
+plugin = Plugin(settings=Settings, default_enabled=True, help="live plots in Visdom, recorded for replay")
+
 _senders: "weakref.WeakSet[_Sender]" = weakref.WeakSet()  # flushed at exit
 
 
 @hookimpl
-def show_images(run, window: str, images, caption: str) -> None:
+def show_images(run, window: str, images, caption: str, state) -> None:
     """Show a grid of images (uint8 tensor or array, N x C x H x W) in the run's environment.
 
     One window per name, replaced on each call. Does nothing when Visdom is off for this run,
     and never raises.
     """
-    live = run.state(NAME)
+    live = getattr(state, "live", None)
     if live is not None:
         live.guard(live.images, window, images, caption, fatal=False)
 
 
-def resolve_address(settings: dict) -> tuple[str, int, bool]:
+def resolve_address(settings: Settings) -> tuple[str, int, bool]:
     """(base URL without port, port, whether someone chose it): settings, then environment, then default."""
-    raw = settings.get("server") or os.environ.get("VISDOM_SERVER_URL") or ""
+    raw = settings.server or os.environ.get("VISDOM_SERVER_URL") or ""
     parsed = urlparse(raw if "://" in raw or not raw else f"http://{raw}")
     host = parsed.hostname or urlparse(DEFAULT_SERVER).hostname
     base = f"{parsed.scheme or 'http'}://{f'[{host}]' if ':' in host else host}"
-    port = settings.get("port") or _int(os.environ.get("VISDOM_PORT")) or parsed.port or DEFAULT_PORT
-    chosen = bool(raw or settings.get("port") or os.environ.get("VISDOM_PORT"))
+    port = settings.port or _int(os.environ.get("VISDOM_PORT")) or parsed.port or DEFAULT_PORT
+    chosen = bool(raw or settings.port or os.environ.get("VISDOM_PORT"))
     return base, port, chosen
 
 
@@ -217,19 +222,19 @@ class Live:
         import visdom
 
         self.label = run.spec.name
-        self.env = settings["env"] or f"{run.spec.name}_{run.dir.name}"
+        self.env = settings.env or f"{run.spec.name}_{run.dir.name}"
         base, port, chosen = resolve_address(settings)
         # A client that never sends: its plotting calls return the message they would post, so the
         # messages are exactly visdom's own. offline=True skips its per-append win_exists round trip.
         self.builder = visdom.Visdom(send=False, use_incoming_socket=False, env=self.env)
         self.builder.offline = True
-        self.log_path = run.dir / LOG_NAME if settings["log"] else None
+        self.log_path = run.dir / LOG_NAME if settings.log else None
         self._log_lock = threading.Lock()
-        self.sender = _Sender(base, port, self.env, settings["queue"], self.say, chosen, run.dir)
+        self.sender = _Sender(base, port, self.env, settings.queue, self.say, chosen, run.dir)
         self.windows: dict[str, set] = {}  # window -> its trace names
         self.rows_sent = 0
         # visdom's server re-diffs a whole window on every append, so sends are spaced out.
-        self.interval, self.last_send = settings["interval"], -math.inf
+        self.interval, self.last_send = settings.interval, -math.inf
         self.failed = False
         self._reported: set[str] = set()
         self.sender.start()
@@ -337,6 +342,14 @@ class Live:
         self.line("accuracy", "running", x, values[2], "accuracy", "accuracy")
         for (name, _, _), row in zip(g_columns, values[3:]):
             self.line("grad", name, x, row, "gradient magnitude G (first and last layer)", "G", ytype="log")
+        for plot in metrics.plots.values():  # windows plugins declared with run.metrics.plot()
+            found = [(name, metrics.column(name)) for name in plot.columns]
+            found = [(name, column) for name, column in found if column is not None]
+            if not found:
+                continue
+            rows = torch.stack([column[start:stop].float() for _, column in found]).cpu().numpy()
+            for (name, _), row in zip(found, rows):
+                self.line(plot.window, name, x, row, plot.title, plot.ylabel, ytype="log" if plot.log else "linear")
 
     def test_accuracy(self, run, evaluator) -> None:
         accuracy = evaluator.state.metrics.get("accuracy")
@@ -375,13 +388,13 @@ def _flush_all() -> None:
 
 
 @hookimpl
-def attach(trainer, evaluator, run, settings):
+def attach(trainer, evaluator, run, settings, state):
     try:
         live = Live(run, settings)
     except Exception as exc:  # visdom missing or broken: the run goes on without it
         print(f"[{run.spec.name}] visdom: warning: off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
-    run.state(NAME, lambda: live)
+    state.live = live
     _senders.add(live.sender)
     weakref.finalize(run, live.sender.stop)  # the sender's thread ends with its run
     log_every = run.spec["train"]["log_every"]
@@ -400,9 +413,9 @@ def attach(trainer, evaluator, run, settings):
 
 
 @hookimpl
-def run_finished(run, results, settings):
-    live = run.state(NAME)
+def run_finished(run, results, settings, state):
+    live = getattr(state, "live", None)
     if live is None:
         return
-    live.sender.flush(settings["flush_seconds"])
+    live.sender.flush(settings.flush_seconds)
     results["visdom"] = live.summary()

@@ -76,13 +76,14 @@ def build_model(spec, catalogue, run=None, base: nn.Module | None = None) -> nn.
     else:
         params = {k: v for k, v in spec.model.items() if k != "name"}
         model = catalogue.models[spec.model.name].factory(**params)
-    for name in spec.plugin_names():
+    hooks = run.hooks if run is not None else catalogue.hooks(spec.enabled_plugins())
+    for name in spec.plugin_names():  # chained: each plugin changes the model the one before returned
         try:
-            changed = catalogue.call(name, "change_model", model=model, run=run, settings=spec.plugins[name])
+            changed = hooks.one(name, "change_model")(model=model, run=run)
         except SpecError as exc:
             raise (exc.in_file(spec.origin(exc.key)) if exc.file is None else exc) from exc
-        if changed is not None:
-            model = changed
+        if changed and changed[0] is not None:
+            model = changed[0]
     return model
 
 

@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Events
 
 from .errors import DivergedError
-from .plugins import attributed
+from .hooks import attributed, current_plugin
 from .progress import Progress
 
 
@@ -59,20 +59,23 @@ def show_progress(run, interactive: bool) -> None:
 
 
 def attach_plugins(run) -> None:
-    """Each enabled plugin's attach hook, with every handler it adds wrapped so that its failure
-    names the plugin and the line of the plugin's file."""
+    """Every enabled plugin's attach hook, with each handler it adds wrapped so that its failure
+    names the plugin (the one whose hook is running) and the line of the plugin's file."""
     engines = (run.trainer, run.evaluator)
-    for name in run.spec.plugin_names():
+    for engine in engines:
+        engine.add_event_handler = _attributing(engine.add_event_handler)
+    try:
+        run.hooks.attach(trainer=run.trainer, evaluator=run.evaluator, run=run)
+    finally:
         for engine in engines:
-            engine.add_event_handler = _attributing(engine.add_event_handler, name)
-        try:
-            run.catalogue.call(name, "attach", trainer=run.trainer, evaluator=run.evaluator, run=run,
-                               settings=run.settings(name))
-        finally:
-            for engine in engines:
-                del engine.add_event_handler  # the class's method again
+            del engine.add_event_handler  # the class's method again
 
 
-def _attributing(add_event_handler, plugin: str):
-    return lambda event, handler, *args, **kwargs: add_event_handler(event, attributed(handler, plugin, event),
-                                                                    *args, **kwargs)
+def _attributing(add_event_handler):
+    def add(event, handler, *args, **kwargs):
+        plugin = current_plugin.get()
+        if plugin is not None:
+            handler = attributed(handler, plugin, event)
+        return add_event_handler(event, handler, *args, **kwargs)
+
+    return add

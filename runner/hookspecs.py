@@ -1,14 +1,21 @@
 """Every hook a runner plugin can implement: the one page a plugin author reads.
 
 A plugin is a module (or any object) with functions marked `@runner.hookimpl`, named after the
-hooks below; it takes only the arguments it needs. It may also define `SETTINGS`, a dict of
-`runner.Setting`, which declares the keys of its `[plugins.<name>]` table in a spec.
+hooks below; it takes only the arguments it needs. It declares its settings, if any, with one
+`runner.Plugin(settings=...)` object (runner/declaration.py, docs/plugins.md).
 
 Two kinds of hooks:
 - Registry hooks (`register_*`) run once for every installed plugin, whether a spec enables it
   or not, so models and transforms from any plugin can be named in any spec.
 - Run hooks run only for the plugins a spec enables (`[plugins.<name>]`), in the order the spec
-  lists them, each receiving its own validated `settings`.
+  lists them. Two arguments are each plugin's own: `settings`, its validated settings object
+  (`settings.every`), and `state`, a namespace it keeps for the run (`state.sender = ...` in
+  attach, read back in run_finished).
+
+Hooks are called through pluggy, so `@hookimpl(tryfirst=True)`, `trylast=True` and
+`wrapper=True` (a generator around the other plugins' calls: `result = yield`) work as in pytest.
+`change_model` is the exception: its calls chain (each plugin gets the model the previous one
+returned), so it is called one plugin at a time, in spec order.
 
 Built-in plugins live in plugins/ and the runner/ modules that register core models; they
 register exactly like third-party ones, which load from the `runner.plugins` entry-point group
@@ -47,7 +54,7 @@ def configure(spec, settings):
 
 
 @hookspec
-def change_model(model, run, settings):
+def change_model(model, run, settings, state):
     """Return a replacement model (or None to keep it, or change it in place).
 
     Called after the model is built, before the optimizer sees its parameters: wrap layers into
@@ -56,7 +63,7 @@ def change_model(model, run, settings):
 
 
 @hookspec
-def attach(trainer, evaluator, run, settings):
+def attach(trainer, evaluator, run, settings, state):
     """Attach Ignite event handlers to the trainer or evaluator.
 
     Besides Ignite's events, the trainer fires `runner.TrainEvents.BACKWARD_COMPLETED` after
@@ -66,13 +73,13 @@ def attach(trainer, evaluator, run, settings):
 
 
 @hookspec
-def show_images(run, window, images, caption):
+def show_images(run, window, images, caption, state):
     """Show a grid of uint8 images (N, 3, H, W) live, one window per `window` name (a live-plot
     plugin implements it; others call `run.show_images(window, images, caption)`)."""
 
 
 @hookspec
-def run_finished(run, results, settings):
+def run_finished(run, results, settings, state):
     """The run has trained and been evaluated; write extra artifacts or add to `results`.
 
     `results` is the dict that becomes summary.json; keys a plugin adds appear there. A plugin
@@ -93,7 +100,7 @@ def describe_setup(settings):
 
 
 @hookspec
-def report_sections(runs):
+def report_sections(runs, specs):
     """Add to `runner report`: return a list of `runner.report.Section` (or None).
 
     Called once for every installed plugin, like the registry hooks, whichever specs enable it.
@@ -101,8 +108,9 @@ def report_sections(runs):
     order: `.runs` (one summary.json per seed, lowest seed first), `.representative` (that first
     run, which single numbers and figures come from), `.spec` (its resolved spec.toml), `.trained`,
     `.title` (its name in words, for captions), `.label` ("P2 Q3"), `.figure(file_name)` and
-    `.metrics()` (the representative's metrics.csv as columns, to draw a figure at print size); `runs.using(plugin)` lists the specs that enable a plugin, and
-    `runs.workdir` is a temporary folder for figures drawn now.
+    `.metrics()` (the representative's metrics.csv as columns, to draw a figure at print size);
+    `runs.workdir` is a temporary folder for figures drawn now. `specs` lists the `SpecRuns` of the
+    reported specs that enable this plugin (`runs.using(name)` asks for another plugin's).
 
     `Section(spec=name, blocks=[...], fields={...})` adds blocks (`Paragraph`, `Table`, `Figure`)
     to that spec's section and fields to its explanation template (`{name.key}`); a Section without

@@ -1,12 +1,12 @@
 """The plugin catalogue: built-ins, entry points and spec-named files, in one pluggy manager.
 
-Registry hooks fill the model and transform registries from every plugin; run hooks are called
-for the plugins a spec enables, one plugin at a time and in the spec's order, so an error names
-its plugin and order never depends on pluggy's registration order.
+Registering a plugin here is where pluggy validates it (a hook name no hookspec has, an argument
+its hookspec lacks). Registry hooks fill the model and transform registries from every plugin;
+run hooks are called through `hooks(plugins)`: a manager of a spec's enabled plugins, in the
+spec's order, each with its own settings (runner/hooks.py).
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import inspect
@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
+from .declaration import TABLE_KEYS, Plugin, declaration_of
 from .errors import PluginError, RunnerError, SpecError
-from .schema import plugin_files
+from .hooks import Hooks, failing_line, new_manager
+from .schema import Setting, plugin_files, suggestion
 
 ENTRY_POINT_GROUP = "runner.plugins"
 
@@ -34,6 +35,12 @@ BUILTINS = {
     "fgsm": "plugins.fgsm",
     "transfer": "plugins.transfer",
     "universal": "plugins.universal",
+    "layer_stats": "plugins.layer_stats",
+    "lr_finder": "plugins.lr_finder",
+    "sharpness": "plugins.sharpness",
+    "saliency": "plugins.saliency",
+    "tensorboard": "plugins.tensorboard_log",
+    "mlflow": "plugins.mlflow_log",
 }
 
 
@@ -53,14 +60,13 @@ class Entry:
 class Catalogue:
     pm: pluggy.PluginManager
     origins: dict[str, str] = field(default_factory=dict)
+    declarations: dict[str, Plugin] = field(default_factory=dict)
     models: dict[str, Entry] = field(default_factory=dict)
     transforms: dict[str, Entry] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> "Catalogue":
-        pm = pluggy.PluginManager("runner")
-        pm.add_hookspecs(hookspecs)
-        catalogue = cls(pm)
+        catalogue = cls(new_manager())
         for name, module in BUILTINS.items():
             try:
                 catalogue.add(name, importlib.import_module(module), "built-in")
@@ -73,7 +79,7 @@ class Catalogue:
             except RunnerError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {ep.name!r} from entry point {ep.value} failed to load: {exc}") from exc
+                raise load_failure(ep.name, f"entry point {ep.value}", exc) from exc
         return catalogue
 
     @property
@@ -86,14 +92,18 @@ class Catalogue:
                 return
             raise PluginError(f"two plugins are named {name!r}: {self.origins[name]} and {origin}")
         try:
+            declaration = declaration_of(plugin)
+        except PluginError as exc:
+            raise PluginError(f"plugin {name!r} ({origin}): {exc}") from None
+        try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()  # a hookimpl with no matching hookspec: a misspelled hook
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc} (a misspelled hook name? "
-                              f"hooks are listed in runner/hookspecs.py)") from exc
+            raise PluginError(f"plugin {name!r} ({origin}) is invalid: {why_invalid(self.pm, plugin, exc)}") from exc
         self.origins[name] = origin
+        self.declarations[name] = declaration
         self._call_registry_hooks(name, plugin)
 
     def add_file(self, name: str, path: Path, spec_file=None) -> None:
@@ -104,11 +114,17 @@ class Catalogue:
         module_name = f"runner_plugin_file_{name}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
+        # In sys.modules while it runs, as an import puts it: a dataclass under
+        # `from __future__ import annotations` looks its module up there.
+        sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except RunnerError as exc:
+            sys.modules.pop(module_name, None)
             raise PluginError(f"plugin {name!r} from {path} failed to load: {exc}") from exc
-        sys.modules[module_name] = module
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise load_failure(name, str(path), exc, str(path)) from exc
         self.add(name, module, f"file {path}")
 
     def add_spec_files(self, spec_file: Path, table: dict) -> None:
@@ -125,15 +141,31 @@ class Catalogue:
                 table[entry_name] = Entry(entry_name, factory, dict(settings or {}), help, name, train_only)
             return register
 
-        self.call(name, "register_models", register=registrar(self.models, "model"))
-        self.call(name, "register_transforms", register=registrar(self.transforms, "transform"))
+        hooks = Hooks({name: plugin})
+        hooks.register_models(register=registrar(self.models, "model"))
+        hooks.register_transforms(register=registrar(self.transforms, "transform"))
 
     def default_enabled(self) -> set[str]:
-        """Plugins that are on unless a spec turns them off (`DEFAULT_ENABLED = True`: visdom)."""
-        return {name for name, plugin in self.plugins.items() if getattr(plugin, "DEFAULT_ENABLED", False)}
+        """Plugins that are on unless a spec turns them off (declared `default_enabled=True`: visdom)."""
+        return {name for name, declared in self.declarations.items() if declared.default_enabled}
 
-    def settings_of(self, name: str) -> dict:
-        return getattr(self.pm.get_plugin(name), "SETTINGS", {})
+    def settings_of(self, name: str) -> dict[str, Setting]:
+        """The plugin's own settings ({key: Setting}), without the keys every plugin table has."""
+        return self.declarations[name].schema
+
+    def table_schema(self, name: str) -> dict[str, Setting]:
+        """Every key a `[plugins.<name>]` table may hold."""
+        return {**self.settings_of(name), **TABLE_KEYS}
+
+    def hooks(self, tables: dict[str, dict | None], **injected: dict[str, Any]) -> Hooks:
+        """The hooks of these plugins, in this order, each hook that takes `settings` given the
+        plugin's settings object made from its validated table (its defaults for None). Further
+        per-plugin arguments: injected={argument: {plugin: value}}."""
+        per_plugin = {name: {"settings": self.declarations[name].make_settings(table or {})} for name, table in tables.items()}
+        for argument, values in injected.items():
+            for name, value in values.items():
+                per_plugin[name][argument] = value
+        return Hooks({name: self.pm.get_plugin(name) for name in tables}, per_plugin)
 
     def reads(self, plugins: dict) -> dict[str, str]:
         """{spec name: the setting naming it} of the specs whose runs the enabled plugins of a spec's
@@ -151,32 +183,15 @@ class Catalogue:
 
     def model_source(self, plugins: dict) -> tuple[str, str] | None:
         """(plugin, setting) of the enabled plugin whose named spec's trained model is the run's own
-        model (the plugin module's RUN_MODEL), if there is one."""
+        model (its declared `run_model`), if there is one."""
         for plugin, settings in plugins.items():
-            key = getattr(self.plugins.get(plugin), "RUN_MODEL", None)
+            key = self.declarations[plugin].run_model if plugin in self.declarations else None
             if key and settings.get("enabled", True):
                 return plugin, key
         return None
 
     def hooks_of(self, name: str) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])
-
-    def call(self, name: str, hook: str, **kwargs):
-        """Call one plugin's implementation of a hook; its failure is reported with its name."""
-        plugin = self.pm.get_plugin(name)
-        impls = [impl for impl in getattr(self.pm.hook, hook).get_hookimpls() if impl.plugin is plugin]
-        if not impls:
-            return None
-        function = impls[0].function
-        # Arguments with a default too (pluggy lists them apart): a hook's caller gives them all.
-        args = {arg: kwargs[arg] for arg in (*impls[0].argnames, *impls[0].kwargnames) if arg in kwargs}
-        try:
-            return function(**args)
-        except RunnerError:
-            raise
-        except Exception as exc:
-            where = failing_line(exc, getattr(plugin, "__file__", None))
-            raise PluginError(f"plugin {name!r} failed in hook {hook!r} at {where}: {type(exc).__name__}: {exc}") from exc
 
 
 def _entry_points():
@@ -185,44 +200,42 @@ def _entry_points():
     return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
-def attributed(handler: Callable, plugin: str, event) -> Callable:
-    """Wrap an event handler so its failure names the plugin that attached it.
-
-    functools.wraps keeps the signature visible (inspect follows __wrapped__), which Ignite
-    checks when the handler is added.
-    """
-    if inspect.isclass(handler):
-        return handler
-
-    @functools.wraps(handler)
-    def wrapper(*args, **kwargs):
-        try:
-            return handler(*args, **kwargs)
-        except RunnerError:
-            raise
-        except Exception as exc:
-            # An event with a filter (once=2, every=50) prints as a function's address; its name reads.
-            where = failing_line(exc, getattr(getattr(handler, "__code__", None), "co_filename", None))
-            raise PluginError(f"plugin {plugin!r} failed in its {getattr(event, 'name', event)} handler "
-                              f"{getattr(handler, '__name__', '')}() at {where}: {type(exc).__name__}: {exc}") from exc
-
-    return wrapper
+def load_failure(name: str, origin: str, exc: Exception, plugin_file: str | None = None) -> PluginError:
+    """What to tell the author of a plugin that does not import: the file and line, and what to do."""
+    if isinstance(exc, SyntaxError):
+        return PluginError(f"plugin {name!r} ({origin}) has a syntax error at {exc.filename}:{exc.lineno}: "
+                           f"{exc.msg}; fix that line, then check it with: runner plugins {name}")
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        package = exc.name.split(".")[0]
+        return PluginError(f"plugin {name!r} ({origin}) imports {exc.name!r}, which is not installed (at "
+                           f"{failing_line(exc, plugin_file)}); install it (pip install {package}) or remove "
+                           f"the import")
+    return PluginError(f"plugin {name!r} ({origin}) failed to load at {failing_line(exc, plugin_file)}: "
+                       f"{type(exc).__name__}: {exc}")
 
 
-def failing_line(exc: BaseException, plugin_file: str | None) -> str:
-    """'crash.py:12': the last line of the plugin's own file the error passed through (where its
-    author looks first), else the line that raised it."""
-    import os
-    import traceback
+def why_invalid(pm: pluggy.PluginManager, plugin, error: pluggy.PluginValidationError) -> str:
+    """Pluggy's verdict in the plugin author's terms: which function, at which line, and what to do."""
+    for attribute in dir(plugin):
+        options = pm.parse_hookimpl_opts(plugin, attribute)
+        if options is None:
+            continue
+        function = getattr(plugin, attribute)
+        hook = options.get("specname") or attribute
+        where = _defined_at(function)
+        caller = getattr(pm.hook, hook, None)
+        if caller is None or caller.spec is None:
+            known = [h for h in vars(pm.hook) if getattr(pm.hook, h).spec is not None]
+            return (f"unknown hook {hook!r} at {where}{suggestion(hook, known)} (every hook: runner/hookspecs.py; "
+                    f"list a plugin's with: runner plugins NAME)")
+        argnames = pluggy._hooks.varnames(function)
+        extra = [a for a in (*argnames[0], *argnames[1]) if a not in caller.spec.argnames]
+        if extra:
+            return (f"argument {extra[0]!r} of hook {hook!r} at {where} is not one the hook passes "
+                    f"(it passes: {', '.join(caller.spec.argnames)}); remove it or rename it")
+    return str(error)
 
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    mine = [f for f in frames if plugin_file and os.path.realpath(f.filename) == os.path.realpath(plugin_file)]
-    frame = (mine or frames)[-1]
-    path = Path(frame.filename)
-    try:
-        path = path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return f"{path}:{frame.lineno}"
+
+def _defined_at(function) -> str:
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(function)

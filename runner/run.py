@@ -137,7 +137,7 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     _summarize(run, train_seconds, eval_seconds, setup_seconds)
     # Cores other processes kept busy while it trained: its seconds are a quiet machine's only near 0.
     run.results["other_work_cores"] = other_cores
-    run.call_plugins("run_finished", run=run, results=run.results)
+    run.hooks.run_finished(run=run, results=run.results)
     # This process's time on the run, attacks and other run_finished work included: what --jobs
     # schedules by (a resumed run counts from its resumption).
     run.results["wall_seconds"] = round(time.perf_counter() - run.started, 3)

@@ -72,6 +72,10 @@ class Spec:
     def plugin_names(self) -> list[str]:
         return [name for name, table in self.values["plugins"].items() if table.get("enabled", True)]
 
+    def enabled_plugins(self) -> dict[str, dict]:
+        """{name: validated settings table} of the enabled plugins, in the spec's order."""
+        return {name: self.values["plugins"][name] for name in self.plugin_names()}
+
     def dumps(self) -> str:
         return tomli_w.dumps(self.values)
 
@@ -236,11 +240,11 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
             raise SpecError(f"unknown plugin {name!r}{schema.suggestion(name, catalogue.plugins)}", file=file,
                             key="plugins." + name,
                             allowed=sorted(catalogue.plugins))
-        values["plugins"][name] = schema.validate_table(settings, _declared(catalogue, name), file=file, prefix=prefix)
+        values["plugins"][name] = schema.validate_table(settings, catalogue.table_schema(name), file=file, prefix=prefix)
     # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
     for name in sorted(catalogue.default_enabled()):
         if name not in values["plugins"]:
-            values["plugins"][name] = schema.validate_table({}, _declared(catalogue, name), file=file,
+            values["plugins"][name] = schema.validate_table({}, catalogue.table_schema(name), file=file,
                                                             prefix=f"plugins.{name}.")
     source = catalogue.model_source(values["plugins"])
     if source is None:
@@ -315,13 +319,6 @@ def _check_optimizer(train: dict, file: Path) -> None:
                         key="train.momentum")
 
 
-def _declared(catalogue, name: str) -> dict:
-    """A plugin's own settings plus the two every plugin table may hold."""
-    declared = dict(catalogue.settings_of(name))
-    declared.setdefault("enabled", schema.Setting(True, "run this plugin"))
-    declared.setdefault("path", schema.Setting("", "load the plugin from this .py file"))
-    return declared
-
 
 def load(path, catalogue=None, overrides=()) -> Spec:
     """Read, merge and validate a spec; plugin files it names join the catalogue first."""
@@ -338,8 +335,7 @@ def load(path, catalogue=None, overrides=()) -> Spec:
     try:
         # The plugins' own checks (an attack needs train.iterations = 0, ...): a spec that would
         # fail at its run's start fails here, before a suite spends hours on the specs before it.
-        for name in spec.plugin_names():
-            catalogue.call(name, "configure", spec=spec, settings=spec["plugins"][name])
+        catalogue.hooks(spec.enabled_plugins()).configure(spec=spec)
     except SpecError as exc:
         origin = _origin(exc.key, [], overrides)  # a --set, else the spec given (not the base holding a default)
         raise exc.in_file(origin or Path(path)) from None

@@ -4,12 +4,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .metrics import MetricsLog
+from .hooks import Hooks
 from .plugins import Catalogue
 from .progress import Progress
 from .spec import Spec
@@ -17,8 +18,8 @@ from .spec import Spec
 
 @dataclass
 class Run:
-    """A run's spec, model, data, engines and results: read what you need, add results through
-    `results`, keep your plugin's per-run objects with `state(plugin, make)`."""
+    """A run's spec, model, data, engines and results: read what you need and add results through
+    `results`. A plugin's own per-run objects live on the `state` its hooks receive, not here."""
 
     spec: Spec
     catalogue: Catalogue
@@ -43,23 +44,13 @@ class Run:
     world: int = 1  # processes in the run
     started: float = field(default_factory=time.perf_counter)  # for setup_seconds and wall_seconds
     progress: Progress | None = None  # the training display, open while the trainer runs
-    plugin_state: dict[str, Any] = field(default_factory=dict)
+    # The enabled plugins' hooks for this run, each plugin with its settings and state (runner/hooks.py).
+    hooks: Hooks | None = None
 
-    def settings(self, plugin: str) -> dict:
-        return self.spec.plugins[plugin]
-
-    def state(self, plugin: str, make: Callable[[], Any] | None = None) -> Any:
-        """The per-run object a plugin keeps between its hooks, made by `make` on first use;
-        None if the plugin made none (and no `make` was given)."""
-        if plugin not in self.plugin_state and make is not None:
-            self.plugin_state[plugin] = make()
-        return self.plugin_state.get(plugin)
-
-    def call_plugins(self, hook: str, **kwargs) -> list:
-        """Call `hook` on each enabled plugin in the spec's order, each with its own settings."""
-        return [self.catalogue.call(name, hook, settings=self.settings(name), **kwargs)
-                for name in self.spec.plugin_names()]
+    def __post_init__(self):
+        if self.hooks is None:
+            self.hooks = self.catalogue.hooks(self.spec.enabled_plugins())
 
     def show_images(self, window: str, images, caption: str = "") -> None:
         """Show uint8 images (N, 3, H, W) live in one window (the show_images hook: Visdom, if on)."""
-        self.call_plugins("show_images", run=self, window=window, images=images, caption=caption)
+        self.hooks.show_images(run=self, window=window, images=images, caption=caption)

@@ -30,8 +30,7 @@ def test_residual_blocks_show_and_their_gates_count():
 
     model = skip.change_model(model=AllConvNet(widths=(8, 8, 8), depth=1, batchnorm=False, extra_layers=4,
                                                extra_width=8, extra_at="half"),
-                              settings={"layers": "inserted", "block": 2, "shortcut": "identity", "gate": "zero",
-                                        "final_relu": False})
+                              settings=skip.Settings(gate="zero"))
     real = sum(p.numel() for p in model.parameters())
     table = rows(model)
     blocks = [r for r in table if r["layer"].startswith("Residual")]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import PluginError, Setting, SpecError, hookimpl
+from runner import Plugin, PluginError, Setting, SpecError, hookimpl
 from runner.cli import main
 from runner.metrics import read_csv
 from runner.plugins import Catalogue
@@ -23,18 +23,18 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 class Recorder:
     """A plugin object registered by a test: records the hooks it sees."""
 
-    SETTINGS = {"tag": Setting("x", "a label")}
+    plugin = Plugin(settings={"tag": Setting("x", "a label")})
 
     def __init__(self):
         self.calls = []
 
     @hookimpl
     def configure(self, spec, settings):
-        self.calls.append(("configure", settings["tag"]))
+        self.calls.append(("configure", settings.tag))
 
     @hookimpl
     def change_model(self, model, settings):
-        self.calls.append(("change_model", settings["tag"]))
+        self.calls.append(("change_model", settings.tag))
         return torch.nn.Sequential(model)
 
     @hookimpl
@@ -64,7 +64,7 @@ def test_registered_object_adds_a_model_and_runs_in_spec_order(catalogue, record
     assert catalogue.models["tiny"].plugin == "recorder"
     spec = validate("t.toml", {"model": {"name": "tiny"}, "plugins": {"recorder": {"tag": "a"}}}, catalogue)
     run = Run(spec=spec, catalogue=catalogue, device=torch.device("cpu"), dir=Path("."))
-    run.call_plugins("configure", spec=spec)
+    run.hooks.configure(spec=spec)
     model = build_model(spec, catalogue, run)
     assert recorder.calls == [("configure", "a"), ("change_model", "a")]
     assert isinstance(model[0], torch.nn.Sequential)  # change_model's return replaced the model
@@ -135,8 +135,8 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
 
 def test_plugin_from_a_py_file_next_to_the_spec(tmp_path, catalogue):
     (tmp_path / "mine.py").write_text(
-        "from runner import hookimpl, Setting\nSETTINGS = {'scale': Setting(2.0)}\n"
-        "@hookimpl\ndef change_model(model, settings):\n    model.scale_seen = settings['scale']\n")
+        "from runner import hookimpl, Plugin, Setting\nplugin = Plugin(settings={'scale': Setting(2.0)})\n"
+        "@hookimpl\ndef change_model(model, settings):\n    model.scale_seen = settings.scale\n")
     spec_path = tmp_path / "s.toml"
     spec_path.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.mine]\npath = "mine.py"\nscale = 3.0\n')
     spec = load(spec_path, catalogue)
@@ -146,9 +146,9 @@ def test_plugin_from_a_py_file_next_to_the_spec(tmp_path, catalogue):
 
 def test_a_plugin_error_about_a_setting_names_who_set_it(tmp_path, catalogue):
     (tmp_path / "picky.py").write_text(
-        "from runner import hookimpl, Setting, SpecError\nSETTINGS = {'scale': Setting(2.0)}\n"
+        "from runner import hookimpl, Plugin, Setting, SpecError\nplugin = Plugin(settings={'scale': Setting(2.0)})\n"
         "@hookimpl\ndef change_model(model, settings):\n"
-        "    if settings['scale'] > 5:\n        raise SpecError('too large for this model', key='plugins.picky.scale')\n")
+        "    if settings.scale > 5:\n        raise SpecError('too large for this model', key='plugins.picky.scale')\n")
     spec_path = tmp_path / "s.toml"
     spec_path.write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.picky]\npath = "picky.py"\nscale = 9.0\n')
     with pytest.raises(SpecError) as err:
@@ -198,12 +198,12 @@ def test_runs_that_crash_fail_alone_in_a_suite(tmp_path, cifar_archive, capsys):
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "crash.py").write_text(
-        "import torch\nfrom ignite.engine import Events\nfrom runner import Setting, hookimpl\n"
-        "SETTINGS = {'where': Setting('handler', choices=('handler', 'forward'))}\n"
+        "import torch\nfrom ignite.engine import Events\nfrom runner import Plugin, Setting, hookimpl\n"
+        "plugin = Plugin(settings={'where': Setting('handler', choices=('handler', 'forward'))})\n"
         "class Broken(torch.nn.Linear):\n"
         "    def forward(self, x):\n        raise RuntimeError('boom in forward')\n"
         "@hookimpl\ndef change_model(model, settings):\n"
-        "    return Broken(1, 1) if settings['where'] == 'forward' else None\n"
+        "    return Broken(1, 1) if settings.where == 'forward' else None\n"
         "@hookimpl\ndef attach(trainer):\n"
         "    @trainer.on(Events.ITERATION_COMPLETED(once=2))\n"
         "    def explode(engine):\n        raise RuntimeError('boom at iteration 2')\n")
@@ -235,4 +235,5 @@ def test_a_hook_argument_with_a_default_is_still_given(catalogue):
             return caption
 
     catalogue.add("with_default", WithDefault(), "test")
-    assert catalogue.call("with_default", "show_images", run=None, window="w", images=[], caption="given") == "given"
+    hooks = catalogue.hooks({"with_default": None})
+    assert hooks.show_images(run=None, window="w", images=[], caption="given") == ["given"]

@@ -155,14 +155,12 @@ def test_the_html_renders_with_every_image_loaded(reported, tmp_path):
 USER_PLUGIN = '''
 from runner import hookimpl
 
-SETTINGS = {}
-
 
 @hookimpl
-def report_sections(runs):
+def report_sections(runs, specs):
     from runner.report import Paragraph, Section
     return [Section(spec=spec.name, blocks=[Paragraph(f"My plugin saw {len(spec.runs)} run.")],
-                    fields={"note": "from my plugin"}) for spec in runs.using("mine")]
+                    fields={"note": "from my plugin"}) for spec in specs]
 '''
 
 

@@ -43,9 +43,9 @@ def built(seed=0, skip_settings=None, scheme=None):
     torch.manual_seed(seed)
     model = deep_plain_net()
     if skip_settings is not None:
-        model = skip.change_model(model=model, settings=dict(SKIP, **skip_settings))
+        model = skip.change_model(model=model, settings=skip.Settings(**dict(SKIP, **skip_settings)))
     if scheme is not None:
-        assert init.change_model(model=model, settings={"scheme": scheme, "layers": "all"}) is None
+        assert init.change_model(model=model, settings=init.Settings(**{"scheme": scheme, "layers": "all"})) is None
     return model
 
 
@@ -64,7 +64,7 @@ def test_residual_adds_its_branch_exactly():
 def test_wraps_the_inserted_convs_keeping_every_layer():
     model = deep_plain_net()
     before = [id(p) for p in model.parameters()]
-    wrapped = skip.change_model(model=model, settings=SKIP)
+    wrapped = skip.change_model(model=model, settings=skip.Settings(**SKIP))
     blocks = [m for m in wrapped if isinstance(m, skip.Residual)]
     assert len(blocks) == 10 and all(count(b.branch) == 2 for b in blocks)
     assert isinstance(wrapped[2], nn.MaxPool2d) and wrapped[3] is blocks[0]  # conv1, ReLU, pool, blocks...
@@ -77,7 +77,7 @@ def test_wraps_the_inserted_convs_keeping_every_layer():
 def test_parameter_count(settings, blocks, extra):
     model = deep_plain_net()
     total = n_params(model)
-    wrapped = skip.change_model(model=model, settings=dict(SKIP, **settings))
+    wrapped = skip.change_model(model=model, settings=skip.Settings(**dict(SKIP, **settings)))
     assert sum(isinstance(m, skip.Residual) for m in wrapped) == blocks
     assert n_params(wrapped) == total + extra * blocks  # identity shortcuts add nothing; a gate adds 1
     assert count(wrapped) == 24
@@ -85,13 +85,13 @@ def test_parameter_count(settings, blocks, extra):
 
 def test_leftover_block_and_all_runs():
     # "all" also finds the later 3x3 32->32 conv; the 5x5 run ends where the kernel size changes.
-    wrapped = skip.change_model(model=deep_plain_net(), settings=dict(SKIP, layers="all", block=3))
+    wrapped = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**dict(SKIP, layers="all", block=3)))
     sizes = [count(m.branch) for m in wrapped if isinstance(m, skip.Residual)]
     assert sizes == [3] * 6 + [2] + [1]
 
 
 def test_gate_zero_block_outputs_its_input():
-    wrapped = skip.change_model(model=deep_plain_net(), settings=dict(SKIP, gate="zero", shortcut="projection"))
+    wrapped = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**dict(SKIP, gate="zero", shortcut="projection")))
     block = next(m for m in wrapped if isinstance(m, skip.Residual))
     x = torch.randn(2, 16, 16, 16)
     assert torch.allclose(block(x), x, atol=1e-6)
@@ -100,14 +100,14 @@ def test_gate_zero_block_outputs_its_input():
 def test_refuses_models_it_cannot_wrap():
     no_run = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1))
     with pytest.raises(SpecError, match=r"plugins\.skip\.layers.*shape-preserving"):
-        skip.change_model(model=no_run, settings=SKIP)
+        skip.change_model(model=no_run, settings=skip.Settings(**SKIP))
     with pytest.raises(SpecError, match=r"plugins\.skip\.layers.*nn\.Sequential"):
-        skip.change_model(model=nn.Conv2d(3, 3, 3, padding=1), settings=SKIP)
+        skip.change_model(model=nn.Conv2d(3, 3, 3, padding=1), settings=skip.Settings(**SKIP))
     # A shape-preserving run after a conv that changes shape is not "right after the first conv".
     later = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3, padding=1))
     with pytest.raises(SpecError, match='layers = "all"'):
-        skip.change_model(model=later, settings=SKIP)
-    assert count(skip.change_model(model=later, settings=dict(SKIP, layers="all"))) == 3
+        skip.change_model(model=later, settings=skip.Settings(**SKIP))
+    assert count(skip.change_model(model=later, settings=skip.Settings(**dict(SKIP, layers="all")))) == 3
 
 
 # ---- init -------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_refuses_models_it_cannot_wrap():
 def test_kaiming_std_and_zero_biases():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(64, 128, 5), nn.ReLU(), nn.Linear(256, 10))
-    init.change_model(model=model, settings={"scheme": "kaiming", "layers": "all"})
+    init.change_model(model=model, settings=init.Settings(**{"scheme": "kaiming", "layers": "all"}))
     fan_in = 64 * 5 * 5
     assert model[0].weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
     assert model[2].weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.1)
@@ -124,7 +124,7 @@ def test_kaiming_std_and_zero_biases():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(64, 128, 5), nn.Linear(256, 10))
     linear = model[1].weight.clone()
-    init.change_model(model=model, settings={"scheme": "kaiming", "layers": "conv"})
+    init.change_model(model=model, settings=init.Settings(**{"scheme": "kaiming", "layers": "conv"}))
     assert torch.equal(model[1].weight, linear)
 
 
@@ -139,8 +139,8 @@ def test_final_relu_moves_the_branch_relu_after_the_addition():
 
 
 def test_fixup_blocks_start_as_identity_and_scale_the_rest():
-    model = skip.change_model(model=deep_plain_net(), settings=dict(SKIP, shortcut="projection", final_relu=True))
-    init.change_model(model=model, settings={"scheme": "fixup", "layers": "all"})
+    model = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**dict(SKIP, shortcut="projection", final_relu=True)))
+    init.change_model(model=model, settings=init.Settings(**{"scheme": "fixup", "layers": "all"}))
     blocks = [m for m in model if isinstance(m, skip.Residual)]
     for block in blocks:
         first, last = [m for m in block.branch if isinstance(m, nn.Conv2d)]
@@ -172,16 +172,16 @@ def test_fixup_branches_get_gradients_and_train():
 
 
 def test_fixup_refuses_a_branch_ending_in_relu():
-    model = skip.change_model(model=deep_plain_net(), settings=SKIP)
+    model = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**SKIP))
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(SpecError, match=r"plugins\.skip\.final_relu.*never train.*\(allowed: true\)"):
-        init.change_model(model=model, settings={"scheme": "fixup", "layers": "all"})
+        init.change_model(model=model, settings=init.Settings(**{"scheme": "fixup", "layers": "all"}))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing half-initialized
 
 
 def test_fixup_needs_residual_blocks():
     with pytest.raises(SpecError, match=r"plugins\.init\.scheme.*\[plugins\.skip\] before \[plugins\.init\]"):
-        init.change_model(model=deep_plain_net(), settings={"scheme": "fixup", "layers": "all"})
+        init.change_model(model=deep_plain_net(), settings=init.Settings(**{"scheme": "fixup", "layers": "all"}))
 
 
 # ---- the homework's point: vanishing gradients and their fixes ---------------------------

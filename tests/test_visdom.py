@@ -265,8 +265,7 @@ class FakeRun:
 def test_no_server_means_no_live_plots_but_a_full_record(tmp_path, capfd):
     from plugins import visdom_live
 
-    settings = {name: s.default for name, s in visdom_live.SETTINGS.items()}
-    settings.update(server="127.0.0.1", port=free_port())  # nothing listens there
+    settings = visdom_live.Settings(server="127.0.0.1", port=free_port())  # nothing listens there
     run = FakeRun(tmp_path)
     live = visdom_live.Live(run, settings)
     live.line("loss", "loss", [1, 2, 3], [2.3, float("nan"), 2.1], "training loss", "cross-entropy")
@@ -289,20 +288,20 @@ def test_show_images_is_a_no_op_without_the_plugin(tmp_path, catalogue):
     spec = load(ROOT / "specs" / "p1_q1_raw.toml", catalogue, ["plugins.visdom.enabled=false"])
     run = Run(spec=spec, catalogue=catalogue, device=torch.device("cpu"), dir=tmp_path)
     run.show_images("x", np.zeros((2, 3, 4, 4), np.uint8), "nothing")
-    assert list(tmp_path.iterdir()) == [] and run.plugin_state == {}
+    assert list(tmp_path.iterdir()) == [] and "visdom" not in run.hooks.state
 
 
 def test_address_from_settings_then_environment(monkeypatch):
-    from plugins.visdom_live import resolve_address
+    from plugins.visdom_live import Settings, resolve_address
 
     monkeypatch.delenv("VISDOM_SERVER_URL", raising=False)
     monkeypatch.delenv("VISDOM_PORT", raising=False)
-    assert resolve_address({"server": "", "port": 0}) == ("http://127.0.0.1", 8097, False)
+    assert resolve_address(Settings(server="", port=0)) == ("http://127.0.0.1", 8097, False)
     monkeypatch.setenv("VISDOM_SERVER_URL", "https://example.org:9000")
-    assert resolve_address({"server": "", "port": 0}) == ("https://example.org", 9000, True)
+    assert resolve_address(Settings(server="", port=0)) == ("https://example.org", 9000, True)
     monkeypatch.setenv("VISDOM_PORT", "9100")
-    assert resolve_address({"server": "", "port": 0}) == ("https://example.org", 9100, True)
-    assert resolve_address({"server": "10.0.0.2", "port": 8200}) == ("http://10.0.0.2", 8200, True)
+    assert resolve_address(Settings(server="", port=0)) == ("https://example.org", 9100, True)
+    assert resolve_address(Settings(server="10.0.0.2", port=8200)) == ("http://10.0.0.2", 8200, True)
 
 
 def test_on_by_default_and_off_on_request(catalogue):

@@ -136,7 +136,8 @@ def plugin_sections(runs: Runs, catalogue) -> list[Section]:
     found = []
     for name in catalogue.origins:
         try:
-            answer = catalogue.call(name, "report_sections", runs=runs)
+            answer = catalogue.hooks({name: None}).report_sections(runs=runs, specs=runs.using(name))
+            answer = answer[0] if answer else None
         except RunnerError as exc:
             say(f"left out plugin {name!r}'s sections: {exc}")
             continue

@@ -71,10 +71,11 @@ def rows_of(spec: SpecRuns, catalogue) -> dict[str, str]:
         if name not in catalogue.origins:
             continue
         try:
-            described = catalogue.call(name, "describe_setup", settings=table["plugins"][name])
+            described = catalogue.hooks({name: table["plugins"][name]}).describe_setup()
         except RunnerError:
             described = None
-        rows.update(described or {})
+        for rows_of_plugin in described or []:
+            rows.update(rows_of_plugin or {})
     return rows
 
 
