@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import plain  # noqa: E402
 from plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
 from runner.sources import probabilities  # noqa: E402
-from runner import artifacts, data, memory, run, spec as spec_module  # noqa: E402
+from runner import artifacts, data, memory, spec as spec_module  # noqa: E402
+from runner.run import execute  # noqa: E402
 from runner.input_grad import shapes_checked  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 from runner.sources import load_trained  # noqa: E402
@@ -46,7 +47,7 @@ def attacked_net(out: Path, source):
     if found is None:
         catalogue = Catalogue.default()
         spec = spec_module.load(ROOT / "specs" / "p1_q4_crop.toml", catalogue, ['device="cpu"'])
-        found = run.execute(spec, catalogue, out=out, data_source=source, show_progress=False).dir
+        found = execute(spec, catalogue, out=out, data_source=source, show_progress=False).dir
     return load_trained(found)[0], found
 
 

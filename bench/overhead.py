@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from plugins.augment import Normalize, PadCrop, RandomFlip  # noqa: E402
-from runner import data, run, spec as spec_module  # noqa: E402
+from runner import data, spec as spec_module  # noqa: E402
+from runner.run import execute  # noqa: E402
 from runner.models import Table1Net  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 
@@ -81,7 +82,7 @@ def runner(variant: list[str], steps: int, batch: int, source, catalogue) -> flo
                  "train.log_every=10", 'device="cpu"', *variant]
     spec = spec_module.load(SPEC, catalogue, overrides)
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):  # its progress lines
-        return run.execute(spec, catalogue, out=out, data_source=source, show_progress=False).results["seconds"]
+        return execute(spec, catalogue, out=out, data_source=source, show_progress=False).results["seconds"]
 
 
 def main() -> int:

@@ -26,7 +26,8 @@ from ignite.engine import Events
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner import hookimpl, run, spec as spec_module  # noqa: E402
+from runner import hookimpl, spec as spec_module  # noqa: E402
+from runner.run import execute  # noqa: E402
 from runner.plugins import Catalogue  # noqa: E402
 
 PHASES = ("augment", "forward", "loss", "backward", "optimizer", "metrics")
@@ -110,7 +111,7 @@ def main() -> int:
                      f'device="{args.device}"', "plugins.profile_steps={}", *args.overrides]
         spec = spec_module.load(ROOT / path, catalogue, overrides)
         with tempfile.TemporaryDirectory() as out:
-            model = run.execute(spec, catalogue, out=out, data_source=args.data, show_progress=False).model
+            model = execute(spec, catalogue, out=out, data_source=args.data, show_progress=False).model
         ops, launches = count_ops(profiler.profile, args.steps)
         total = sum(sum(c.values()) for c in ops.values())
         print(f"\n{spec.name} on {args.device}: {total:.0f} compute ops per step"

@@ -250,20 +250,10 @@ def gpus_to_share(plan: Plan, device: str | None) -> int:
 def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
     """Run one job in this process (resuming its unfinished run under --resume); a failure is an
     Outcome, not an exception. Ctrl-C still interrupts."""
-    from . import run
-    from .plugins import Catalogue
-
     started = time.perf_counter()
     outcome = lambda status, **kw: Outcome(job, status, seconds=round(time.perf_counter() - started, 3), **kw)
     try:
-        catalogue = catalogue or Catalogue.default()
-        spec = load_spec(job.path, catalogue, job.overrides)
-        unfinished = resumable(spec, options, catalogue) if options.resume else None
-        if unfinished:
-            result = run.resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
-        else:
-            result = run.execute(spec, catalogue, out=options.out, data_source=options.data, quick=options.quick,
-                                 show_progress=options.progress)
+        result = execute_job(job, options, catalogue)
         return outcome("ran", summary=result.results, run_dir=str(result.dir))
     except Exception as exc:
         error = exc if isinstance(exc, RunnerError) else RunnerError(f"{type(exc).__name__}: {exc}")
@@ -271,6 +261,22 @@ def run_job(job: Job, options: RunOptions, catalogue=None) -> Outcome:
         return outcome(failure_status(error.exit_code), exit_code=error.exit_code,
                        error=str(error) + (f" (full traceback: {details})" if details else ""),
                        run_dir=str(details.parent) if details else None)
+
+
+def execute_job(job: Job, options: RunOptions, catalogue=None):
+    """Run one job in this process, resuming its unfinished run under --resume: the finished Run,
+    or the run's own exception (run_job turns it into an Outcome; the Python API, runner/api.py,
+    lets it rise)."""
+    from .plugins import Catalogue
+    from .run import execute, resume
+
+    catalogue = catalogue or Catalogue.default()
+    spec = load_spec(job.path, catalogue, job.overrides)
+    unfinished = resumable(spec, options, catalogue) if options.resume else None
+    if unfinished:
+        return resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
+    return execute(spec, catalogue, out=options.out, data_source=options.data, quick=options.quick,
+                   show_progress=options.progress)
 
 
 def resumable(spec, options: RunOptions, catalogue) -> Path | None:

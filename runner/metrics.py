@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class LivePlot:
+    """A live window: metrics columns drawn as lines over iterations."""
+
+    window: str
+    columns: list[str]
+    title: str
+    ylabel: str
+    log: bool = False
 
 
 class MetricsLog:
@@ -19,6 +31,7 @@ class MetricsLog:
         self.correct = torch.zeros(iterations, device=device)
         self.count = torch.zeros(iterations, device=device)
         self.columns: dict[str, torch.Tensor] = {}
+        self.plots: dict[str, LivePlot] = {}  # windows of plugin columns drawn live (plot())
         self.done = 0  # iterations recorded so far
         self.started = 0.0  # perf_counter at the start of this process's training
         self.seconds_before_resume = 0.0  # training seconds spent before a resume
@@ -54,6 +67,21 @@ class MetricsLog:
             block = self.columns[key] = torch.full((self.iterations, len(names)), float("nan"), device=self.device)
         block[iteration - 1] = values
 
+    def plot(self, window: str, columns: list[str], title: str = "", ylabel: str = "", log: bool = False) -> None:
+        """Declare that these columns are drawn together, live, in one window (a live-plot plugin
+        such as visdom reads `plots`; without one this costs nothing). Declaring a window again
+        replaces it."""
+        self.plots[window] = LivePlot(window, list(columns), title or window, ylabel, log)
+
+    def column(self, name: str) -> torch.Tensor | None:
+        """One column's values (NaN where not recorded), wherever add or add_many put it."""
+        if name in self.columns:
+            return self.columns[name]
+        for key, block in self.columns.items():
+            if isinstance(key, tuple) and name in key:
+                return block[:, key.index(name)]
+        return None
+
     def running_accuracy(self) -> torch.Tensor:
         correct = torch.cumsum(self.correct.double(), 0)
         count = torch.cumsum(self.count.double(), 0)
@@ -76,6 +104,17 @@ class MetricsLog:
             else:
                 out[key] = column[:n].tolist()
         return out
+
+    def row(self, iteration: int) -> dict[str, float]:
+        """One iteration's values by metrics.csv column, as table() has them (NaN where a column has
+        none): one host transfer, for a tracker logging the latest row while the run trains."""
+        i = iteration - 1
+        names = ["loss", "batch_accuracy", "running_accuracy"]
+        values = [self.loss[i], self.correct[i] / self.count[i].clamp(min=1), self.running_accuracy()[i]]
+        for key, column in self.columns.items():
+            names += list(key) if isinstance(key, tuple) else [key]
+            values.append(column[i])
+        return dict(zip(names, torch.cat([v.float().reshape(-1) for v in values]).tolist()))
 
     def table_value(self, name: str, iteration: int) -> float:
         if name == "loss":

@@ -19,6 +19,14 @@ def is_terminal(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (the test tqdm.auto makes), where a bar is a widget: stderr is
+    no terminal there, yet a bar is what the reader wants."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 def duration(seconds: float | None) -> str:
     """12 s, 3:05, 1:02:09: how long, in the shortest form that reads at a glance."""
     if seconds is None or seconds != seconds or seconds == float("inf"):
@@ -34,22 +42,28 @@ def duration(seconds: float | None) -> str:
 class Progress:
     """How far `total` units of work have got: update(n, **figures) as units are done.
 
-    In a terminal (or with interactive=True) one tqdm bar redrawn in place, with rate and ETA;
-    otherwise a line at every tenth of the work (and at the end), each with rate and ETA, so a
-    log shows both how far a run got and when it will end.
+    In a terminal (or with interactive=True) one tqdm bar redrawn in place, with rate and ETA (in
+    a Jupyter notebook, writing to stderr: tqdm.auto's widget bar); otherwise a line at every
+    tenth of the work (and at the end), each with rate and ETA, so a log shows both how far a run
+    got and when it will end.
     """
 
     def __init__(self, total: int, desc: str, *, unit: str = "it", interactive: bool | None = None,
                  stream=None, initial: int = 0, lines: int = 10):
         self.total, self.desc, self.unit, self.done = total, desc, unit, initial
         self.stream = stream or sys.stderr
-        self.interactive = is_terminal(self.stream) if interactive is None else interactive
+        notebook = stream is None and in_notebook()
+        self.interactive = (is_terminal(self.stream) or notebook) if interactive is None else interactive
         self.started, self.start_count = time.perf_counter(), initial
         self.figures: dict = {}
         self._step = max(1, total // lines)
         self._next_line = (initial // self._step + 1) * self._step
         self._bar = None
-        if self.interactive:
+        if self.interactive and notebook:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=True, smoothing=0.1)
+        elif self.interactive:
             from tqdm import tqdm
 
             # A terminal that reports no size (a pty nobody sized) would get a bar tqdm hides.

@@ -223,6 +223,12 @@ def load_spec(path, catalogue, overrides=()):
     return _SPECS[key]
 
 
+def forget_loaded_specs() -> None:
+    """Drop load_spec's specs, so a long-lived process (a notebook, runner/api.py) reads edited
+    spec files afresh at its next run."""
+    _SPECS.clear()
+
+
 def _job(spec, overrides, sweep=()) -> Job:
     return Job(path=str(spec.path), overrides=tuple(overrides), name=spec.name, seed=spec.seed,
                requires=frozenset(required_names(spec)), sweep=tuple(sweep), device=spec.device)

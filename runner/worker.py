@@ -65,7 +65,7 @@ def warm_up(threads: int | None) -> None:
     import torchmetrics  # noqa: F401
 
     from .plugins import Catalogue
-    from . import run  # noqa: F401
+    from .run import execute  # noqa: F401
 
     if threads:
         torch.set_num_threads(threads)
