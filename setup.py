@@ -25,6 +25,12 @@ setup(
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"],
                     # runner SUITE --executor dask: the suite on a Dask cluster
-                    "dask": ["dask[distributed]>=2024.1"]},
-    entry_points={"console_scripts": ["runner=runner.cli:main"]},
+                    "dask": ["dask[distributed]>=2024.1"],
+                    # the tensorboard and mlflow plugins (docs/trackers.md)
+                    "tensorboard": ["tensorboard>=2.14"],
+                    "mlflow": ["mlflow>=2.10"]},
+    entry_points={"console_scripts": ["runner=runner.cli:main"],
+                  # runner.testing's fixtures (synthetic_cifar, run_spec, run_plugin) in every pytest run; not
+                  # named "runner": pytest has a plugin of that name (_pytest.runner)
+                  "pytest11": ["runner_testing = runner.testing"]},
 )

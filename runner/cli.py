@@ -6,7 +6,8 @@ runner show SPEC              the resolved spec, and where each value came from
 runner ls [OUT]               the runs in OUT
 runner compare RUN|SPEC|OUT   runs side by side, by the settings they differ in
 runner validate SPEC...       check specs without running them
-runner plugins                every plugin, its origin and its hooks, models and transforms
+runner plugins [NAME]         every plugin, its origin and its hooks, models and transforms; or one in full
+runner new plugin NAME        a new plugin: its file, a spec that enables it, a test
 runner resume RUN_DIR         continue an interrupted run
 runner report [OUT]           the report (PDF, HTML, Markdown) from the runs
 runner visdom                 serve live plots offline
@@ -32,7 +33,9 @@ OTHER_COMMANDS = """other commands:
   runner ls [OUT] [--spec S] [--status S]   runs with seed, status, result, overrides, start and wall time
   runner compare RUN|SPEC|OUT...       runs side by side, grouped by the settings they differ in
   runner validate SPEC...              check specs without running them
-  runner plugins                       every plugin with its origin, hooks, models and transforms
+  runner plugins [NAME]                every plugin with its origin, hooks, models and transforms;
+                                       with NAME (or FILE.py), one plugin's help, hooks and settings table
+  runner new plugin NAME [--dir D]     a new plugin: its file, a spec that enables it, a test that passes
   runner resume RUN_DIR                continue an interrupted run
   runner report [OUT] [-o FILE]        the report from the runs (PDF, HTML, Markdown)
   runner visdom                        serve live plots offline
@@ -214,27 +217,35 @@ def resume_parser() -> argparse.ArgumentParser:
 
 
 def cmd_resume(argv) -> int:
-    from . import run
     from .plugins import Catalogue
+    from .run import resume
 
     args = resume_parser().parse_args(argv)
     catalogue = Catalogue.default()
     for run_dir in args.run_dirs:
-        run.resume(run_dir, catalogue, data_source=args.data, show_progress=args.progress)
+        resume(run_dir, catalogue, data_source=args.data, show_progress=args.progress)
     return 0
 
 
 def plugins_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="runner plugins", description="List plugins, their origin and hooks.")
+    parser = argparse.ArgumentParser(prog="runner plugins",
+                                     description="List plugins, their origin and hooks; with NAME, one plugin's help, "
+                                                 "hooks and settings table.")
+    parser.add_argument("name", nargs="?", metavar="NAME|FILE.py",
+                        help="a plugin's name, or a plugin file (loaded as a spec naming it would load it)")
+    return parser
 
 
 def cmd_plugins(argv) -> int:
     from .plugins import Catalogue
 
-    plugins_parser().parse_args(argv)
+    args = plugins_parser().parse_args(argv)
     catalogue = Catalogue.default()
+    if args.name:
+        return _describe_plugin(catalogue, args.name)
     for name, origin in catalogue.origins.items():
-        print(f"{name}  ({origin})")
+        help_text = catalogue.declarations[name].help
+        print(f"{name}  ({origin})" + (f": {help_text}" if help_text else ""))
         print(f"    hooks: {', '.join(catalogue.hooks_of(name)) or '-'}")
         settings = catalogue.settings_of(name)
         if settings:
@@ -244,6 +255,55 @@ def cmd_plugins(argv) -> int:
             for entry in table.values():
                 if entry.plugin == name:
                     print(f"    {kind} {entry.name}: {entry.help}")
+    return 0
+
+
+def _describe_plugin(catalogue, name: str) -> int:
+    from pathlib import Path
+
+    from .schema import suggestion
+    from .scaffold import describe_plugin
+
+    if name.endswith(".py"):
+        path = Path(name)
+        name = path.stem
+        if name not in catalogue.origins:
+            catalogue.add_file(name, path)
+    if name not in catalogue.origins:
+        print(f"runner: error: no plugin named {name!r}{suggestion(name, catalogue.origins)} (`runner plugins` lists "
+              f"them; a plugin file: runner plugins FILE.py)", file=sys.stderr)
+        return 2
+    print(describe_plugin(catalogue, name))
+    return 0
+
+
+def new_parser() -> argparse.ArgumentParser:
+    import shtab
+
+    parser = argparse.ArgumentParser(prog="runner new", description="Start a new plugin from a working example.")
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    plugin = kinds.add_parser("plugin", help="a plugin file, a spec that enables it and a pytest test",
+                              description="Write NAME.py (a plugin with typed settings, an attach, a run_finished and a "
+                                          "report_sections hook), NAME.toml (a spec that extends Part 1 Q1's and "
+                                          "enables it) and test_NAME.py (a test on synthetic data that passes as "
+                                          "written). Existing files are never overwritten.")
+    plugin.add_argument("name", metavar="NAME", help="the plugin's name: a Python identifier (weight_norms)")
+    plugin.add_argument("--dir", metavar="D", help="where the files go (default: a new folder NAME in the "
+                                                   "working directory)").complete = shtab.DIRECTORY
+    return parser
+
+
+def cmd_new(argv) -> int:
+    from importlib.metadata import entry_points
+
+    from .plugins import BUILTINS, ENTRY_POINT_GROUP
+    from .scaffold import new_plugin, next_steps
+
+    args = new_parser().parse_args(argv)
+    # The installed plugins' names, without importing them (and torch): a new one must differ.
+    taken = set(BUILTINS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    written = new_plugin(args.name, args.dir, taken=taken)
+    print(next_steps(args.name, written))
     return 0
 
 
@@ -346,9 +406,10 @@ def _raise_interrupt(signum, frame):
 
 
 COMMANDS = {"show": cmd_show, "ls": cmd_ls, "compare": cmd_compare, "validate": cmd_validate, "plugins": cmd_plugins,
+            "new": cmd_new,
             "resume": cmd_resume, "report": cmd_report, "visdom": cmd_visdom, "completion": cmd_completion}
 PARSERS = {"show": show_parser, "ls": ls_parser, "compare": compare_parser, "validate": validate_parser,
-           "plugins": plugins_parser, "resume": resume_parser, "completion": completion_parser}
+           "plugins": plugins_parser, "new": new_parser, "resume": resume_parser, "completion": completion_parser}
 
 
 def main(argv=None) -> int:
