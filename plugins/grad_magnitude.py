@@ -1,4 +1,5 @@
-"""Part 2 gradient magnitudes: G = max_i |dL/dw_i| over each layer's weight, every k-th step.
+"""Part 2 gradient magnitudes: G = max_i |dL/dw_i| over each layer's weight, every k-th step,
+and with `measures` the gradient flow through every layer: mean |dL/dw| and ||g|| / ||w||.
 
 Layers are taken in forward order (the order the model calls them, which need not be the
 order it registered them): the first training forward pass records it with forward-pre hooks
@@ -6,6 +7,13 @@ that are removed right after. metrics.csv gets one column per layer, named
 `G/<kind><NN> (<module path>)`, e.g. `G/conv01 (0)` for the first conv, which is module `0`
 of a Sequential; NN counts the recorded layers from 1 in forward order (so with
 `layers = "conv"` it is the homework's conv number) and <kind> is the layer type in lower case.
+
+`measures` chooses what is recorded of each layer's weight gradient g (read after the backward
+pass, before the optimizer step): "max" is G (the columns above), "mean" the mean |dL/dw_i| over
+the weight's entries (`grad_mean/<layer>`), "ratio" the gradient-to-weight ratio ||g||_2 /
+||w||_2 (`grad_ratio/<layer>`). With `layers = "all"` every module with a weight parameter is
+recorded (linear and normalization layers too), so where gradients vanish or explode is one
+picture: grad_flow.png, one heat map per measure (log10, layers by iterations).
 
 Recorded iterations: 1, every multiple of `every`, and the final iteration; the others stay
 empty (NaN). A layer whose weight got no gradient that step records NaN.
@@ -15,9 +23,13 @@ layer ("first", "last"), their G ("first_G", "last_G") and "ratio_first_over_las
 "100" and "last_iteration", each taken at the nearest recorded iteration at or before it (the
 one used is under "iterations"; a key past the run's end is left out; NaN or infinite values
 are null). The run folder gets grad_first_last.png (both layers over iterations, log scale)
-and grad_heatmap.png (log10 G, layers in forward order by recorded iterations).
+and grad_heatmap.png (log10 G, layers in forward order by recorded iterations). These need "max";
+with "mean" or "ratio" measured, the summary also gets "flow": every layer's measures at the last
+recorded iteration and the layers of the smallest and largest gradient-to-weight ratio.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import math
 
@@ -25,14 +37,25 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from runner import Setting, TrainEvents, hookimpl
+from runner import Plugin, TrainEvents, hookimpl, setting
 
-SETTINGS = {
-    "every": Setting(1, "record G every k-th iteration (and at iterations 1 and the last)", min=1),
-    "layers": Setting("conv", "which layers: conv layers, or every module with a weight parameter",
-                      choices=("conv", "all")),
-    "figures": Setting(True, "write grad_first_last.png and grad_heatmap.png"),
-}
+# Each measure's column prefix; "max" is G, the homework's.
+PREFIXES = {"max": "G/", "mean": "grad_mean/", "ratio": "grad_ratio/"}
+MEASURES = tuple(PREFIXES)
+LABELS = {"max": "max |dL/dw|", "mean": "mean |dL/dw|", "ratio": "||dL/dw|| / ||w||"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    every: int = setting(1, "record G every k-th iteration (and at iterations 1 and the last)", min=1)
+    layers: str = setting("conv", "which layers: conv layers, or every module with a weight parameter",
+                          choices=("conv", "all"))
+    figures: bool = setting(True, "write grad_first_last.png and grad_heatmap.png (and grad_flow.png)")
+    measures: list[str] = setting(["max"], "what of each layer's gradient g: max |g| (G), mean |g|, ||g|| / ||w||",
+                                  choices=MEASURES, length=(1, len(MEASURES)))
+
+
+plugin = Plugin(settings=Settings, help="G = max |dL/dw| of each layer over iterations (P2 Q2)")
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -54,22 +77,26 @@ def _kind(module: nn.Module) -> str:
     return "conv" if _is_conv(module) else type(module).__name__.lower()
 
 
-def column_names(layers: list[tuple[nn.Module, str]]) -> list[str]:
+def column_names(layers: list[tuple[nn.Module, str]], prefix: str = "G/") -> list[str]:
     width = max(2, len(str(len(layers))))
-    return [f"G/{_kind(module)}{i:0{width}d} ({path})" for i, (module, path) in enumerate(layers, 1)]
+    return [f"{prefix}{_kind(module)}{i:0{width}d} ({path})" for i, (module, path) in enumerate(layers, 1)]
 
 
 class GradMagnitude:
     """The per-run state: the layers in forward order and the column names of metrics.csv."""
 
-    def __init__(self, model: nn.Module, metrics, settings: dict):
-        self.model, self.metrics, self.every = model, metrics, settings["every"]
-        self.candidates = _candidates(model, settings["layers"])
+    def __init__(self, model: nn.Module, metrics, settings: Settings):
+        self.model, self.metrics, self.every = model, metrics, settings.every
+        self.measures = [m for m in MEASURES if m in settings.measures]  # one order, whatever the spec's
+        self.candidates = _candidates(model, settings.layers)
         self.called: dict[nn.Module, None] = {}  # insertion-ordered set of modules, first call first
         self.hooks: list = []
         self.layers: list[tuple[nn.Module, str]] | None = None
-        self.names: list[str] = []
+        self.names: list[str] = []  # G's columns ("max"), empty when it is not measured
+        self.columns: dict[str, list[str]] = {}  # measure -> its columns
+        self.every_column: list[str] = []  # all of them, in the order values() gives them
         self.weights: list[nn.Parameter] = []
+        self.sizes: torch.Tensor | None = None  # each weight's number of entries, for "mean"
 
     # -- forward order -------------------------------------------------------------------
     def start_recording(self, engine=None) -> None:
@@ -91,8 +118,13 @@ class GradMagnitude:
         self.stop_recording()
         order = list(self.called) + [m for m in self.candidates if m not in self.called]
         self.layers = [(m, self.candidates[m]) for m in order]
-        self.names = column_names(self.layers)
+        self.columns = {m: column_names(self.layers, PREFIXES[m]) for m in self.measures}
+        self.names = self.columns.get("max", [])
+        self.every_column = [name for measure in self.measures for name in self.columns[measure]]
         self.weights = [m.weight for m, _ in self.layers]
+        if self.names:  # G of the first and last conv, drawn live by a live-plot plugin (visdom)
+            self.metrics.plot("grad", list(_first_last(self)), "gradient magnitude G (first and last layer)", "G",
+                              log=True)
 
     # -- recording -----------------------------------------------------------------------
     def due(self, engine) -> bool:
@@ -105,18 +137,37 @@ class GradMagnitude:
             self.fix_order()
         if not self.weights or not self.due(engine):
             return
-        self.metrics.add_many(self.names, engine.state.iteration, self.values())
+        self.metrics.add_many(self.every_column, engine.state.iteration, self.values())
 
     def values(self) -> torch.Tensor:
-        """All layers' G as one tensor, computed on the device without a host sync."""
+        """Every measure of every layer as one tensor (measures in MEASURES order, layers in forward
+        order), computed on the device without a host sync."""
         grads = [p.grad for p in self.weights]
         present = [i for i, g in enumerate(grads) if g is not None]
         if len(present) == len(grads):
-            return torch.stack(_max_abs(grads))
-        values = torch.full((len(grads),), float("nan"), device=self.metrics.device)
+            return torch.cat(self._measured(grads, list(range(len(grads)))))
+        values = torch.full((len(self.measures), len(grads)), float("nan"), device=self.metrics.device)
         if present:
-            values[present] = torch.stack(_max_abs([grads[i] for i in present])).to(values)
-        return values
+            values[:, present] = torch.stack(self._measured([grads[i] for i in present], present)).to(values)
+        return values.reshape(-1)
+
+    def _measured(self, grads: list[torch.Tensor], layers: list[int]) -> list[torch.Tensor]:
+        """One tensor per measure, of the given layers (indices into self.weights) and their gradients."""
+        weights = [self.weights[i] for i in layers]
+        out = []
+        for measure in self.measures:
+            if measure == "max":
+                out.append(torch.stack(_max_abs(grads)))
+            elif measure == "mean":
+                if self.sizes is None:  # made once: a tensor built from Python numbers is a host-to-device copy
+                    self.sizes = torch.tensor([w.numel() for w in self.weights], dtype=torch.float32,
+                                              device=self.weights[0].device)
+                sizes = self.sizes if len(layers) == len(self.weights) else self.sizes[layers]
+                out.append(torch.stack(_norms(grads, 1)).float() / sizes)
+            else:
+                out.append(torch.stack(_norms(grads, 2)).float()
+                           / torch.stack(_norms([w.detach() for w in weights], 2)).float())
+        return out
 
 
 def _max_abs(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -127,16 +178,21 @@ def _max_abs(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.detach().abs().amax() for t in tensors]
 
 
-NAME = "grad_magnitude"  # this plugin's name: its per-run state is run.state(NAME)
+def _norms(tensors: list[torch.Tensor], order: float) -> list[torch.Tensor]:
+    """Each tensor's `order`-norm (1: the sum of |x|), in one fused op where it can."""
+    try:
+        return list(torch._foreach_norm(tensors, order))
+    except (AttributeError, RuntimeError, TypeError):
+        return [torch.linalg.vector_norm(t.detach(), order) for t in tensors]
 
 
 @hookimpl
-def attach(trainer, run, settings):
-    state = run.state(NAME, lambda: GradMagnitude(run.model, run.metrics, settings))
+def attach(trainer, run, settings, state):
+    state.grads = grads = GradMagnitude(run.model, run.metrics, settings)
     # Hooks go on at the start and off after the first backward: evaluation never pays for them.
-    trainer.add_event_handler(Events.STARTED, state.start_recording)
-    trainer.add_event_handler(TrainEvents.BACKWARD_COMPLETED, state.on_backward)
-    trainer.add_event_handler(Events.COMPLETED, lambda engine: state.stop_recording())
+    trainer.add_event_handler(Events.STARTED, grads.start_recording)
+    trainer.add_event_handler(TrainEvents.BACKWARD_COMPLETED, grads.on_backward)
+    trainer.add_event_handler(Events.COMPLETED, lambda engine: grads.stop_recording())
 
 
 # ---- the end of the run ----------------------------------------------------------------
@@ -184,23 +240,55 @@ def summarize(table: dict, state: GradMagnitude) -> dict | None:
     return out
 
 
+def _short(name: str) -> str:
+    """'conv01 (0)' of any measure's column name."""
+    return name.partition("/")[2]
+
+
+def flow_summary(table: dict, state: GradMagnitude) -> dict | None:
+    """Every layer's measures at the last recorded iteration, and the layers of the smallest and
+    largest gradient-to-weight ratio (where gradients vanish and where they are largest)."""
+    recorded = _recorded_iterations(table, [n for n in state.every_column if n in table])
+    if not recorded:
+        return None
+    at = recorded[-1]
+    layers = {_short(name): {} for name in next(iter(state.columns.values()))}
+    for measure, columns in state.columns.items():
+        for name in columns:
+            layers[_short(name)][measure] = _finite(table[name][at - 1])
+    out = {"iteration": at, "measures": list(state.columns), "layers": layers}
+    ratios = sorted((v["ratio"], k) for k, v in layers.items() if v.get("ratio") is not None)
+    if ratios:
+        out["smallest_ratio"], out["largest_ratio"] = ratios[0][1], ratios[-1][1]
+    return out
+
+
 @hookimpl
-def run_finished(run, results, settings):
-    state: GradMagnitude | None = run.state(NAME)
-    if state is None or state.layers is None:  # never trained (iterations = 0)
+def run_finished(run, results, settings, state):
+    grads: GradMagnitude | None = getattr(state, "grads", None)
+    if grads is None or grads.layers is None:  # never trained (iterations = 0)
         results["grad_magnitude"] = None
         return
     table = run.metrics.table()
-    summary = summarize(table, state)
+    summary = summarize(table, grads)
+    flow = flow_summary(table, grads) if set(grads.measures) - {"max"} else None
+    if flow is not None:
+        summary = {**(summary or {}), "flow": flow}
     results["grad_magnitude"] = summary
-    if summary is None or not settings["figures"]:
+    if summary is None or not settings.figures:
         return
     from runner import artifacts
 
     title = getattr(getattr(run, "spec", None), "name", "")
-    first, last = _first_last(state)
-    for filename, figure in (("grad_first_last.png", first_last_figure(table, first, last, title)),
-                             ("grad_heatmap.png", heatmap_figure(table, state.names, title))):
+    drawn = []
+    if grads.names:
+        first, last = _first_last(grads)
+        drawn += [("grad_first_last.png", lambda: first_last_figure(table, first, last, title)),
+                  ("grad_heatmap.png", lambda: heatmap_figure(table, grads.names, title))]
+    if flow is not None:
+        drawn.append(("grad_flow.png", lambda: flow_figure(table, grads.columns, title)))
+    for filename, draw in drawn:
+        figure = draw()
         try:
             artifacts.save_figure(run.dir / filename, figure)
         finally:
@@ -234,8 +322,8 @@ def first_last_figure(table: dict, first: str, last: str, title: str = "", size=
     return figure
 
 
-def heatmap_figure(table: dict, names: list[str], title: str = "", width: float = 8, fontsize: float = 7):
-    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
+def _log_heatmap(figure, axes, table: dict, names: list[str], fontsize: float, label: str) -> None:
+    """log10 of the columns `names` (rows, first at the top) by their recorded iterations."""
     import matplotlib.pyplot as plt
 
     # Only recorded iterations become columns, so `every` leaves no empty stripes.
@@ -247,13 +335,37 @@ def heatmap_figure(table: dict, names: list[str], title: str = "", width: float 
     x_edges = [iterations[0] - 0.5] + middles + [iterations[-1] + 0.5]
     y_edges = [i - 0.5 for i in range(len(names) + 1)]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # G = 0 (no log) or no gradient
-    figure, axes = plt.subplots(figsize=(width, max(2.4, 0.013 * fontsize * len(names) + 1.2)))
     mesh = axes.pcolormesh(x_edges, y_edges, log_g, shading="flat", cmap=cmap)
-    axes.set_yticks(range(len(names)), [n[2:].split(" (")[0] for n in names], fontsize=fontsize)
+    axes.set_yticks(range(len(names)), [_short(n).split(" (")[0] for n in names], fontsize=fontsize)
     axes.invert_yaxis()  # first layer at the top, as the forward pass reads
-    axes.set(xlabel="iteration", ylabel="layer (forward order)",
-             title=f"log10 G per layer - {title}" if title else None)
-    figure.colorbar(mesh, ax=axes, label="log10 max |dL/dw|  (grey: zero or no gradient)")
+    axes.set(ylabel="layer (forward order)")
+    figure.colorbar(mesh, ax=axes, label=label)
+
+
+def heatmap_figure(table: dict, names: list[str], title: str = "", width: float = 8, fontsize: float = 7):
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(width, max(2.4, 0.013 * fontsize * len(names) + 1.2)))
+    _log_heatmap(figure, axes, table, names, fontsize, "log10 max |dL/dw|  (grey: zero or no gradient)")
+    axes.set(xlabel="iteration", title=f"log10 G per layer - {title}" if title else None)
+    figure.tight_layout()
+    return figure
+
+
+def flow_figure(table: dict, columns: dict[str, list[str]], title: str = "", width: float = 8, fontsize: float = 7):
+    """One log10 heat map per measure, stacked, layers by iterations: where gradients vanish or explode."""
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
+    import matplotlib.pyplot as plt
+
+    rows = len(next(iter(columns.values())))
+    height = max(2.0, 0.013 * fontsize * rows + 1.0)
+    figure, panels = plt.subplots(len(columns), 1, figsize=(width, height * len(columns)), sharex=True, squeeze=False)
+    for axes, (measure, names) in zip(panels[:, 0], columns.items()):
+        _log_heatmap(figure, axes, table, names, fontsize, f"log10 {LABELS[measure]}")
+    panels[-1, 0].set(xlabel="iteration")
+    if title:
+        panels[0, 0].set_title(f"Gradient flow per layer - {title}")
     figure.tight_layout()
     return figure
 
@@ -334,6 +446,39 @@ def _report_figures(spec, folder) -> list:
     return blocks
 
 
+def _flow_blocks(spec, folder) -> list:
+    """A spec's gradient-flow heat maps (when it measured more than G) and a sentence on the spread
+    of its gradient-to-weight ratios."""
+    from runner import artifacts, figures
+    from runner.report import Figure, Paragraph
+
+    flow = (spec.representative.get("grad_magnitude") or {}).get("flow")
+    table = spec.metrics()
+    if not flow or table is None:
+        return []
+    columns = {m: [c for c in table if c.startswith(PREFIXES[m])] for m in flow["measures"]}
+    if not all(columns.values()):
+        return []
+    figure = flow_figure(table, columns, width=7, fontsize=6)
+    path = folder / f"grad_flow_{spec.name}.png"
+    artifacts.save_figure(path, figure)
+    figures.close(figure)
+    shown = ", ".join(LABELS[m] for m in columns)
+    blocks = [Figure(path, f"Gradient flow through every layer of {spec.title} (rows, in forward order) over "
+                           f"iterations (seed {spec.representative.get('seed')}), log10 of: {shown}; grey: zero.", 1.0)]
+    low, high = flow.get("smallest_ratio"), flow.get("largest_ratio")
+    if low and high:
+        small, large = flow["layers"][low]["ratio"], flow["layers"][high]["ratio"]
+        spread = large / small if small else math.inf
+        verdict = ("the gradient reaches every layer in proportion to its weights" if spread < 10 else
+                   f"{low} learns {spread:,.0f} times slower than {high} relative to its weights" if math.isfinite(spread)
+                   else f"{low} gets no gradient at all")
+        blocks.insert(0, Paragraph(
+            f"At iteration {flow['iteration']} the gradient-to-weight ratio ||g|| / ||w|| of {spec.title} ranges from "
+            f"{small:.1e} ({low}) to {large:.1e} ({high}): {verdict}."))
+    return blocks
+
+
 @hookimpl
 def report_sections(runs):
     """Each spec's G figures, and one section comparing every spec's gradients."""
@@ -341,7 +486,7 @@ def report_sections(runs):
 
     sections = []
     for spec in runs.values():
-        blocks = _report_figures(spec, runs.workdir)
+        blocks = _report_figures(spec, runs.workdir) + _flow_blocks(spec, runs.workdir)
         if blocks:
             sections.append(Section(spec=spec.name, blocks=blocks, fields=collapse_fields(spec)))
     rows = gradients_table(runs)

@@ -38,7 +38,6 @@ LOG_NAME = "visdom.jsonl"  # runner/visdom_server.py's replay reads this name
 DEFAULT_SERVER = "http://127.0.0.1"
 DEFAULT_PORT = 8097
 RETRY_SECONDS = 5.0  # after losing the server, how often to try it again
-G_PREFIX = "G/"  # grad_magnitude's column prefix
 
 @dataclass(frozen=True)
 class Settings:
@@ -329,27 +328,18 @@ class Live:
         if stop <= start or (not final and time.monotonic() - self.last_send < self.interval):
             return
         self.last_send = time.monotonic()
-        g_columns = _g_columns(metrics)
-        columns = [metrics.loss[start:stop],
-                   metrics.correct[start:stop] / metrics.count[start:stop].clamp(min=1),
-                   metrics.running_accuracy()[start:stop]]
-        columns += [tensor[start:stop] if j is None else tensor[start:stop, j] for _, tensor, j in g_columns]
-        values = torch.stack([c.float() for c in columns]).cpu().numpy()  # one host transfer
+        # The core's lines, then the windows plugins declared with run.metrics.plot().
+        lines = [("loss", "loss", metrics.loss, "training loss", "cross-entropy", "linear"),
+                 ("accuracy", "batch", metrics.correct / metrics.count.clamp(min=1), "accuracy", "accuracy", "linear"),
+                 ("accuracy", "running", metrics.running_accuracy(), "accuracy", "accuracy", "linear")]
+        for plot in metrics.plots.values():
+            lines += [(plot.window, name, metrics.column(name), plot.title, plot.ylabel, "log" if plot.log else "linear")
+                      for name in plot.columns if metrics.column(name) is not None]
+        values = torch.stack([line[2][start:stop].float() for line in lines]).cpu().numpy()  # one host transfer
         x = list(range(start + 1, stop + 1))
         self.rows_sent = stop
-        self.line("loss", "loss", x, values[0], "training loss", "cross-entropy")
-        self.line("accuracy", "batch", x, values[1], "accuracy", "accuracy")
-        self.line("accuracy", "running", x, values[2], "accuracy", "accuracy")
-        for (name, _, _), row in zip(g_columns, values[3:]):
-            self.line("grad", name, x, row, "gradient magnitude G (first and last layer)", "G", ytype="log")
-        for plot in metrics.plots.values():  # windows plugins declared with run.metrics.plot()
-            found = [(name, metrics.column(name)) for name in plot.columns]
-            found = [(name, column) for name, column in found if column is not None]
-            if not found:
-                continue
-            rows = torch.stack([column[start:stop].float() for _, column in found]).cpu().numpy()
-            for (name, _), row in zip(found, rows):
-                self.line(plot.window, name, x, row, plot.title, plot.ylabel, ytype="log" if plot.log else "linear")
+        for (window, trace, _, title, ylabel, ytype), row in zip(lines, values):
+            self.line(window, trace, x, row, title, ylabel, **({"ytype": "log"} if ytype == "log" else {}))
 
     def test_accuracy(self, run, evaluator) -> None:
         accuracy = evaluator.state.metrics.get("accuracy")
@@ -361,23 +351,6 @@ class Live:
         return {"env": self.env, "server": self.sender.url if self.sender.state != "off" else None,
                 "log": LOG_NAME if self.log_path is not None else None, "sent": self.sender.sent,
                 "dropped": self.sender.dropped}
-
-
-def _g_columns(metrics) -> list:
-    """(name, tensor, index or None) of the first and last G/ column, in the order they were added.
-
-    Conv layers' columns (grad_magnitude names them G/conv..) are preferred when there are any.
-    """
-    found = []
-    for key, tensor in list(metrics.columns.items()):
-        if isinstance(key, tuple):
-            found += [(name, tensor, j) for j, name in enumerate(key) if name.startswith(G_PREFIX)]
-        elif key.startswith(G_PREFIX):
-            found.append((key, tensor, None))
-    found = [c for c in found if c[0].startswith(G_PREFIX + "conv")] or found
-    return found[:1] + found[-1:] if len(found) > 1 else found
-
-
 
 
 @atexit.register

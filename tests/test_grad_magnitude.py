@@ -12,9 +12,6 @@ from torch import nn
 from plugins import grad_magnitude
 from runner.engine import create_trainer
 from runner.metrics import MetricsLog
-from runner.state import Run
-
-SETTINGS = {"every": 1, "layers": "conv", "figures": True}
 
 
 def tiny_model():
@@ -52,18 +49,18 @@ def batch(seed=0):
 
 
 def train(model, tmp_path, iterations, **settings):
-    """Attach the plugin to a real trainer (plain SGD, no transforms) and run a few steps."""
-    settings = dict(SETTINGS, **settings)
+    """Attach the plugin to a real trainer (plain SGD, no transforms) and run a few steps; the run
+    carries the plugin's per-run state as `run.plugin_state`, for run_finished."""
+    settings = grad_magnitude.Settings(**settings)
     run = types.SimpleNamespace(metrics=MetricsLog(iterations, torch.device("cpu")), model=model, dir=tmp_path,
-                                device=torch.device("cpu"), plugin_state={})
-    run.state = types.MethodType(Run.state, run)  # the per-run state a real Run keeps
+                                device=torch.device("cpu"), plugin_state=types.SimpleNamespace())
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), None, nn.Sequential(),
                              channels_last=False)
     # What the core attaches in a real run: the per-step record that sets how many rows there are.
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: run.metrics.record(
         engine.state.iteration, engine.state.output["loss"], engine.state.output["correct"],
         engine.state.output["count"]))
-    grad_magnitude.attach(trainer=trainer, run=run, settings=settings)
+    grad_magnitude.attach(trainer=trainer, run=run, settings=settings, state=run.plugin_state)
     trainer.run([batch()] * iterations, max_iters=iterations)
     return run, settings
 
@@ -127,7 +124,7 @@ def test_run_finished_writes_figures_and_summary(tmp_path):
     torch.manual_seed(0)
     run, settings = train(tiny_model(), tmp_path, 5, every=2)
     results = {}
-    grad_magnitude.run_finished(run=run, results=results, settings=settings)
+    grad_magnitude.run_finished(run=run, results=results, settings=settings, state=run.plugin_state)
     summary = results["grad_magnitude"]
     assert summary["first"] == "G/conv01 (0)" and summary["last"] == "G/conv02 (2)"
     # 100 is past a 5-step run's end, so only iteration 1 and the last appear.
@@ -145,7 +142,7 @@ def test_summary_takes_nearest_recorded_iteration_at_or_before(tmp_path):
     torch.manual_seed(0)
     run, settings = train(tiny_model(), tmp_path, 103, every=7, figures=False)
     results = {}
-    grad_magnitude.run_finished(run=run, results=results, settings=settings)
+    grad_magnitude.run_finished(run=run, results=results, settings=settings, state=run.plugin_state)
     assert results["grad_magnitude"]["iterations"] == {"1": 1, "100": 98, "last_iteration": 103}
     assert not list(tmp_path.glob("*.png"))
 
@@ -153,4 +150,85 @@ def test_summary_takes_nearest_recorded_iteration_at_or_before(tmp_path):
 def test_catalogue_lists_the_plugin_and_its_hooks(catalogue):
     assert "grad_magnitude" in catalogue.plugins
     assert {"attach", "run_finished"} <= set(catalogue.hooks_of("grad_magnitude"))
-    assert set(catalogue.settings_of("grad_magnitude")) == {"every", "layers", "figures"}
+    assert set(catalogue.settings_of("grad_magnitude")) == {"every", "layers", "figures", "measures"}
+
+
+ALL_MEASURES = ["max", "mean", "ratio"]
+
+
+def test_mean_and_ratio_equal_a_direct_computation(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model()
+    initial = copy.deepcopy(model)
+    run, _ = train(model, tmp_path, 2, layers="all", measures=["ratio", "mean", "max"])
+    table = run.metrics.table()
+    layers = ["conv01 (0)", "conv02 (2)", "linear03 (5)"]
+    # Columns come in one order whatever the spec lists: G first (as before), then mean, then ratio.
+    assert [n for n in table if "/" in n] == [f"{p}/{l}" for p in ("G", "grad_mean", "grad_ratio") for l in layers]
+
+    x, y = batch()
+    weights = [initial[0].weight, initial[2].weight, initial[5].weight]
+    grads = torch.autograd.grad(F.cross_entropy(initial(x.float()), y), weights)
+    assert [table[f"grad_mean/{l}"][0] for l in layers] == pytest.approx([g.abs().mean().item() for g in grads], rel=1e-5)
+    assert [table[f"grad_ratio/{l}"][0] for l in layers] == pytest.approx(
+        [(g.norm() / w.norm()).item() for g, w in zip(grads, weights)], rel=1e-5)
+    assert [table[f"G/{l}"][0] for l in layers] == pytest.approx([g.abs().max().item() for g in grads], rel=1e-5)
+    # The second step's ratio uses the moved weights: it differs from the first's.
+    assert table["grad_ratio/conv01 (0)"][1] != table["grad_ratio/conv01 (0)"][0]
+
+
+def test_default_measures_write_g_only(tmp_path):
+    torch.manual_seed(0)
+    run, settings = train(tiny_model(), tmp_path, 3)
+    assert settings.measures == ["max"]
+    assert not [n for n in run.metrics.table() if n.startswith(("grad_mean/", "grad_ratio/"))]
+    results = {}
+    grad_magnitude.run_finished(run=run, results=results, settings=settings, state=run.plugin_state)
+    assert "flow" not in results["grad_magnitude"]
+    assert not (tmp_path / "grad_flow.png").exists()
+
+
+def test_flow_summary_and_figure(tmp_path):
+    torch.manual_seed(0)
+    run, settings = train(tiny_model(), tmp_path, 5, every=2, layers="all", measures=ALL_MEASURES)
+    results = {}
+    grad_magnitude.run_finished(run=run, results=results, settings=settings, state=run.plugin_state)
+    summary = results["grad_magnitude"]
+    assert summary["first"] == "G/conv01 (0)"  # G's summary is there as before
+    flow, table = summary["flow"], run.metrics.table()
+    assert flow["iteration"] == 5 and flow["measures"] == ALL_MEASURES
+    assert flow["layers"]["linear03 (5)"]["ratio"] == table["grad_ratio/linear03 (5)"][4]
+    ratios = {layer: values["ratio"] for layer, values in flow["layers"].items()}
+    assert flow["smallest_ratio"] == min(ratios, key=ratios.get)
+    assert flow["largest_ratio"] == max(ratios, key=ratios.get)
+    for name in ("grad_first_last.png", "grad_heatmap.png", "grad_flow.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flow_without_g(tmp_path):
+    torch.manual_seed(0)
+    run, settings = train(tiny_model(), tmp_path, 2, measures=["ratio"])
+    assert [n for n in run.metrics.table() if "/" in n] == ["grad_ratio/conv01 (0)", "grad_ratio/conv02 (2)"]
+    results = {}
+    grad_magnitude.run_finished(run=run, results=results, settings=settings, state=run.plugin_state)
+    assert set(results["grad_magnitude"]) == {"flow"}
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["grad_flow.png"]
+
+
+def test_missing_gradient_records_nan_in_every_measure(tmp_path):
+    torch.manual_seed(0)
+    run, _ = train(WithUnused(), tmp_path, 1, measures=ALL_MEASURES)
+    table = run.metrics.table()
+    for prefix in ("G", "grad_mean", "grad_ratio"):
+        assert math.isnan(table[f"{prefix}/conv03 (unused)"][0]) and math.isfinite(table[f"{prefix}/conv01 (0)"][0])
+
+
+def test_measures_setting_is_checked(catalogue):
+    from runner.errors import SpecError
+
+    measures = catalogue.settings_of("grad_magnitude")["measures"]
+    from runner.schema import check_value
+
+    assert check_value(measures, ["mean", "ratio"], file="s.toml", key="plugins.grad_magnitude.measures")
+    with pytest.raises(SpecError, match="not allowed"):
+        check_value(measures, ["median"], file="s.toml", key="plugins.grad_magnitude.measures")

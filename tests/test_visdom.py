@@ -28,8 +28,9 @@ ON_CI = os.environ.get("CI", "").lower() == "true"
 # visdom's client, used here to read windows back, calls a deprecated logging method.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 
-# Stands in for grad_magnitude (G/ columns via add_many at BACKWARD_COMPLETED, every 2nd step here)
-# and for a plugin showing images, so these tests depend on nothing but the core.
+# Stands in for grad_magnitude (G/ columns via add_many at BACKWARD_COMPLETED, every 2nd step here,
+# two of them declared as a live window) and for a plugin showing images, so these tests depend on
+# nothing but the core.
 FAKE_PLUGIN = '''
 import torch
 from runner import TrainEvents, hookimpl
@@ -38,6 +39,8 @@ NAMES = ["G/conv01 (0)", "G/conv02 (3)", "G/linear03 (9)"]
 
 @hookimpl
 def attach(trainer, run, settings):
+    run.metrics.plot("grad", NAMES[:2], "gradient magnitude G (first and last layer)", "G", log=True)
+
     @trainer.on(TrainEvents.BACKWARD_COMPLETED)
     def g(engine):
         it = engine.state.iteration
