@@ -23,12 +23,14 @@ setup(
         "tqdm>=4.66",  # the progress bar
         "shtab>=1.7",  # runner completion SHELL
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4"],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4", "optuna>=4"],
                     # runner SUITE --executor dask: the suite on a Dask cluster
                     "dask": ["dask[distributed]>=2024.1"],
                     # the tensorboard and mlflow plugins (docs/trackers.md)
                     "tensorboard": ["tensorboard>=2.14"],
-                    "mlflow": ["mlflow>=2.10"]},
+                    "mlflow": ["mlflow>=2.10"],
+                    # runner SPEC --search: Optuna studies (docs/search.md)
+                    "search": ["optuna>=4"]},
     entry_points={"console_scripts": ["runner=runner.cli:main"],
                   # runner.testing's fixtures (synthetic_cifar, run_spec, run_plugin) in every pytest run; not
                   # named "runner": pytest has a plugin of that name (_pytest.runner)

@@ -22,7 +22,7 @@ from .listing import RunInfo, find_runs, runs_table
 from .progress import duration
 from .results import headline
 
-STATUSES = ("complete", "running", "interrupted", "failed", "diverged")
+STATUSES = ("complete", "running", "interrupted", "failed", "diverged", "pruned")
 
 
 def run(spec, *, set: dict | None = None, data=None, out="artifacts", quick: bool = False, seed: int | None = None,

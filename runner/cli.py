@@ -8,6 +8,7 @@ runner compare RUN|SPEC|OUT   runs side by side, by the settings they differ in
 runner validate SPEC...       check specs without running them
 runner plugins [NAME]         every plugin, its origin and its hooks, models and transforms; or one in full
 runner new plugin NAME        a new plugin: its file, a spec that enables it, a test
+runner search show OUT/SPEC   a hyperparameter study's trials, best trial and importances
 runner resume RUN_DIR         continue an interrupted run
 runner report [OUT]           the report (PDF, HTML, Markdown) from the runs
 runner visdom                 serve live plots offline
@@ -36,6 +37,7 @@ OTHER_COMMANDS = """other commands:
   runner plugins [NAME]                every plugin with its origin, hooks, models and transforms;
                                        with NAME (or FILE.py), one plugin's help, hooks and settings table
   runner new plugin NAME [--dir D]     a new plugin: its file, a spec that enables it, a test that passes
+  runner search show OUT/SPEC          a study's trials (best first), its best trial's command, importances
   runner resume RUN_DIR                continue an interrupted run
   runner report [OUT] [-o FILE]        the report from the runs (PDF, HTML, Markdown)
   runner visdom                        serve live plots offline
@@ -98,6 +100,13 @@ def run_parser() -> argparse.ArgumentParser:
                              "CPU, nccl with one GPU per process); each takes batch_size / N images of every batch")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress bar (default: when stderr is a terminal; else a line at every tenth)")
+    search = parser.add_argument_group("hyperparameter search (the spec's [search] table; docs/search.md)")
+    search.add_argument("--search", action="store_true",
+                        help="run the spec's Optuna study in OUT/<spec>/_search (rerunning continues it), --jobs "
+                             "trials at once, then the best trial's values on the test set over --seeds (0,1,2)")
+    search.add_argument("--trials", type=int, metavar="N", help="with --search: run the study to N trials")
+    search.add_argument("--search-test", action="store_true",
+                        help="only measure the study's best trial on the test set over --seeds (default 0,1,2)")
     return parser
 
 
@@ -113,6 +122,8 @@ def cmd_run(argv) -> int:
     catalogue = Catalogue.default()
     options = suite.RunOptions(out=args.out, data=args.data, quick=args.quick, resume=args.resume,
                                progress=args.progress)
+    if args.search or args.search_test:
+        return _search(args, catalogue, options)
     seeds = args.seeds or ([args.seed] if args.seed is not None else None)
     plan, _ = suite.build(args.specs, catalogue, options=options, overrides=args.overrides, seeds=seeds,
                           with_deps=args.with_deps, force=args.force, device=args.device)
@@ -168,6 +179,51 @@ def _execute(plan, options, args, catalogue) -> list:
         return executor.run(plan, options, (lambda *event: None) if quiet else display)
     finally:
         display.close()
+
+
+def _search(args, catalogue, options) -> int:
+    """runner SPEC --search / --search-test (runner/search.py)."""
+    from . import search
+
+    if len(args.specs) != 1 or not args.specs[0].endswith(".toml"):
+        raise RunnerError("--search takes one spec file (runner SPEC.toml --search)")
+    if args.trials is not None and args.trials < 1:
+        raise RunnerError(f"--trials {args.trials}: give 1 or more")
+    path = args.specs[0]
+    if args.search:
+        search.run_search(path, catalogue, options, overrides=args.overrides, trials=args.trials, jobs=args.jobs,
+                          seed=args.seed, device=args.device, executor=args.executor, scheduler=args.scheduler,
+                          resources=_resources(args))
+    try:
+        search.measure_best(path, catalogue, options, overrides=args.overrides, jobs=args.jobs, device=args.device,
+                            seeds=args.seeds or search.DEFAULT_TEST_SEEDS)
+    except search.NoCompleteTrial as exc:  # every trial pruned or failed: nothing to measure, not an error
+        print(f"runner: {exc}", file=sys.stderr)
+    return 0
+
+
+def _resources(args):
+    if not args.resources:
+        return None
+    from .dask_executor import parse_resources
+
+    return parse_resources(args.resources)
+
+
+def search_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner search", description="A hyperparameter study's results.")
+    parser.add_argument("action", choices=("show",))
+    parser.add_argument("target", metavar="OUT/SPEC", help="the spec's folder of runs (holding _search), or the spec")
+    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where a spec's runs are (default: artifacts)")
+    return parser
+
+
+def cmd_search(argv) -> int:
+    from .search import show
+
+    args = search_parser().parse_args(argv)
+    print(show(args.target, args.out))
+    return 0
 
 
 def _seed_list(text: str) -> list[int]:
@@ -334,7 +390,7 @@ def ls_parser() -> argparse.ArgumentParser:
     parser.add_argument("out", nargs="?", default="artifacts", metavar="OUT")
     parser.add_argument("--spec", action="append", help="only this spec's runs (repeatable)")
     parser.add_argument("--status", action="append",
-                        choices=("complete", "running", "interrupted", "failed", "diverged"),
+                        choices=("complete", "running", "interrupted", "failed", "diverged", "pruned"),
                         help="only runs in this status (repeatable)")
     return parser
 
@@ -406,9 +462,10 @@ def _raise_interrupt(signum, frame):
 
 
 COMMANDS = {"show": cmd_show, "ls": cmd_ls, "compare": cmd_compare, "validate": cmd_validate, "plugins": cmd_plugins,
-            "new": cmd_new,
+            "new": cmd_new, "search": cmd_search,
             "resume": cmd_resume, "report": cmd_report, "visdom": cmd_visdom, "completion": cmd_completion}
 PARSERS = {"show": show_parser, "ls": ls_parser, "compare": compare_parser, "validate": validate_parser,
+           "search": search_parser,
            "plugins": plugins_parser, "new": new_parser, "resume": resume_parser, "completion": completion_parser}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from ignite.utils import manual_seed
 
-from . import artifacts, checkpoint, figures, handlers, memory, sources
+from . import artifacts, checkpoint, figures, handlers, memory, search, sources
 from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
 from .engine import EpochBatches
 from .errors import DivergedError, PluginError, RunnerError
@@ -89,7 +89,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     finally:
         if run.progress is not None:
             run.progress.close()
-    artifacts.set_status(run_dir, "complete")
+    artifacts.set_status(run_dir, search.final_status(run))  # "pruned": a search trial its pruner stopped
     return run
 
 
@@ -110,6 +110,9 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
 
     (run.train_images, run.train_labels, run.test_images, run.test_labels,
      run.class_names) = load_data(spec, data_source, run.device)
+    searching = search.SearchRun.from_environment(run)  # a trial of `runner SPEC --search`, else None
+    if searching:
+        searching.hold_out()  # before the transforms, whose statistics come from the training images
     run.train_pipeline, run.eval_pipeline = build_transforms(spec, run.catalogue, run.train_images)
     run.train_pipeline.to(run.device)
     memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
@@ -124,6 +127,8 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     if run.rank == 0:
         handlers.show_progress(run, interactive)
     handlers.attach_plugins(run)
+    if searching:
+        searching.attach()
     resumed_at = checkpoint.attach(run)
     setup_seconds = time.perf_counter() - run.started
 

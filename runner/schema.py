@@ -148,10 +148,32 @@ EVAL = {
     "batch_size": Setting(1000, "images per evaluation batch", min=1),
 }
 
+# [search]: a hyperparameter study over the spec (`runner SPEC --search`, runner/search.py). Only
+# a spec that has the table gets it (so every other spec resolves as before), and a run without
+# --search ignores it. Its dotted keys ("train.lr" = { log = [1e-4, 1e-1] }) are the spaces, checked
+# against the resolved spec in spec.py; these are its settings.
+SEARCH = {
+    "metric": Setting("validation_accuracy", "the summary.json key the study optimizes (validation_accuracy: "
+                      "the held-out images' accuracy at the end of a trial)"),
+    "direction": Setting("maximize", "whether a higher or lower metric is better", choices=("maximize", "minimize")),
+    "trials": Setting(20, "trials the study runs to (finished ones: complete, pruned or failed)", min=1),
+    "sampler": Setting("tpe", "how trials' values are chosen (grid: every space a choice or int)",
+                       choices=("tpe", "random", "grid")),
+    "pruner": Setting("median", "what stops unpromising trials early (on the validation accuracy)",
+                      choices=("median", "halving", "none")),
+    "warmup": Setting(0, "iterations before a trial may be pruned", min=0),
+    "validation": Setting(1000, "images held out of the training batches for validation (the last ones); a "
+                          "trial trains on the rest", min=1),
+    "every": Setting(100, "iterations between validations (each reported to the trial, which may be pruned)",
+                     min=1),
+    "seed": Setting(0, "the sampler's seed: a study with the same seed proposes the same values", min=0),
+}
+SPACE_KINDS = ("log", "range", "int", "choice")
+
 # Tables whose keys are declared elsewhere: [model] by the chosen model, [transforms.<op>] by
-# each op, [plugins.<name>] by each plugin.
+# each op, [plugins.<name>] by each plugin; [search] (above) has settings and spaces.
 SECTIONS = {"data": DATA, "train": TRAIN, "eval": EVAL}
-OPEN_SECTIONS = ("model", "transforms", "plugins")
+OPEN_SECTIONS = ("model", "transforms", "plugins", "search")
 RESERVED = ("extends",)
 
 

@@ -270,6 +270,8 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
                             key=f"transforms.{op}", allowed=ops)
     values["transforms"] = {op: schema.validate_table(op_tables.get(op, {}), catalogue.transforms[op].settings,
                                                       file=file, prefix=f"transforms.{op}.") for op in ops}
+    if "search" in table:  # only a spec that has one: every other spec resolves as it did
+        values["search"] = _validated_search(table["search"], values, catalogue, file, chain)
 
     return Spec(path=file, values=_tables(values), chain=list(chain), reads=catalogue.reads(values["plugins"]))
 
@@ -307,6 +309,96 @@ def _check_model_from_run(table: dict, values: dict, source: tuple[str, str], fi
     if values["data"]["transforms"]:
         raise SpecError(f"the trained model {setting} names carries its own transforms; leave data.transforms "
                         f"empty", file=file, key="data.transforms")
+
+
+def _validated_search(search, values: dict, catalogue, file: Path, chain) -> dict:
+    """[search] (runner/search.py): its settings, then each dotted key a space over a setting the
+    resolved spec has, its bounds or choices valid values of that setting. A bad space fails when
+    the spec loads, not trials later, naming the file that holds it."""
+    if not isinstance(search, dict):
+        raise SpecError("expected a table of search settings and spaces", file=file, key="search")
+    settings = schema.validate_table({k: v for k, v in search.items() if "." not in k}, schema.SEARCH, file=file,
+                                     prefix="search.")
+    spaces = {}
+    for key, space in search.items():
+        if "." in key:
+            where = next((f for f in reversed(list(chain)) if key in (_parse(f).get("search") or {})), file)
+            spaces[key] = _checked_space(key, space, _searched_setting(key, values, catalogue, where), where)
+    if not spaces:
+        raise SpecError('no space to search: add one, e.g. "train.lr" = { log = [1e-3, 0.1] }', file=file,
+                        key="search")
+    continuous = [key for key, space in spaces.items() if "log" in space or "range" in space]
+    if settings["sampler"] == "grid" and continuous:
+        raise SpecError(f"the grid sampler needs every space a choice or an int range; {continuous[0]} is "
+                        f"continuous (or use sampler = \"tpe\")", file=file, key="search.sampler")
+    if settings["pruner"] != "none" and settings["metric"] != "validation_accuracy":
+        raise SpecError(f"trials report the validation accuracy to the pruner, so pruning needs metric = "
+                        f"\"validation_accuracy\" (or pruner = \"none\" for {settings['metric']!r})", file=file,
+                        key="search.pruner")
+    return {**settings, **spaces}
+
+
+def _searched_setting(key: str, values: dict, catalogue, file) -> schema.Setting:
+    """The Setting a [search] space's key names in the resolved spec; a SpecError if it has none."""
+    section, _, rest = key.partition(".")
+    found = None
+    if section in schema.SECTIONS:
+        found = schema.SECTIONS[section].get(rest)
+    elif section == "model" and "name" in values.get("model", {}):
+        found = catalogue.models[values["model"]["name"]].settings.get(rest)
+    elif section in ("plugins", "transforms") and "." in rest:
+        name, _, setting = rest.partition(".")
+        if section == "plugins" and name in values["plugins"]:
+            found = catalogue.table_schema(name).get(setting)
+        elif section == "transforms" and name in values["transforms"]:
+            found = catalogue.transforms[name].settings.get(setting)
+    if found is None:
+        name = rest.partition(".")[0]
+        if section in ("plugins", "transforms") and name not in values.get(section, {}):
+            hint = f" ({section[:-1]} {name!r} is not in the spec: add it to search its settings)"
+        else:
+            hint = schema.suggestion(key, [k for k in _dotted(values) if not k.startswith("search.")])
+        raise SpecError(f"unknown key: the spec has no setting {key!r} to search{hint}", file=file,
+                        key=f'search."{key}"')
+    return found
+
+
+def _dotted(values: dict, prefix: str = "") -> list[str]:
+    return [k for key, value in values.items()
+            for k in (_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key])]
+
+
+def _checked_space(key: str, space, setting: schema.Setting, file) -> dict:
+    """{kind: bounds or choices}, each bound or choice a valid value of the setting."""
+    where = f'search."{key}"'
+    shapes = "{ log = [low, high] }, { range = [low, high] }, { int = [low, high] } or { choice = [a, b, ...] }"
+    if not isinstance(space, dict) or len(space) != 1 or next(iter(space)) not in schema.SPACE_KINDS:
+        raise SpecError(f"expected one of {shapes}, got {space!r}", file=file, key=where)
+    kind, given = next(iter(space.items()))
+    if not isinstance(given, list) or not given:
+        raise SpecError(f"{kind}: expected a non-empty list, got {given!r}", file=file, key=where)
+    if kind == "choice":
+        return {kind: [schema.check_value(setting, value, file=file, key=f"{where}: choice {value!r}")
+                       for value in given]}
+    number = int if kind == "int" else (int, float)
+    if len(given) != 2 or not all(isinstance(v, number) and not isinstance(v, bool) for v in given):
+        raise SpecError(f"{kind}: expected [low, high], two {'integers' if kind == 'int' else 'numbers'}, got "
+                        f"{given!r}", file=file, key=where)
+    if setting.kind not in (int, float):
+        raise SpecError(f"{kind}: the setting takes {'a list' if setting.kind is list else repr(setting.default)}-like "
+                        f"values, not numbers in a range: use {{ choice = [...] }}", file=file, key=where)
+    if setting.kind is int and kind != "int":
+        raise SpecError(f"{kind}: the setting is an integer: use {{ int = [{given[0]}, {given[1]}] }}", file=file,
+                        key=where)
+    low, high = given
+    if low >= high:
+        raise SpecError(f"{kind}: empty range [{low}, {high}]: low must be below high", file=file, key=where)
+    if kind == "log" and low <= 0:
+        raise SpecError(f"log: the log of a non-positive bound {low}: a log range needs low > 0 (or use range)",
+                        file=file, key=where)
+    bounds = [schema.check_value(setting, float(v) if setting.kind is float else v, file=file,
+                                 key=f"{where}: {kind} bound") for v in given]
+    return {kind: bounds}
 
 
 def _check_optimizer(train: dict, file: Path) -> None:

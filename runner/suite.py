@@ -109,20 +109,30 @@ class Plan:
 
 def expand_specs(paths) -> list[Path]:
     """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out,
-    and so is its report.toml (what `runner report` prints about these specs: report/config.py)."""
+    and so is its report.toml (what `runner report` prints about these specs: report/config.py)
+    and any spec holding a [search] table: a study is run by naming it, `runner SPEC --search`."""
     from .report.config import FILE as REPORT_CONFIG
 
     out = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.glob("*.toml") if p.name != REPORT_CONFIG)
+            found = sorted(p for p in path.glob("*.toml") if p.name != REPORT_CONFIG and not _declares_search(p))
             if not found:
                 raise SpecError(f"no spec files (*.toml) in folder {path}")
             out += found
         else:
             out.append(path)
     return out
+
+
+def _declares_search(path: Path) -> bool:
+    import tomllib
+
+    try:
+        return "search" in tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # loading it reports the problem, with its line
 
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:

@@ -60,6 +60,10 @@ def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path
         section.blocks = [b for b in blocks if not isinstance(b, Figure)] + [b for b in blocks if isinstance(b, Figure)]
         sections.append(section)
     sections += [s for s in contributed if not s.spec]
+    from ..search import report_sections as search_sections  # trials and their test runs: not sweeps
+
+    sections += search_sections(runs.out, runs.workdir, runs.quick)
+    runs.sweeps = {name: kept for name, found in runs.sweeps.items() if (kept := [s for s in found if not s.get("search")])}
     if runs.sweeps:
         sections.append(sweeps_section(runs))
     if config.conclusion:
