@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from ignite.utils import manual_seed
 
-from . import artifacts, checkpoint, figures, handlers, memory, search, sources
+from . import artifacts, checkpoint, figures, handlers, memory, sources, trial
 from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
 from .engine import EpochBatches
 from .errors import DivergedError, PluginError, RunnerError
@@ -89,7 +89,7 @@ def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=No
     finally:
         if run.progress is not None:
             run.progress.close()
-    artifacts.set_status(run_dir, search.final_status(run))  # "pruned": a search trial its pruner stopped
+    artifacts.set_status(run_dir, trial.final_status(run))  # "pruned": a search trial its pruner stopped
     return run
 
 
@@ -110,7 +110,7 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
 
     (run.train_images, run.train_labels, run.test_images, run.test_labels,
      run.class_names) = load_data(spec, data_source, run.device)
-    searching = search.SearchRun.from_environment(run)  # a trial of `runner SPEC --search`, else None
+    searching = trial.SearchRun.from_environment(run)  # a trial of `runner SPEC --search`, else None
     if searching:
         searching.hold_out()  # before the transforms, whose statistics come from the training images
     run.train_pipeline, run.eval_pipeline = build_transforms(spec, run.catalogue, run.train_images)
