@@ -8,6 +8,13 @@ transforms, optimizer and learning-rate schedule. Runner variants give each plug
   runner            the spec as is: visdom on (with no server it records visdom.jsonl only)
   visdom off        [plugins.visdom] enabled = false
   +grad_magnitude   visdom off, G of every conv layer recorded at every step
+  +gradient_flow    visdom off, grad_magnitude on every layer with max, mean |g| and ||g||/||w||
+  +layer_stats      visdom off, layer statistics every 50 steps
+  +lr_finder        visdom off, the range test (100 steps) before training: in wall time, not training's
+  +sharpness        visdom off, one top-eigenvalue measurement (after step 1) on 1,000 images
+  +tensorboard      visdom off, every metric to TensorBoard event files every 10 steps
+  +mlflow           visdom off, the same to an MLflow SQLite store in the run folder
+(saliency reads an attack's images and trains nothing: bench/attack_speed.py is its measure.)
 Rounds alternate the plain loop and the variants, so machine noise hits all alike. With a small
 --batch, arithmetic shrinks and each step's fixed cost (Python, dispatch: what bounds a GPU step)
 shows; the per-step difference is printed in microseconds.
@@ -42,7 +49,16 @@ SPEC = ROOT / "specs" / "p1_q4_crop.toml"
 VARIANTS = {
     "runner": [],
     "visdom off": ["plugins.visdom.enabled=false"],
-    "+grad_magnitude": ["plugins.visdom.enabled=false", "plugins.grad_magnitude.every=1"],
+    # A plugin the spec does not enable needs enabled=true: its other settings alone would be unused.
+    "+grad_magnitude": ["plugins.visdom.enabled=false", "plugins.grad_magnitude.enabled=true",
+                        "plugins.grad_magnitude.every=1"],
+    "+gradient_flow": ["plugins.visdom.enabled=false", "plugins.grad_magnitude.enabled=true",
+                       'plugins.grad_magnitude.layers="all"', 'plugins.grad_magnitude.measures=["max","mean","ratio"]'],
+    "+layer_stats": ["plugins.visdom.enabled=false", "plugins.layer_stats.enabled=true", "plugins.layer_stats.every=50"],
+    "+lr_finder": ["plugins.visdom.enabled=false", "plugins.lr_finder.enabled=true"],
+    "+sharpness": ["plugins.visdom.enabled=false", "plugins.sharpness.enabled=true", "plugins.sharpness.at=[1]"],
+    "+tensorboard": ["plugins.visdom.enabled=false", "plugins.tensorboard.enabled=true"],
+    "+mlflow": ["plugins.visdom.enabled=false", "plugins.mlflow.enabled=true"],
 }
 
 
@@ -76,13 +92,16 @@ def plain(images, labels, steps: int, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def runner(variant: list[str], steps: int, batch: int, source, catalogue) -> float:
-    """Training seconds of `runner` on the spec, as the run measured them."""
+def runner(variant: list[str], steps: int, batch: int, source, catalogue) -> tuple[float, float]:
+    """Training and wall seconds of `runner` on the spec, as the run measured them."""
     overrides = [f"train.iterations={steps}", f"train.batch_size={batch}", "data.test_limit=100",
                  "train.log_every=10", 'device="cpu"', *variant]
     spec = spec_module.load(SPEC, catalogue, overrides)
+    if spec.unused_overrides:  # a variant that measures nothing would pass for a free plugin
+        raise SystemExit(f"overrides the spec does not use: {spec.unused_overrides}")
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):  # its progress lines
-        return execute(spec, catalogue, out=out, data_source=source, show_progress=False).results["seconds"]
+        results = execute(spec, catalogue, out=out, data_source=source, show_progress=False).results
+        return results["seconds"], results["wall_seconds"]
 
 
 def main() -> int:
@@ -91,16 +110,22 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    chosen = {name: VARIANTS[name] for name in args.variants.split(",")}
     source = data.resolve_source(args.data, None)
     images, labels = data.load_batches(data.locate(source), ["data_batch_1"])
     catalogue = Catalogue.default()
-    timings = {"plain loop": [], **{name: [] for name in VARIANTS}}
+    timings = {"plain loop": [], **{name: [] for name in chosen}}
+    walls = {name: [] for name in chosen}
     plain(images, labels, 5, args.batch)  # warm-up: oneDNN creates its kernels once per shape
     for _ in range(args.rounds):
         timings["plain loop"].append(plain(images, labels, args.steps, args.batch))
-        for name, variant in VARIANTS.items():
-            timings[name].append(runner(variant, args.steps, args.batch, source, catalogue))
+        for name, variant in chosen.items():
+            seconds, wall = runner(variant, args.steps, args.batch, source, catalogue)
+            timings[name].append(seconds)
+            walls[name].append(wall)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.steps} steps x {args.rounds} rounds (medians; visdom has no server)")
     base = statistics.median(timings["plain loop"])
@@ -109,6 +134,13 @@ def main() -> int:
         print(f"{name:16} {args.steps * args.batch / median:7.0f} images/s  {median / args.steps * 1e3:7.2f} ms/step  "
               f"{median / base:5.3f} of plain's time  {(median - base) / args.steps * 1e6:+7.0f} us/step  "
               f"(rounds: {', '.join(f'{s:.2f}' for s in seconds)} s)")
+    # A plugin's work outside the training loop (a range test, a tracker's store) shows in wall time.
+    reference = "visdom off" if "visdom off" in walls else None
+    for name, seconds in walls.items():
+        median = statistics.median(seconds)
+        versus = (f"  {median / statistics.median(walls[reference]):5.2f}x visdom off's"
+                  if reference and name != reference else "")
+        print(f"{name:16} wall {median:7.2f} s{versus}  (rounds: {', '.join(f'{s:.2f}' for s in seconds)} s)")
     return 0
 
 

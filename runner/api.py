@@ -155,6 +155,9 @@ class Metrics:
     def __contains__(self, name) -> bool:
         return name in self._columns
 
+    def __iter__(self):  # the column names, as a dict's keys
+        return iter(self._columns)
+
     def __len__(self) -> int:
         return len(self._columns.get("iteration", []))
 

@@ -44,7 +44,8 @@ def test_the_pdf_is_typeset_not_markdown(reported):
     for syntax in ("|---", "**", "###", "`"):
         assert syntax not in text, syntax
     assert "Made from --quick smoke runs" in PdfReader(pdf).pages[0].extract_text()
-    assert len(PdfReader(pdf).pages) <= 25
+    # The homework's sections and the studies beyond it (about half a page each), appendix included.
+    assert len(PdfReader(pdf).pages) <= 30
 
 
 def test_no_stray_files_beside_the_outputs(reported):
