@@ -14,6 +14,8 @@ EXTRA=("$@")
 HOMEWORK=(p2_q1_allconv p1_q4_crop p3_q1_fgsm p1_q1_raw p1_q2_normalize p1_q3_flip p2_q2_gradients
           p2_q3_deep_plain p2_q4_skip p3_attack_raw p3_attack_allconv p3_q2_transfer)
 STUDIES=(p2_q1_allconv_bn p2_ref_nobn p2_q3_default_init p2_ablate_nobn_kaiming p2_ablate_skip_default_init
-         p2_fix_residual p2_fix_fixup p3_universal)
+         p2_fix_residual p2_fix_fixup p3_universal
+         study_layer_stats_plain study_layer_stats_skip study_gradient_flow study_lr_finder study_sharpness
+         study_saliency)
 for spec in "${HOMEWORK[@]}"; do r "specs/$spec.toml" --seeds 0,1,2; done
 for spec in "${STUDIES[@]}"; do r "specs/$spec.toml" --seed 0; done

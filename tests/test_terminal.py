@@ -130,3 +130,17 @@ def test_ctrl_c_says_how_to_continue_and_resume_needs_no_data(tmp_path, cifar_ar
     resumed.press("\x03")
     assert resumed.wait(60) == 130
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_a_new_plugin_from_the_scaffold_in_a_terminal(tmp_path):
+    # What a plugin author types first: the files are named, then the commands to type next; a
+    # second call refuses to overwrite them and says what to do.
+    term = Terminal([RUNNER, "new", "plugin", "demo"], cwd=tmp_path)
+    assert term.wait(60) == 0
+    shown = lines(term.screen)
+    assert [line for line in shown if line.startswith("wrote")] == ["wrote demo/demo.py", "wrote demo/test_demo.py",
+                                                                    "wrote demo/demo.toml"]
+    assert "next:" in shown and any("python -m pytest" in line for line in shown)
+    again = Terminal([RUNNER, "new", "plugin", "demo"], cwd=tmp_path)
+    assert again.wait(60) == 2
+    assert "demo/demo.py" in again.screen and "Traceback" not in again.screen
