@@ -180,7 +180,7 @@ def run_finished(run, results, settings):
         })
     summary["seconds"] = round(time.perf_counter() - started, 3)
     results["headline"] = {"name": "saliency-perturbation correlation",
-                           "value": summary.get("set_mean_r", summary["shown_mean_r"])}
+                           "value": summary.get("set_mean_r", summary["shown_mean_r"]), "seconds": summary["seconds"]}
     if len(chosen):
         rows = [f"{s['class']}\nr={_text(s['saliency_r'])}" for s in summary["shown"]]
         figure = maps_figure(originals.cpu(), saliency.cpu(), cam.cpu(), adversarial.cpu(), rows)
