@@ -115,7 +115,8 @@ def report_sections(runs):
     from runner.artifacts import save_figure
     from runner.report import Figure, Section, Table, compare
 
-    trained = [spec for spec in runs.values() if spec.trained]
+    # The questions' chain (P1 Q1 to Q4): a study that reuses a question's recipe is no step of it.
+    trained = [spec for spec in runs.values() if spec.trained and spec.is_question]
     sections, chains = [], {}
     for i, this in enumerate(trained):
         transforms = this.spec.get("data", {}).get("transforms", [])
