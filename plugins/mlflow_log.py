@@ -23,15 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 from ignite.engine import Events
 
 from runner import Plugin, hookimpl, setting
+from runner.trackers import Guard as TrackerGuard, flat, latest_row, log_points
 
 INSTALL = "pip install -e '.[mlflow]'"
 RUN_DIR_TAG = "runner.run_dir"  # marks the MLflow runs this plugin started, and finds a resumed run's
@@ -53,39 +52,21 @@ plugin = Plugin(settings=Settings, help="record metrics, settings and files as a
                                         "(ignite's MLflowLogger, a local store)")
 
 
-class Guard(logging.Filter):
-    """Turns MLflow's errors into one warning each run: it must never fail or stop a run.
-
-    Also a filter on the logger of MLflow's logging thread, which reports each batch it failed to
-    write as an error line: the first becomes this warning, the rest are dropped."""
+class Guard(TrackerGuard, logging.Filter):
+    """Turns MLflow's errors into one warning each run (runner.trackers.Guard), and is a filter on the
+    logger of MLflow's logging thread, which reports each batch it failed to write as an error line:
+    the first becomes this warning, the rest are dropped."""
 
     def __init__(self, run, settings: Settings):
-        super().__init__()
-        self.label, self.settings, self.off = run.spec.name, settings, False
+        logging.Filter.__init__(self)
+        TrackerGuard.__init__(self, run, "mlflow", self._hint)
         self.uri = ""
 
-    def warn(self, what: str, exc: Exception | str) -> None:
-        self.off = True
+    def _hint(self, exc) -> str:
         if isinstance(exc, ImportError):
-            hint = f"install it: {INSTALL}"
-        else:
-            hint = (f"check plugins.mlflow.tracking_uri ({self.uri or 'not chosen yet'}), e.g. "
-                    "--set plugins.mlflow.tracking_uri=sqlite:///mlflow.db")
-        problem = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        print(f"[{self.label}] mlflow: warning: {what}: {problem}; {hint}. "
-              "The run goes on without MLflow.", file=sys.stderr, flush=True)
-
-    def handler(self, inner):
-        """An ignite log handler that stops logging, with a warning, at its first error."""
-        def log(engine, logger, event_name):
-            if self.off:
-                return
-            try:
-                inner(engine, logger, event_name)
-            except Exception as exc:
-                self.warn("logging stopped", exc)
-
-        return log
+            return f"install it: {INSTALL}"
+        return (f"check plugins.mlflow.tracking_uri ({self.uri or 'not chosen yet'}), e.g. "
+                "--set plugins.mlflow.tracking_uri=sqlite:///mlflow.db")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
@@ -95,36 +76,10 @@ class Guard(logging.Filter):
         return False
 
 
-def flat(values: dict, prefix: str = "") -> dict:
-    """The resolved spec as flat hyperparameters: {"train.lr": 0.05, "model.widths": "[32, 32, 64]"}."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    return out
-
-
-def log_points(run, every: int):
-    """Iteration 1, every `every`-th (the spec's train.log_every when 0) and the last."""
-    every, last = every or run.spec.train.log_every, run.spec.train.iterations
-    return Events.ITERATION_COMPLETED(event_filter=lambda engine, i: i == 1 or i % every == 0 or i == last)
-
-
 def metric_name(column: str) -> str:
     """A metrics.csv column as MLflow takes a name (letters, digits, _ - . / and spaces):
     "G/conv01 (0)" -> "G/conv01 0"."""
     return re.sub(r"[^\w./ -]", "", column)
-
-
-def latest_row(run, trainer):
-    """An output_transform giving the metrics.csv row of the trainer's iteration (recorded values only)."""
-    def transform(output) -> dict:
-        return {metric_name(name): value for name, value in run.metrics.row(trainer.state.iteration).items()
-                if math.isfinite(value)}
-
-    return transform
 
 
 def _experiment(mlflow, name: str, artifact_location: str | None) -> str:
@@ -160,7 +115,7 @@ def start(run, settings: Settings, trainer, evaluator, guard: Guard, state) -> N
 
     iteration = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     points = log_points(run, settings.every)
-    logger.attach(trainer, guard.handler(OutputHandler("train", output_transform=latest_row(run, trainer),
+    logger.attach(trainer, guard.handler(OutputHandler("train", output_transform=latest_row(run, trainer, metric_name),
                                                        global_step_transform=iteration)), points)
     if run.optimizer is not None:  # an evaluate-only run (an attack) has none
         logger.attach(trainer, guard.handler(OptimizerParamsHandler(run.optimizer, "lr")), points)

@@ -16,14 +16,13 @@ naming what to do, and the run goes on without TensorBoard.
 from __future__ import annotations
 
 import json
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ignite.engine import Events
 
 from runner import Plugin, hookimpl, setting
+from runner.trackers import Guard, flat, latest_row, log_points
 
 INSTALL = "pip install -e '.[tensorboard]'"
 FLUSH_SECONDS = 10  # how often the event files reach the disk, so TensorBoard shows the run as it trains
@@ -41,60 +40,6 @@ class Settings:
 
 plugin = Plugin(settings=Settings, help="record metrics, settings and figures as TensorBoard event files "
                                         "(ignite's TensorboardLogger)")
-
-
-class Guard:
-    """Turns TensorBoard's errors into one warning each run: it must never fail or stop a run."""
-
-    def __init__(self, run, settings: Settings):
-        self.label, self.settings, self.off = run.spec.name, settings, False
-
-    def warn(self, what: str, exc: Exception) -> None:
-        self.off = True
-        if isinstance(exc, ImportError):
-            hint = f"install it: {INSTALL}"
-        else:
-            hint = f"check that plugins.tensorboard.log_dir ({self.settings.log_dir or 'the run folder'}) can be written"
-        print(f"[{self.label}] tensorboard: warning: {what}: {type(exc).__name__}: {exc}; {hint}. "
-              "The run goes on without TensorBoard.", file=sys.stderr, flush=True)
-
-    def handler(self, inner):
-        """An ignite log handler that stops logging, with a warning, at its first error."""
-        def log(engine, logger, event_name):
-            if self.off:
-                return
-            try:
-                inner(engine, logger, event_name)
-            except Exception as exc:
-                self.warn("logging stopped", exc)
-
-        return log
-
-
-def flat(values: dict, prefix: str = "") -> dict:
-    """The resolved spec as flat hyperparameters: {"train.lr": 0.05, "model.widths": "[32, 32, 64]"}."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    return out
-
-
-def log_points(run, every: int):
-    """Iteration 1, every `every`-th (the spec's train.log_every when 0) and the last."""
-    every, last = every or run.spec.train.log_every, run.spec.train.iterations
-    return Events.ITERATION_COMPLETED(event_filter=lambda engine, i: i == 1 or i % every == 0 or i == last)
-
-
-def latest_row(run, trainer):
-    """An output_transform giving the metrics.csv row of the trainer's iteration (recorded values only)."""
-    def transform(output) -> dict:
-        return {name: value for name, value in run.metrics.row(trainer.state.iteration).items()
-                if math.isfinite(value)}
-
-    return transform
 
 
 def _text(body: str, language: str) -> str:
@@ -142,7 +87,10 @@ def finish(run, results: dict, settings: Settings, state) -> None:
 def attach(trainer, evaluator, run, settings, state):
     if run.rank:  # one record per run: rank 0's
         return
-    state.guard = guard = Guard(run, settings)
+    # ImportError: the package is missing; anything else: where the event files go.
+    state.guard = guard = Guard(run, "tensorboard", lambda exc: f"install it: {INSTALL}" if isinstance(exc, ImportError)
+                                else f"check that plugins.tensorboard.log_dir ({settings.log_dir or 'the run folder'}) "
+                                     "can be written")
     try:
         start(run, settings, trainer, evaluator, guard, state)
     except Exception as exc:

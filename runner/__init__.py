@@ -5,7 +5,8 @@ The public API, all a plugin may import (tests/test_structure.py holds plugins t
 - modules: artifacts (run folders, atomic writes), figures (matplotlib, headless), input_grad
   (gradients w.r.t. a model's input, for attacks), progress (progress displays), sources (other
   specs' runs and trained models), blocks (shared model parts), report (report sections a plugin
-  contributes), results (a run's headline figure).
+  contributes), results (a run's headline figure), trackers (what the tensorboard and mlflow plugins
+  share).
 And for notebooks and scripts (runner/api.py): run (one spec, as the command line runs it), runs (the
 runs in an OUT folder, as `runner ls` lists them), Result (a run's summary, metrics and model).
 """
@@ -21,7 +22,8 @@ from .schema import Setting
 __version__ = "0.1.0"
 
 API = ("Result", "run", "runs")
-PUBLIC_MODULES = ("artifacts", "blocks", "figures", "input_grad", "progress", "report", "results", "sources")
+PUBLIC_MODULES = ("artifacts", "blocks", "figures", "input_grad", "progress", "report", "results", "sources",
+                  "trackers")
 __all__ = ["DataError", "Plugin", "PluginError", "RunnerError", "Setting", "SpecError", "TrainEvents", "hookimpl", "setting",
            *API, *PUBLIC_MODULES]
 
