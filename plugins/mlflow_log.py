@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ignite.engine import Events
 
 from runner import Plugin, hookimpl, setting
-from runner.trackers import Guard as TrackerGuard, flat, latest_row, log_points
+from runner.trackers import Guard as TrackerGuard, flat, latest_row, log_points, record_the_end
 
 INSTALL = "pip install -e '.[mlflow]'"
 RUN_DIR_TAG = "runner.run_dir"  # marks the MLflow runs this plugin started, and finds a resumed run's
@@ -188,12 +188,7 @@ def run_finished(run, results, settings, state):
         status = "FINISHED"
         return outcome
     finally:
-        guard = getattr(state, "guard", None)
-        if guard is not None and not guard.off:
-            try:
-                finish(run, results, settings, state)
-            except Exception as exc:
-                guard.warn("the end of the run was not recorded", exc)
+        record_the_end(state, lambda: finish(run, results, settings, state))
         _close(state, status)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from ignite.engine import Events
 
 from runner import Plugin, hookimpl, setting
-from runner.trackers import Guard, flat, latest_row, log_points
+from runner.trackers import Guard, flat, latest_row, log_points, record_the_end
 
 INSTALL = "pip install -e '.[tensorboard]'"
 FLUSH_SECONDS = 10  # how often the event files reach the disk, so TensorBoard shows the run as it trains
@@ -103,12 +103,7 @@ def run_finished(run, results, settings, state):
     try:
         return (yield)  # the other plugins' run_finished first: their figures are written, results complete
     finally:
-        guard = getattr(state, "guard", None)
-        if guard is not None and not guard.off:
-            try:
-                finish(run, results, settings, state)
-            except Exception as exc:
-                guard.warn("the end of the run was not recorded", exc)
+        record_the_end(state, lambda: finish(run, results, settings, state))
         _close(state)
 
 

@@ -10,6 +10,7 @@ plugin becomes a PluginError naming the plugin, the hook and the line of the plu
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -112,10 +113,11 @@ def _bind(function, plugin: str, hook: str, given: dict, plugin_file, options) -
     passed = [p for p in parameters if p not in given]
     filled = {p: given[p] for p in parameters if p in given}
 
-    def call(**kwargs):
+    @contextlib.contextmanager
+    def attributed_to_plugin():
         token = current_plugin.set(plugin)
         try:
-            return function(**kwargs, **filled)
+            yield
         except RunnerError:
             raise
         except Exception as exc:
@@ -123,16 +125,13 @@ def _bind(function, plugin: str, hook: str, given: dict, plugin_file, options) -
         finally:
             current_plugin.reset(token)
 
+    def call(**kwargs):
+        with attributed_to_plugin():
+            return function(**kwargs, **filled)
+
     def call_wrapper(**kwargs):
-        token = current_plugin.set(plugin)
-        try:
+        with attributed_to_plugin():
             return (yield from function(**kwargs, **filled))
-        except RunnerError:
-            raise
-        except Exception as exc:
-            raise _failure(exc, plugin, hook, plugin_file) from exc
-        finally:
-            current_plugin.reset(token)
 
     wrapper = inspect.isgeneratorfunction(function)
     # pluggy reads a hook implementation's argument names from its code object, so the stand-in is

@@ -3,6 +3,7 @@ so it must never fail or stop the run; its errors become one warning each run.
 
 - `Guard(run, tool, hint)`: `warn(what, exc)` prints that warning once and turns the tracker off;
   `handler(inner)` wraps an Ignite log handler so its first error does the same.
+- `record_the_end(state, finish)`: the tracker's end-of-run record, under its guard.
 - `flat(spec_values)`: the resolved spec as flat hyperparameters ({"train.lr": 0.05, ...}).
 - `log_points(run, every)`: the event of iteration 1, every `every`-th and the last.
 - `latest_row(run, trainer, rename)`: an output_transform giving the metrics.csv row of the
@@ -39,6 +40,17 @@ class Guard:
                 self.warn("logging stopped", exc)
 
         return log
+
+
+def record_the_end(state, finish: Callable[[], None]) -> None:
+    """Call `finish` (what a tracker records once the run's results are complete) unless the
+    tracker is off; its failure is the guard's one warning."""
+    guard = getattr(state, "guard", None)
+    if guard is not None and not guard.off:
+        try:
+            finish()
+        except Exception as exc:
+            guard.warn("the end of the run was not recorded", exc)
 
 
 def flat(values: dict, prefix: str = "") -> dict:
