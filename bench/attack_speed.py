@@ -33,9 +33,9 @@ from overhead import plain  # noqa: E402
 from plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
 from runner.sources import probabilities  # noqa: E402
 from runner import artifacts, data, memory, spec as spec_module  # noqa: E402
-from runner.run import execute  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
 from runner.input_grad import shapes_checked  # noqa: E402
-from runner.plugins import Catalogue  # noqa: E402
+from runner.plugin_host.catalogue import Catalogue  # noqa: E402
 from runner.sources import load_trained  # noqa: E402
 
 ATTACK = dict(eps=1.0, max_steps=200, confidence=0.99)  # specs/p3_q1_fgsm.toml

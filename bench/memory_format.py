@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from runner.models import Table1Net
+from runner.nets.models import Table1Net
 
 
 def time_steps(channels_last: bool, steps: int, batch: int, compiled: bool = False, threads: int = 0) -> float:

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from plugins.augment import Normalize, PadCrop, RandomFlip  # noqa: E402
 from runner import data, spec as spec_module  # noqa: E402
-from runner.run import execute  # noqa: E402
-from runner.models import Table1Net  # noqa: E402
-from runner.plugins import Catalogue  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
+from runner.nets.models import Table1Net  # noqa: E402
+from runner.plugin_host.catalogue import Catalogue  # noqa: E402
 
 SPEC = ROOT / "specs" / "p1_q4_crop.toml"
 VARIANTS = {

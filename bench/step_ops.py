@@ -4,7 +4,7 @@ On a GPU a small net's step is bound by launching kernels from Python, not by th
 (README: 3.5 ms per Part 1 step on an H200), so the number of ops per step is the figure to
 cut. This runs a spec through the runner itself (its plugins included), profiles a few steps
 with torch.profiler and counts the leaf compute ops (each about one kernel launch; views and
-allocations launch none) in each phase the trainer labels (runner.engine.phase): augment,
+allocations launch none) in each phase the trainer labels (runner.training.engine.phase): augment,
 forward, loss, backward, optimizer, metrics, and "handlers" for what event handlers (the core's
 logging, plugins) do between them.
 
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner import hookimpl, spec as spec_module  # noqa: E402
-from runner.run import execute  # noqa: E402
-from runner.plugins import Catalogue  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
+from runner.plugin_host.catalogue import Catalogue  # noqa: E402
 
 PHASES = ("augment", "forward", "loss", "backward", "optimizer", "metrics")
 # Ops that only make views or allocate: no kernel runs for them.

@@ -11,19 +11,31 @@ And for notebooks and scripts (runner/api.py): run (one spec, as the command lin
 runs in an OUT folder, as `runner ls` lists them), Result (a run's summary, metrics and model).
 """
 import importlib
+import importlib.abc
+import importlib.util
 import sys
-import types
 
-from .declaration import Plugin, setting
 from .errors import DataError, PluginError, RunnerError, SpecError
-from .hookspecs import hookimpl
-from .schema import Setting
+from .plugin_host.declaration import Plugin, setting
+from .plugin_host.hookspecs import hookimpl
+from .spec.schema import Setting
 
 __version__ = "0.1.0"
 
 API = ("Result", "run", "runs")
-PUBLIC_MODULES = ("artifacts", "blocks", "figures", "input_grad", "progress", "report", "results", "sources",
-                  "trackers")
+# The public modules by the name plugins import them (`from runner.blocks import Residual`), and
+# where each lives in the tree (the floors: docs/architecture.md).
+PUBLIC_MODULES = {
+    "artifacts": "runner.artifacts",
+    "blocks": "runner.nets.blocks",
+    "figures": "runner.training.figures",
+    "input_grad": "runner.nets.input_grad",
+    "progress": "runner.progress",
+    "report": "runner.report",
+    "results": "runner.results",
+    "sources": "runner.training.sources",
+    "trackers": "runner.training.trackers",
+}
 __all__ = ["DataError", "Plugin", "PluginError", "RunnerError", "Setting", "SpecError", "TrainEvents", "hookimpl", "setting",
            *API, *PUBLIC_MODULES]
 
@@ -32,25 +44,32 @@ def __getattr__(name):
     # Lazy: importing torch (through the engine and most modules) costs seconds, which commands
     # like `runner visdom` should not pay.
     if name == "TrainEvents":
-        from .engine import TrainEvents
+        from .training.engine import TrainEvents
 
         return TrainEvents
     if name in API:
         return getattr(importlib.import_module(f"{__name__}.api"), name)
     if name in PUBLIC_MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(PUBLIC_MODULES[name])
     raise AttributeError(f"module 'runner' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """The package's own module type, so that `runner.run` stays the API's function: importing the
-    submodule runner/run.py (one run's flow) would otherwise bind the name `run` here to it. Code
-    that needs the submodule imports from it by its full name: `from runner.run import execute`."""
+class _PublicModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import runner.blocks` gives runner.nets.blocks itself (one module object, not a copy), so
+    plugins import the public modules by their short names wherever the tree keeps them."""
 
-    def __setattr__(self, name, value):
-        if name == "run" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
+    def find_spec(self, fullname, path=None, target=None):
+        short = fullname.removeprefix(f"{__name__}.")
+        if short != fullname and short in PUBLIC_MODULES and PUBLIC_MODULES[short] != fullname:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(PUBLIC_MODULES[spec.name.removeprefix(f"{__name__}.")])
+
+    def exec_module(self, module):
+        pass  # already executed under its own name
 
 
-sys.modules[__name__].__class__ = _Package
+if not any(isinstance(finder, _PublicModules) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _PublicModules())

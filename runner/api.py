@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import artifacts
 from .errors import RunnerError, SpecError
-from .listing import RunInfo, find_runs, runs_table
+from .suite.listing import RunInfo, find_runs, runs_table
 from .progress import duration
 from .results import headline
 
@@ -34,9 +34,9 @@ def run(spec, *, set: dict | None = None, data=None, out="artifacts", quick: boo
     --device. progress: a bar (in Jupyter a widget), else a line at every tenth. resume: continue the
     latest unfinished run of this spec and seed, as --resume does (a fresh run if there is none).
     """
-    from . import suite
-    from .executors import execute_job
-    from .plugins import Catalogue
+    from .suite import plan as suite
+    from .suite.executors import execute_job
+    from .plugin_host.catalogue import Catalogue
 
     if Path(spec).is_dir():
         raise RunnerError(f"{spec} is a folder: runner.run runs one spec file (call it for each spec, or run "
@@ -56,7 +56,7 @@ def run(spec, *, set: dict | None = None, data=None, out="artifacts", quick: boo
 
 def _toml(key: str, value) -> str:
     """A Python value as the TOML text `--set key=...` takes."""
-    from .listing import _toml as one_line_toml
+    from .suite.listing import _toml as one_line_toml
 
     try:
         return one_line_toml(value)
@@ -104,7 +104,7 @@ class Result:
     def metrics(self) -> "Metrics":
         """metrics.csv: one row per training iteration (a stopped run's, as far as it got)."""
         if self._metrics is None:
-            from .metrics import read_csv
+            from .training.metrics import read_csv
 
             path = self.dir / "metrics.csv"
             if not path.is_file():
@@ -116,7 +116,7 @@ class Result:
     def model(self, device: str = "cpu"):
         """The trained model in eval mode, its normalization in front: it takes pixel values 0-255
         (N x 3 x 32 x 32, float) and returns logits."""
-        from .sources import load_trained
+        from .training.sources import load_trained
 
         if not (self.dir / "model.pt").is_file():
             raise RunnerError(f"{self.dir} has no model.pt (status: {self.status}): only a completed run has one")

@@ -111,8 +111,8 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(argv) -> int:
-    from . import suite
-    from .plugins import Catalogue
+    from .suite import plan as suite
+    from .plugin_host.catalogue import Catalogue
 
     args = run_parser().parse_args(argv)
     if args.executor == "dask" and not args.scheduler:
@@ -130,7 +130,7 @@ def cmd_run(argv) -> int:
     outcomes = _execute(plan, options, args, catalogue)
     every = plan.skipped + outcomes
     if len(every) > 1:
-        from .listing import outcome_table
+        from .suite.listing import outcome_table
 
         print(outcome_table(every))
     failures = [outcome for outcome in outcomes if not outcome.ok]
@@ -146,9 +146,9 @@ def cmd_run(argv) -> int:
 
 def _execute(plan, options, args, catalogue) -> list:
     """The plan's jobs on the executor the options ask for, with the suite's progress display."""
-    from . import distributed, suite
-    from .builders import locate_data
-    from .executors import InProcess, ProcessPool
+    from .suite import distributed, plan as suite
+    from .training.builders import locate_data
+    from .suite.executors import InProcess, ProcessPool
     from .progress import SuiteDisplay, is_terminal
 
     if not plan.jobs:
@@ -159,7 +159,7 @@ def _execute(plan, options, args, catalogue) -> list:
                               "sets how many processes per machine): drop runner's --jobs and --nproc-per-node")
         executor, at_once = distributed.DataParallel(args.nproc_per_node, catalogue), 1
     elif args.executor == "dask":
-        from .dask_executor import DaskExecutor, parse_resources
+        from .suite.dask_executor import DaskExecutor, parse_resources
 
         resources = parse_resources(args.resources) if args.resources else None
         executor, at_once = DaskExecutor(args.scheduler, resources), args.jobs
@@ -183,7 +183,7 @@ def _execute(plan, options, args, catalogue) -> list:
 
 def _search(args, catalogue, options) -> int:
     """runner SPEC --search / --search-test (runner/search.py)."""
-    from . import search
+    from .suite import search
 
     if len(args.specs) != 1 or not args.specs[0].endswith(".toml"):
         raise RunnerError("--search takes one spec file (runner SPEC.toml --search)")
@@ -205,7 +205,7 @@ def _search(args, catalogue, options) -> int:
 def _resources(args):
     if not args.resources:
         return None
-    from .dask_executor import parse_resources
+    from .suite.dask_executor import parse_resources
 
     return parse_resources(args.resources)
 
@@ -219,7 +219,7 @@ def search_parser() -> argparse.ArgumentParser:
 
 
 def cmd_search(argv) -> int:
-    from .search import show
+    from .suite.search import show
 
     args = search_parser().parse_args(argv)
     print(show(args.target, args.out))
@@ -241,9 +241,9 @@ def validate_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(argv) -> int:
-    from . import suite
-    from .plugins import Catalogue
-    from .spec import check_overrides_used
+    from .suite import plan as suite
+    from .plugin_host.catalogue import Catalogue
+    from .spec.loading import check_overrides_used
 
     args = validate_parser().parse_args(argv)
     catalogue, verdicts, specs = Catalogue.default(), [], []
@@ -273,8 +273,8 @@ def resume_parser() -> argparse.ArgumentParser:
 
 
 def cmd_resume(argv) -> int:
-    from .plugins import Catalogue
-    from .run import resume
+    from .plugin_host.catalogue import Catalogue
+    from .training.flow import resume
 
     args = resume_parser().parse_args(argv)
     catalogue = Catalogue.default()
@@ -293,7 +293,7 @@ def plugins_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plugins(argv) -> int:
-    from .plugins import Catalogue
+    from .plugin_host.catalogue import Catalogue
 
     args = plugins_parser().parse_args(argv)
     catalogue = Catalogue.default()
@@ -317,7 +317,7 @@ def cmd_plugins(argv) -> int:
 def _describe_plugin(catalogue, name: str) -> int:
     from pathlib import Path
 
-    from .schema import suggestion
+    from .spec.schema import suggestion
     from .scaffold import describe_plugin
 
     if name.endswith(".py"):
@@ -352,7 +352,7 @@ def new_parser() -> argparse.ArgumentParser:
 def cmd_new(argv) -> int:
     from importlib.metadata import entry_points
 
-    from .plugins import BUILTINS, ENTRY_POINT_GROUP
+    from .plugin_host.catalogue import BUILTINS, ENTRY_POINT_GROUP
     from .scaffold import new_plugin, next_steps
 
     args = new_parser().parse_args(argv)
@@ -373,9 +373,9 @@ def show_parser() -> argparse.ArgumentParser:
 
 
 def cmd_show(argv) -> int:
-    from . import suite
-    from .listing import resolved_with_origins
-    from .plugins import Catalogue
+    from .suite import plan as suite
+    from .suite.listing import resolved_with_origins
+    from .plugin_host.catalogue import Catalogue
 
     args = show_parser().parse_args(argv)
     catalogue = Catalogue.default()
@@ -396,7 +396,7 @@ def ls_parser() -> argparse.ArgumentParser:
 
 
 def cmd_ls(argv) -> int:
-    from .listing import find_runs, runs_table
+    from .suite.listing import find_runs, runs_table
 
     args = ls_parser().parse_args(argv)
     runs = find_runs(args.out, specs=args.spec, statuses=args.status)
@@ -414,7 +414,7 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(argv) -> int:
-    from .listing import compare_table, runs_of
+    from .suite.listing import compare_table, runs_of
 
     args = compare_parser().parse_args(argv)
     print(compare_table(runs_of(args.targets, args.out)))

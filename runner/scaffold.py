@@ -208,7 +208,7 @@ def next_steps(name: str, written: list[Path]) -> str:
 
 def describe_plugin(catalogue, name: str) -> str:
     """One plugin: origin, help, hooks, settings table, and the models and transforms it registers."""
-    from .declaration import TABLE_KEYS
+    from .plugin_host.declaration import TABLE_KEYS
 
     declared = catalogue.declarations[name]
     lines = [f"{name}  ({catalogue.origins[name]})"]
@@ -263,7 +263,7 @@ def allowed(setting) -> str:
 
 
 def _toml(value) -> str:
-    from .listing import _toml as one_line
+    from .suite.listing import _toml as one_line
 
     try:
         return one_line(value)

@@ -13,7 +13,7 @@ conftest.py:
   whose classes a net learns to tell apart within a few iterations.
 - `run_spec(spec=None, iterations=20, set={...}, quick=False)`: one run of a spec file (None: the
   harness's own minimal spec, a narrow Table 1 net) on that data, through the runner's own loading
-  and run code (`runner.spec.load`, `runner.run.execute`); returns a `RunResult`.
+  and run code (`runner.spec.loading.load`, `runner.training.flow.execute`); returns a `RunResult`.
 - `run_plugin(path, extends=None, settings={...}, iterations=20, set={...})`: a spec that extends
   `extends` (None: the minimal spec) and enables the plugin file with `settings`, run as above.
 
@@ -103,10 +103,10 @@ def run_spec_file(spec, *, data, out, iterations: int | None = 20, set=None, qui
 
     iterations: train.iterations (None: the spec's own; a spec that trains nothing keeps 0).
     set: {"train.lr": 0.01} or ["train.lr=0.01"], like --set. quick: --quick's overrides first."""
-    from . import suite
-    from .plugins import Catalogue
-    from .run import execute
-    from .spec import load, read
+    from .suite import plan as suite
+    from .plugin_host.catalogue import Catalogue
+    from .training.flow import execute
+    from .spec.loading import load, read
 
     spec = Path(spec)
     catalogue = Catalogue.default()  # a fresh one: a plugin file edited since the last run loads anew

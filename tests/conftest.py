@@ -14,7 +14,7 @@ pytest_plugins = ["tests.fixtures_data"]
 @pytest.fixture
 def catalogue():
     """A fresh plugin catalogue (built-ins and entry points), so a test's registrations stay in it."""
-    from runner.plugins import Catalogue
+    from runner.plugin_host.catalogue import Catalogue
 
     return Catalogue.default()
 

@@ -12,7 +12,7 @@ import pytest
 import runner
 from runner import artifacts
 from runner.cli import main
-from runner.metrics import read_csv
+from runner.training.metrics import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "p1_q4_crop.toml"
@@ -99,8 +99,7 @@ def test_a_bad_setting_raises_the_spec_error_naming_it(tmp_path):
 def test_resume_continues_an_interrupted_run(two_runs, cifar_archive, monkeypatch):
     """A Ctrl-C right after the checkpoint at iteration 12, then resume=True: the same folder ends
     with the uninterrupted run's metrics.csv."""
-    from runner import checkpoint
-
+    from runner.training import checkpoint
     class InterruptAfterSaving(checkpoint.Checkpoint):
         def __call__(self, engine):
             super().__call__(engine)
@@ -125,11 +124,11 @@ def test_resume_continues_an_interrupted_run(two_runs, cifar_archive, monkeypatc
 def test_runner_run_is_the_function_and_the_module_still_imports():
     import importlib
 
-    from runner.run import execute, resume
+    from runner.training.flow import execute, resume
 
     module = importlib.import_module("runner.run")
     assert callable(runner.run) and not isinstance(runner.run, types.ModuleType)
-    assert runner.run.__module__ == "runner.api" and module.execute is execute and module.resume is resume
+    assert runner.training.flow.__module__ == "runner.api" and module.execute is execute and module.resume is resume
     assert {"run", "runs", "Result"} <= set(runner.__all__)
 
 

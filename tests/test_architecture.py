@@ -1,5 +1,5 @@
-from runner.architecture import forward_flops, markdown, rows
-from runner.models import AllConvNet, Table1Net
+from runner.nets.architecture import forward_flops, markdown, rows
+from runner.nets.models import AllConvNet, Table1Net
 
 
 def test_rows_follow_forward_order_with_shapes_and_parameters():

@@ -2,8 +2,8 @@
 import torch
 
 from plugins.augment import Normalize, PadCrop, RandomFlip
-from runner.builders import build_transforms
-from runner.spec import validate
+from runner.training.builders import build_transforms
+from runner.spec.loading import validate
 
 
 def test_normalize_uses_training_statistics_per_channel():

@@ -17,11 +17,11 @@ import pytest
 from runner import artifacts
 from runner.cli import main
 from runner.errors import RunnerError
-from runner.suite import Job, Plan, RunOptions
+from runner.suite.plan import Job, Plan, RunOptions
 from tests.test_suite import _failing_suite
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed (pip install -e '.[dask]')")
-from runner.dask_executor import DaskExecutor, parse_resources, resources_for  # noqa: E402
+from runner.suite.dask_executor import DaskExecutor, parse_resources, resources_for  # noqa: E402
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 DASK = str(Path(sys.executable).parent / "dask")

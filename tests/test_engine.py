@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from runner.engine import TrainEvents, create_trainer, make_optimizer
+from runner.training.engine import TrainEvents, create_trainer, make_optimizer
 
 TRAIN = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 

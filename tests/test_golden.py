@@ -38,7 +38,7 @@ NOISE = 0.05
 def observed(runs: Path) -> dict:
     """spec -> its run's status, metrics.csv digest and headline result."""
     found = {}
-    from runner.suite import expand_specs
+    from runner.suite.plan import expand_specs
 
     for spec in expand_specs([SPECS]):
         folders = sorted((runs / spec.stem).iterdir()) if (runs / spec.stem).is_dir() else []

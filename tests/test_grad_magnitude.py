@@ -10,8 +10,8 @@ from ignite.engine import Events
 from torch import nn
 
 from plugins import grad_magnitude
-from runner.engine import create_trainer
-from runner.metrics import MetricsLog
+from runner.training.engine import create_trainer
+from runner.training.metrics import MetricsLog
 
 
 def tiny_model():
@@ -227,7 +227,7 @@ def test_measures_setting_is_checked(catalogue):
     from runner.errors import SpecError
 
     measures = catalogue.settings_of("grad_magnitude")["measures"]
-    from runner.schema import check_value
+    from runner.spec.schema import check_value
 
     assert check_value(measures, ["mean", "ratio"], file="s.toml", key="plugins.grad_magnitude.measures")
     with pytest.raises(SpecError, match="not allowed"):

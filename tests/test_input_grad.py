@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner import input_grad
+from runner.nets import input_grad
 from runner.input_grad import input_gradients, shapes_checked
-from runner.models import AllConvNet, Table1Net
+from runner.nets.models import AllConvNet, Table1Net
 
 
 def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -13,8 +13,8 @@ from torch import nn
 
 from plugins import layer_stats
 from runner.blocks import Residual
-from runner.engine import create_trainer
-from runner.metrics import MetricsLog
+from runner.training.engine import create_trainer
+from runner.training.metrics import MetricsLog
 
 LR = 0.05
 

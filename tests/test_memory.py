@@ -1,4 +1,4 @@
-"""runner.memory: freed activations are reused, not mapped afresh on every step."""
+"""runner.training.memory: freed activations are reused, not mapped afresh on every step."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 # prints the page faults it took (each fresh page is one).
 STEPS = """
 import resource, sys, torch
-from runner import memory
+from runner.training import memory
 if sys.argv[1] == "keep":
     assert memory.keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -39,6 +39,5 @@ def test_kept_memory_spares_the_page_faults_of_fresh_pages():
 
 
 def test_it_is_applied_once_and_says_so():
-    from runner import memory
-
+    from runner.training import memory
     assert memory.keep_freed_memory() == memory.keep_freed_memory()

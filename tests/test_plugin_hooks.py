@@ -8,8 +8,8 @@ import torch
 
 from runner import Plugin, PluginError, Setting, SpecError, hookimpl, setting
 from runner.cli import main
-from runner.spec import load, validate
-from runner.state import Run
+from runner.spec.loading import load, validate
+from runner.training.state import Run
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 

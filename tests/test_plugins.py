@@ -10,11 +10,11 @@ import torch
 
 from runner import Plugin, PluginError, Setting, SpecError, hookimpl
 from runner.cli import main
-from runner.metrics import read_csv
-from runner.plugins import Catalogue
-from runner.builders import build_model
-from runner.state import Run
-from runner.spec import load, validate
+from runner.training.metrics import read_csv
+from runner.plugin_host.catalogue import Catalogue
+from runner.training.builders import build_model
+from runner.training.state import Run
+from runner.spec.loading import load, validate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -127,7 +127,7 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
         def load(self):
             return module
 
-    monkeypatch.setattr("runner.plugins._entry_points", lambda: [FakeEntryPoint()])
+    monkeypatch.setattr("runner.plugin_host.catalogue._entry_points", lambda: [FakeEntryPoint()])
     catalogue = Catalogue.default()
     assert catalogue.origins["fake"].startswith("entry point fake_ep_plugin (fake-dist)")
     assert catalogue.models["ep_model"].plugin == "fake"

@@ -13,7 +13,7 @@ from pypdf import PdfReader
 
 from runner.cli import main
 from runner.report import collect
-from runner.spec import load
+from runner.spec.loading import load
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -238,7 +238,7 @@ def test_every_template_field_names_a_key_the_runs_or_plugins_write(reported, tm
     and no plugin writes is a template error."""
     import string
 
-    from runner.plugins import Catalogue
+    from runner.plugin_host.catalogue import Catalogue
     from runner.report import make_runs
     from runner.report.build import plugin_sections
     from runner.report.templates import sections, template_fields

@@ -63,8 +63,7 @@ def _spec(name, question, accuracies, train, transforms, per_class=None):
 
 
 def test_augment_compares_each_spec_with_the_one_with_a_transform_fewer(tmp_path, monkeypatch):
-    from runner import figures
-
+    from runner.training import figures
     monkeypatch.setattr(figures, "running_accuracy_compared", lambda *_: figures.plt.figure())
     specs = [_spec("q1", "P1 Q1: raw", (0.66, 0.67, 0.65), 1.0, [], [0.5, 0.5, 0.5]),
              _spec("q2", "P1 Q2: norm", (0.665, 0.655, 0.66), 1.0, ["normalize"], [0.5, 0.5, 0.5]),

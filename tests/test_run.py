@@ -7,7 +7,7 @@ import torch
 
 from runner import artifacts
 from runner.cli import main
-from runner.metrics import read_csv
+from runner.training.metrics import read_csv
 from runner.sources import load_trained
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -152,7 +152,7 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, cifar_archive, capsy
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("runner.builders.make_optimizer", exhausted)
+    monkeypatch.setattr("runner.training.builders.make_optimizer", exhausted)
     code = main([str(SPECS / "p1_q1_raw.toml"), "--quick", "--data", str(cifar_archive), "--out", str(tmp_path)])
     assert code == 1
     assert "train.batch_size" in capsys.readouterr().err

@@ -28,14 +28,15 @@ def test_new_plugin_then_pytest_passes(tmp_path):
 
 
 def test_the_new_spec_extends_a_homework_spec_and_enables_the_plugin(tmp_path, capsys):
-    from runner.spec import load
+    from runner.plugin_host.catalogue import Catalogue
+    from runner.spec.loading import load
 
     folder = tmp_path / "nested" / "here"
     assert main(["new", "plugin", "weight_watch", "--dir", str(folder)]) == 0
     assert "wrote" in capsys.readouterr().out
     spec_text = (folder / "weight_watch.toml").read_text()
     assert f'extends = "{HOMEWORK_SPEC.as_posix()}"' in spec_text  # outside the repository: absolute
-    spec = load(folder / "weight_watch.toml")
+    spec = load(folder / "weight_watch.toml", Catalogue.default())
     assert spec.enabled_plugins()["weight_watch"]["every"] == 10
     assert spec.model["name"] == "table1" and spec.train["iterations"] == 2000
     # Inside the runner's own repository the path is relative, so a clone can move.

@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from runner import search
+from runner.suite import search
 from runner.cli import main
 from runner.errors import SpecError
-from runner.plugins import Catalogue
-from runner.spec import load
-from runner.suite import RunOptions, forget_loaded_specs
+from runner.plugin_host.catalogue import Catalogue
+from runner.spec.loading import load
+from runner.suite.plan import RunOptions, forget_loaded_specs
 
 from .fixtures_data import cifar_archive  # noqa: F401
 
@@ -91,7 +91,9 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     assert f"best: trial {best.number}, value {best.value:.4f}" in shown
     assert f"--set model.widths={best.params['model.widths']}" in shown
     assert "parameter importances (fANOVA): " in shown
-    sections = search.report_sections(out, tmp_path / "work")
+    from runner.report.search import report_sections
+
+    sections = report_sections(out, tmp_path / "work")
     assert len(sections) == 1 and sections[0].title == "Search: searched"
     assert sum(type(b).__name__ == "Figure" for b in sections[0].blocks) == 3
 

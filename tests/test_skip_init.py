@@ -9,8 +9,8 @@ from torch import nn
 
 from plugins import init, skip
 from runner import SpecError
-from runner import spec as spec_module
-from runner.models import AllConvNet
+from runner.spec import loading as spec_module
+from runner.nets.models import AllConvNet
 
 SKIP = {"layers": "inserted", "block": 2, "shortcut": "identity", "gate": "none", "final_relu": False}
 

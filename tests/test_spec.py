@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 
 from runner import SpecError
-from runner import spec as spec_module
-
+from runner.spec import loading as spec_module
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
@@ -225,7 +224,7 @@ def test_bad_overrides(tmp_path, catalogue, override):
 
 
 def test_quick_shrinks_the_run_and_caps_the_attacks_of_enabled_plugins(tmp_path, catalogue):
-    from runner.suite import quick_overrides
+    from runner.suite.plan import quick_overrides
 
     fgsm = spec_module.load(SPECS / "p3_q1_fgsm.toml", catalogue, quick_overrides(SPECS / "p3_q1_fgsm.toml", catalogue))
     assert fgsm["train"]["iterations"] == 0  # evaluate-only stays so
@@ -269,8 +268,7 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
 
 def test_a_job_carries_the_overrides_its_own_spec_was_loaded_with(catalogue, tmp_path):
     # --with-deps loads the specs it adds without the user's --set; under --jobs they once got them all.
-    from runner import suite
-
+    from runner.suite import plan as suite
     plan, _ = suite.build([SPECS / "p3_q1_fgsm.toml"], catalogue, options=suite.RunOptions(out=str(tmp_path)),
                           overrides=["plugins.fgsm.max_steps=5"], with_deps=True, device="cpu")
     jobs = {job.name: job for job in plan.jobs}
@@ -282,7 +280,7 @@ def test_a_job_carries_the_overrides_its_own_spec_was_loaded_with(catalogue, tmp
 
 
 def test_sweeps_expand_into_a_grid_and_arrays_stay_whole():
-    from runner.suite import split_values, sweep_points
+    from runner.suite.plan import split_values, sweep_points
 
     assert sweep_points(["train.lr=0.01,0.05", "seed=1"]) == [["train.lr=0.01", "seed=1"], ["train.lr=0.05", "seed=1"]]
     grid = sweep_points(["train.lr=0.1,0.2", "train.batch_size=50,100,200"])

@@ -63,3 +63,61 @@ def test_plugins_import_no_plugin_and_only_the_public_api():
             if module.startswith("runner"):
                 top = ".".join(module.split(".")[:2])
                 assert top in public, f"{path.name} imports {module}, which runner/__init__.py does not export"
+
+
+# The floors of runner/, lowest first: a module imports only from its own floor or those below.
+# `runner` itself (the public API, lazy) may be imported from anywhere.
+LAYERS = [
+    ("foundation", {"runner.errors", "runner.artifacts", "runner.results", "runner.progress", "runner.data"}),
+    ("spec", {"runner.spec"}),
+    ("plugin_host", {"runner.plugin_host"}),
+    ("nets", {"runner.nets"}),
+    ("training", {"runner.training"}),
+    ("suite", {"runner.suite"}),
+    ("report", {"runner.report"}),
+    ("interfaces", {"runner.cli", "runner.api", "runner.scaffold", "runner.testing", "runner.visdom_server",
+                    "runner.__main__"}),
+]
+
+
+def floor(module: str) -> int | None:
+    for level, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    return None
+
+
+def upward_imports(known: dict[str, Path]) -> list[str]:
+    found = []
+    for name, path in known.items():
+        own = floor(name)
+        if own is None:
+            continue
+        for module in imports(path, name):
+            target = floor(module)
+            if target is not None and target > own:
+                found.append(f"{name} ({LAYERS[own][0]}) imports {module} ({LAYERS[target][0]})")
+    return sorted(set(found))
+
+
+def test_every_runner_module_sits_on_a_floor():
+    unplaced = [name for name in modules() if name.startswith("runner.") and floor(name) is None]
+    assert not unplaced, f"modules in no layer of tests/test_structure.py's LAYERS: {unplaced}"
+
+
+def test_no_floor_imports_a_higher_one():
+    assert upward_imports(modules()) == []
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    # A spec module that imported the suite would break the floors: the check must say so.
+    fake = tmp_path / "runner" / "spec" / "bad.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from ..suite.plan import Plan\n")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = upward_imports({"runner.spec.bad": fake})
+    finally:
+        ROOT = saved
+    assert found and "runner.spec.bad (spec) imports runner.suite.plan (suite)" in found[0]

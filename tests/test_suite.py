@@ -106,14 +106,14 @@ def test_jobs_run_specs_in_parallel_processes_in_dependency_order(tmp_path, cifa
 
 
 def _job(name, requires=(), seed=0, path=None, overrides=()):
-    from runner.suite import Job
+    from runner.suite.plan import Job
 
     return Job(path=str(path or SPECS / "p1_q1_raw.toml"), overrides=tuple(overrides), name=name, seed=seed,
                requires=frozenset(requires))
 
 
 def test_jobs_start_the_longest_chain_first_timed_by_previous_runs():
-    from runner.suite import Plan
+    from runner.suite.plan import Plan
 
     jobs = [_job("short"), _job("fresh"), _job("long"), _job("source"), _job("attack", ["source"])]
     seconds = {"short": 10, "long": 100, "source": 30, "attack": 80, "fresh": 0}
@@ -132,9 +132,9 @@ def _wait(worker, seconds=180):
 
 
 def test_a_worker_runs_job_after_job_each_like_a_fresh_process(tmp_path, cifar_archive):
-    from runner.executors import Worker
-    from runner.suite import RunOptions, quick_overrides
-    from runner.plugins import Catalogue
+    from runner.suite.executors import Worker
+    from runner.suite.plan import RunOptions, quick_overrides
+    from runner.plugin_host.catalogue import Catalogue
 
     raw = SPECS / "p1_q1_raw.toml"
     overrides = quick_overrides(raw, Catalogue.default()) + ["train.iterations=3"]
@@ -179,8 +179,8 @@ def test_a_worker_that_dies_fails_its_run_only(tmp_path, cifar_archive, capsys):
 
 
 def test_workers_take_the_gpus_in_turn():
-    from runner.executors import gpu_for_worker, gpus_to_share
-    from runner.suite import Job, Plan
+    from runner.suite.executors import gpu_for_worker, gpus_to_share
+    from runner.suite.plan import Job, Plan
 
     assert [gpu_for_worker(i, 4, None) for i in range(6)] == ["0", "1", "2", "3", "0", "1"]
     assert [gpu_for_worker(i, 4, "2,3") for i in range(3)] == ["2", "3", "2"]  # what the user let us see
@@ -195,7 +195,7 @@ def test_workers_take_the_gpus_in_turn():
 def test_workers_share_out_the_cores_unless_the_user_chose(monkeypatch):
     import os
 
-    from runner.executors import threads_per_process
+    from runner.suite.executors import threads_per_process
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
@@ -205,8 +205,8 @@ def test_workers_share_out_the_cores_unless_the_user_chose(monkeypatch):
 
 
 def test_a_worker_gets_its_gpu_with_its_first_job_and_keeps_it(tmp_path, cifar_archive):
-    from runner.executors import Worker
-    from runner.suite import RunOptions
+    from runner.suite.executors import Worker
+    from runner.suite.plan import RunOptions
 
     # A plugin that prints what the run's process sees into the job's log.
     (tmp_path / "show.py").write_text(
@@ -230,8 +230,7 @@ def test_a_worker_gets_its_gpu_with_its_first_job_and_keeps_it(tmp_path, cifar_a
 
 
 def test_a_suite_with_nothing_to_do_starts_no_worker(tmp_path, cifar_archive, monkeypatch, capsys):
-    from runner import executors
-
+    from runner.suite import executors
     suite, _ = two_spec_suite(tmp_path)
     args = [str(suite), "--quick", "--set", "train.iterations=1", "--data", str(cifar_archive),
             "--out", str(tmp_path / "out")]
@@ -243,8 +242,7 @@ def test_a_suite_with_nothing_to_do_starts_no_worker(tmp_path, cifar_archive, mo
 
 
 def test_a_worker_killed_before_its_run_starts_fails_that_run_only(tmp_path, cifar_archive, monkeypatch, capsys):
-    from runner import executors
-
+    from runner.suite import executors
     class KilledAtItsJob(executors.Worker):
         def start(self, job, options, log):
             super().start(job, options, log)
@@ -266,8 +264,8 @@ def test_a_worker_killed_before_its_run_starts_fails_that_run_only(tmp_path, cif
 def test_what_a_worker_prints_outside_a_job_is_not_taken_for_a_reply(tmp_path, cifar_archive, monkeypatch, capfd):
     import os
 
-    from runner.executors import Worker
-    from runner.suite import RunOptions
+    from runner.suite.executors import Worker
+    from runner.suite.plan import RunOptions
 
     # An entry-point plugin that prints on import, which the worker's warm-up does before any job:
     # a line that is no reply, and one that looks like one.

@@ -13,7 +13,7 @@ import termios
 import time
 from pathlib import Path
 
-from runner.suite import expand_specs
+from runner.suite.plan import expand_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = str(Path(sys.executable).with_name("runner"))  # the console script the README's command runs

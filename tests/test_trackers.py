@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli import main
-from runner.metrics import read_csv
+from runner.training.metrics import read_csv
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "p1_q1_raw.toml"
 # mlflow's SQLite store warns of a SQLAlchemy option it uses: its code's warning, not ours

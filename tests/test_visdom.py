@@ -285,8 +285,8 @@ def test_show_images_is_a_no_op_without_the_plugin(tmp_path, catalogue):
     import numpy as np
     import torch
 
-    from runner.spec import load
-    from runner.state import Run
+    from runner.spec.loading import load
+    from runner.training.state import Run
 
     spec = load(ROOT / "specs" / "p1_q1_raw.toml", catalogue, ["plugins.visdom.enabled=false"])
     run = Run(spec=spec, catalogue=catalogue, device=torch.device("cpu"), dir=tmp_path)
@@ -308,8 +308,7 @@ def test_address_from_settings_then_environment(monkeypatch):
 
 
 def test_on_by_default_and_off_on_request(catalogue):
-    from runner import spec as spec_module
-
+    from runner.spec import loading as spec_module
     assert "visdom" in spec_module.load(BASE_SPEC, catalogue).plugin_names()
     off = spec_module.load(BASE_SPEC, catalogue, ["plugins.visdom.enabled=false"])
     assert "visdom" not in off.plugin_names()

@@ -60,7 +60,7 @@ def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path
         section.blocks = [b for b in blocks if not isinstance(b, Figure)] + [b for b in blocks if isinstance(b, Figure)]
         sections.append(section)
     sections += [s for s in contributed if not s.spec]
-    from ..search import report_sections as search_sections  # trials and their test runs: not sweeps
+    from .search import report_sections as search_sections  # trials and their test runs: not sweeps
 
     sections += search_sections(runs.out, runs.workdir, runs.quick)
     runs.sweeps = {name: kept for name, found in runs.sweeps.items() if (kept := [s for s in found if not s.get("search")])}
@@ -177,7 +177,8 @@ def spec_section(spec: SpecRuns, answer: str, shown: Shown, workdir: Path) -> Se
 
 def training_figure(spec: SpecRuns, workdir: Path) -> Figure | None:
     """The representative run's training accuracy, drawn for the page from its metrics.csv."""
-    from .. import artifacts, figures
+    from .. import artifacts
+    from ..training import figures
 
     table = spec.metrics()
     if table is None:
@@ -251,7 +252,8 @@ def per_class_table(runs: Runs) -> Table | None:
 
 def confusion_figures(runs: Runs) -> list[Figure]:
     """The homework questions' confusion matrices, drawn small for the appendix."""
-    from .. import artifacts, figures
+    from .. import artifacts
+    from ..training import figures
 
     found = []
     for name, spec in runs.items():
@@ -319,9 +321,9 @@ def provenance(runs: Runs, where: Path | None) -> list[list[str]]:
 def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]] | None:
     """The spec's trained model as a layer table (None for evaluate-only specs, or a model that no
     longer builds: a plugin no longer installed, say)."""
-    from ..architecture import table
-    from ..builders import build_model
-    from ..spec import load
+    from ..nets.architecture import table
+    from ..training.builders import build_model
+    from ..spec.loading import load
 
     if not spec.trained:
         return None

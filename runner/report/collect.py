@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts
-from ..spec import DESCRIPTIVE
+from ..spec.loading import DESCRIPTIVE
 
 # This project's own specs: the last place a run's spec file is looked for.
 PROJECT_SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -66,7 +66,7 @@ def spec_changes(summary: dict, out: Path, catalogue) -> list[str]:
     edited since). Both are resolved by the current code, so a setting added since reads as its
     default; an older spec.toml the code no longer reads is compared on the keys both have.
     [] when they match or cannot be compared (no spec file, a spec file that no longer loads)."""
-    from ..spec import differences, load
+    from ..spec.loading import differences, load
 
     path, run_file = spec_path(summary, out), Path(summary["run_dir"]) / "spec.toml"
     if path is None or not run_file.is_file():
@@ -207,7 +207,7 @@ class SpecRuns:
 
     def metrics(self) -> dict | None:
         """The representative run's metrics.csv as columns (lists by name), or None without one."""
-        from ..metrics import read_csv
+        from ..training.metrics import read_csv
 
         path = self.run_dir / "metrics.csv"
         return read_csv(path) if path.is_file() else None
@@ -242,7 +242,7 @@ def spec_table(summary: dict) -> dict:
 def user_overrides(summary: dict, out: Path, catalogue) -> list[str]:
     """The --set texts a run was made with beyond its seed, its device and --quick's own: a sweep's
     point (`--set train.lr=0.01,0.05`) or a one-off change."""
-    from ..suite import QUICK, quick_overrides
+    from ..suite.plan import QUICK, quick_overrides
 
     texts = [t for t in summary.get("overrides", []) if not t.startswith(("seed=", "device="))]
     if summary.get("quick"):

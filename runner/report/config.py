@@ -19,8 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import SpecError
-
-FILE = "report.toml"
+from ..spec.loading import REPORT_CONFIG as FILE
 
 
 @dataclass

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SpecError
+from ..errors import SpecError
 
 ENV = "RUNNER_SEARCH"  # JSON naming the study, its storage and the trial a run belongs to
 # Under --quick (12 iterations on 1,200 images) a trial holds out at most 200 images and validates

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import artifacts
-from .errors import RunnerError, SpecError
-from .trial import ENV, PRUNERS, open_storage, storage_path  # noqa: F401 (tests set PRUNERS)
+from .. import artifacts
+from ..errors import RunnerError, SpecError
+from ..training.trial import ENV, PRUNERS, open_storage, storage_path  # noqa: F401 (tests set PRUNERS)
 
 DEFAULT_TEST_SEEDS = (0, 1, 2)
 POLL_SECONDS = 0.2
@@ -274,7 +274,7 @@ class _environment:
 
 def plan_one(path, catalogue, options, overrides, seeds=None, device=None):
     """The one job `runner PATH --set ...` would plan."""
-    from . import suite
+    from . import plan as suite
 
     plan, _ = suite.build([path], catalogue, options=options, overrides=list(overrides), seeds=seeds, device=device,
                           log=lambda line: None)
@@ -286,7 +286,7 @@ def run_search(path, catalogue, options, *, overrides=(), trials=None, jobs=1, s
     """Run the spec's study to its trial count (search.trials, or `trials`); returns the study."""
     import optuna
 
-    from . import suite
+    from . import plan as suite
 
     log = log or (lambda line: print(line, file=sys.stderr))
     search_overrides = list(overrides)
@@ -406,7 +406,7 @@ def measure_best(path, catalogue, options, *, overrides=(), seeds=DEFAULT_TEST_S
                  log=None) -> dict:
     """The best trial's values as ordinary runs (the whole training batch, the test set) over
     `seeds`; recorded in the study (user attr "test") and returned."""
-    from . import suite
+    from . import plan as suite
     from .executors import InProcess, ProcessPool
 
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -428,7 +428,7 @@ def measure_best(path, catalogue, options, *, overrides=(), seeds=DEFAULT_TEST_S
     result = {"trial": best.number, "overrides": values, "seeds": list(seeds), "test_accuracy": accuracies,
               "runs": [o.run_dir for o in outcomes]}
     study.set_user_attr("test", result)
-    log(f"[{spec.name}] trial {best.number}'s test accuracy: {_mean_sd(accuracies)}")
+    log(f"[{spec.name}] trial {best.number}'s test accuracy: {mean_sd(accuracies)}")
     return result
 
 
@@ -443,7 +443,7 @@ def best_trial(study):
     return study.best_trial
 
 
-def _mean_sd(values) -> str:
+def mean_sd(values) -> str:
     if not values:
         return "-"
     text = f"{statistics.mean(values):.4f}"
@@ -515,7 +515,7 @@ def show(target, out=None) -> str:
     tested = study.user_attrs.get("test")
     if tested and tested.get("trial") == best.number:
         lines.append(f"its test accuracy over seeds {','.join(map(str, tested['seeds']))}: "
-                     f"{_mean_sd(tested['test_accuracy'])}")
+                     f"{mean_sd(tested['test_accuracy'])}")
     else:
         lines.append(f"its test accuracy: not measured yet (runner {_relative(spec_file)} --search-test)")
     found = importances(study)
@@ -526,7 +526,7 @@ def show(target, out=None) -> str:
 
 def _wall(study) -> str:
     """', trials ran over 41 min' (first trial's start to last trial's end; a continued study's pause included)."""
-    from .progress import duration
+    from ..progress import duration
 
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
     ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
@@ -544,61 +544,3 @@ def studies(out) -> list[Path]:
     """The spec folders in OUT that hold a study."""
     out = Path(out)
     return sorted(p.parent.parent for p in out.glob("*/_search/journal.log"))
-
-
-def report_sections(out, workdir, quick: bool | None = None) -> list:
-    """A report section per searched spec: its trials, the best trial's test accuracy, and Optuna's
-    optimization history, parameter importances and parallel coordinates."""
-    from .report.document import Paragraph, Section, Table
-
-    sections = []
-    for spec_dir in studies(out):
-        try:
-            study = open_study(spec_dir.parent, spec_dir.name, create=False)
-            best = best_trial(study)
-        except RunnerError:
-            continue
-        if quick is not None and bool(study.user_attrs.get("quick")) != quick:  # a --quick report's studies are --quick
-            continue
-        rows = trials_table(study)
-        tested = study.user_attrs.get("test")
-        text = (f"A search of {len(rows)} trials (Optuna, `runner {spec_dir.name}.toml --search`): each trial "
-                f"trains on the training images less a held-out set and is judged by the held-out accuracy; the "
-                f"best, trial {best.number} ({best.value:.4f}), has {' '.join(best.user_attrs.get('overrides', []))}.")
-        if tested and tested.get("trial") == best.number:
-            text += (f" Its values trained on every training image score {_mean_sd(tested['test_accuracy'])} on the "
-                     f"test set over seeds {', '.join(map(str, tested['seeds']))}.")
-        blocks = [Paragraph(text), Table(["trial", "state", "value", "values", "run"], rows,
-                                         f"{spec_dir.name}: the trials, best first.", small=True)]
-        blocks += _figures(study, Path(workdir) / f"search-{spec_dir.name}")
-        sections.append(Section(f"Search: {spec_dir.name}", blocks))
-    return sections
-
-
-def _figures(study, folder: Path) -> list:
-    """Optuna's matplotlib plots of the study as report figures (those it can draw)."""
-    import warnings
-
-    from optuna.visualization import matplotlib as plots
-
-    from . import figures  # headless matplotlib
-    from .report.document import Figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    found = []
-    for name, plot, caption in (("history", plots.plot_optimization_history, "optimization history"),
-                                ("importances", plots.plot_param_importances, "parameter importances"),
-                                ("parallel", plots.plot_parallel_coordinate, "parallel coordinates")):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                axes = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            continue
-        axes = axes.flat[0] if hasattr(axes, "flat") else axes
-        figure = axes.get_figure()
-        path = folder / f"search-{study.study_name}-{name}.png"  # the writers keep figures by file name
-        artifacts.save_figure(path, figure)
-        figures.close(figure)
-        found.append(Figure(path, f"{study.study_name}: {caption}.", width=0.5))
-    return found

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import artifacts
-from .errors import DataError, DivergedError, RunnerError
-from .suite import Job, Outcome, Plan, RunOptions, job_to_json, load_spec
+from .. import artifacts
+from ..errors import DataError, DivergedError, RunnerError
+from .plan import Job, Outcome, Plan, RunOptions, job_to_json, load_spec
 
 POLL_SECONDS = 0.2
 
@@ -128,7 +128,7 @@ def _sweep_suffix(job: Job) -> str:
 
 
 class Worker:
-    """A `python -m runner.worker` process: runs one job at a time and stays for the next, so each
+    """A `python -m runner.suite.worker` process: runs one job at a time and stays for the next, so each
     process imports torch and the plugins once. poll() is the job's end: None while it runs, else
     its exit code (a reply's 0, or the worker's death's)."""
 
@@ -137,7 +137,7 @@ class Worker:
         # Replies come on a pipe of their own: what the worker prints outside a job (a plugin that
         # prints on import, say) goes to our stderr and cannot be mistaken for a reply.
         read, write = os.pipe()
-        self.process = subprocess.Popen([sys.executable, "-m", "runner.worker", "--replies", str(write), *threads_arg],
+        self.process = subprocess.Popen([sys.executable, "-m", "runner.suite.worker", "--replies", str(write), *threads_arg],
                                         stdin=subprocess.PIPE, stdout=2, pass_fds=(write,), text=True, bufsize=1)
         os.close(write)  # the worker holds the only write end: its death ends our reads
         self.replies = os.fdopen(read)
@@ -267,8 +267,8 @@ def execute_job(job: Job, options: RunOptions, catalogue=None):
     """Run one job in this process, resuming its unfinished run under --resume: the finished Run,
     or the run's own exception (run_job turns it into an Outcome; the Python API, runner/api.py,
     lets it rise)."""
-    from .plugins import Catalogue
-    from .run import execute, resume
+    from ..plugin_host.catalogue import Catalogue
+    from ..training.flow import execute, resume
 
     catalogue = catalogue or Catalogue.default()
     spec = load_spec(job.path, catalogue, job.overrides)
@@ -300,7 +300,7 @@ def spec_differences(run_dir, spec, catalogue) -> list[str]:
     `spec`. The code is not compared: resuming after fixing what crashed a run is what it is for."""
     import tomllib
 
-    from . import spec as spec_module
+    from ..spec import loading as spec_module
 
     path = Path(run_dir) / "spec.toml"
     try:

@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SpecError
+from ..errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import artifacts
-from .errors import RunnerError, SpecError
+from .. import artifacts
+from ..errors import RunnerError, SpecError
 
 # --quick's run settings: a few iterations on a subset (a plugin may add its own quick values).
 # All 12 steps warm the learning rate up: at the full rate after one step, a deep net without
@@ -111,7 +111,7 @@ def expand_specs(paths) -> list[Path]:
     """Spec files in the order given; a folder contributes its *.toml files sorted, base/ left out,
     and so is its report.toml (what `runner report` prints about these specs: report/config.py)
     and any spec holding a [search] table: a study is run by naming it, `runner SPEC --search`."""
-    from .report.config import FILE as REPORT_CONFIG
+    from ..spec.loading import REPORT_CONFIG
 
     out = []
     for raw in paths:
@@ -171,7 +171,7 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
     the jobs whose latest completed run is up to date are skipped. Returns the plan and the specs.
 
     log(line): where the planning decisions are told (up to date, reruns because ...)."""
-    from .spec import check_overrides_used
+    from ..spec.loading import check_overrides_used
 
     log = log or (lambda line: print(line, file=sys.stderr))
     files = expand_specs(paths)
@@ -204,7 +204,7 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
     loaded.sort(key=lambda pair: order.index(pair[1].path.resolve()))  # stable: seeds keep their order
     suite = any(Path(p).is_dir() for p in paths) and not force
     plan = Plan(jobs=[])
-    from .fingerprint import fingerprint
+    from ..training.fingerprint import fingerprint
 
     for job, spec in loaded:
         done = _matching_run(options, job, fingerprint(spec)) if suite else None
@@ -225,7 +225,7 @@ _SPECS: dict = {}
 
 def load_spec(path, catalogue, overrides=()):
     """spec.load, once per file and overrides in this process: planning asks for a spec many times."""
-    from .spec import load
+    from ..spec.loading import load
 
     key = (str(Path(path).resolve()), tuple(overrides), id(catalogue))
     if key not in _SPECS:
@@ -314,7 +314,7 @@ def quick_overrides(path, catalogue) -> list[str]:
     plugin's settings that name a quick value (an attack's step cap, say)."""
     import json
 
-    from .spec import read
+    from ..spec.loading import read
 
     table, _, _ = read(path)
     catalogue.add_spec_files(Path(path), table)

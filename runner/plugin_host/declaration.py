@@ -21,8 +21,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PluginError
-from .schema import Setting
+from ..errors import PluginError
+from ..spec.schema import Setting
 
 # Keys every [plugins.<name>] table may hold besides the plugin's own: the runner's, not the plugin's.
 TABLE_KEYS = {

@@ -25,9 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import RunnerError
+from ..errors import RunnerError
 from .executors import blocked_outcome, run_job
-from .suite import Job, Outcome, Plan, RunOptions
+from .plan import Job, Outcome, Plan, RunOptions
 
 DEFAULT_RESOURCES = {"CPU": 1}
 STARTED_TOPIC = "runner-run-started"  # the Dask event a task logs when its run begins

@@ -17,7 +17,10 @@ import tomli_w
 
 from . import schema
 from .schema import plugin_files
-from .errors import SpecError
+from ..errors import SpecError
+
+# A spec folder's file that is no spec: what `runner report` prints about the specs (runner/report/config.py).
+REPORT_CONFIG = "report.toml"
 
 
 class Table(dict):
@@ -412,11 +415,9 @@ def _check_optimizer(train: dict, file: Path) -> None:
 
 
 
-def load(path, catalogue=None, overrides=()) -> Spec:
-    """Read, merge and validate a spec; plugin files it names join the catalogue first."""
-    from .plugins import Catalogue
-
-    catalogue = catalogue or Catalogue.default()
+def load(path, catalogue, overrides=()) -> Spec:
+    """Read, merge and validate a spec; plugin files it names join the catalogue (runner/plugin_host/catalogue.py:
+    `Catalogue.default()`) first."""
     table, chain, unused = read(path, overrides, catalogue.default_enabled())
     catalogue.add_spec_files(Path(path), table)
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .hookspecs import hookimpl
-from .schema import Setting
+from ..plugin_host.hookspecs import hookimpl
+from ..spec.schema import Setting
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 5, *, bn: bool = True, stride: int = 1) -> list[nn.Module]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import tomli_w
 
-from . import artifacts
-from .errors import RunnerError
-from .progress import duration
-from .results import headline
+from .. import artifacts
+from ..errors import RunnerError
+from ..progress import duration
+from ..results import headline
 
 
 # ---- runner show --------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def runs_table(runs: list[RunInfo]) -> str:
 
 def _user_overrides(overrides) -> list[str]:
     """The --set texts worth a column: seed has its own, and --quick's are one word."""
-    from .suite import QUICK
+    from .plan import QUICK
 
     texts = [text for text in overrides if not text.startswith("seed=")]
     quick = [text for text in texts if text in QUICK]

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data
+from .. import data
 from .engine import create_evaluator, create_trainer, make_optimizer, make_scheduler, resolve_precision
-from .errors import DataError, RunnerError, SpecError
+from ..errors import DataError, RunnerError, SpecError
 
 
 def resolve_device(choice: str) -> torch.device:

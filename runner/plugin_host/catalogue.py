@@ -18,15 +18,15 @@ from typing import Any, Callable
 import pluggy
 
 from .declaration import TABLE_KEYS, Plugin, declaration_of
-from .errors import PluginError, RunnerError, SpecError
+from ..errors import PluginError, RunnerError, SpecError
 from .hooks import Hooks, failing_line, new_manager
-from .schema import Setting, plugin_files, suggestion
+from ..spec.schema import Setting, plugin_files, suggestion
 
 ENTRY_POINT_GROUP = "runner.plugins"
 
 # Built-ins are registered by name like any plugin; order here is only the listing order.
 BUILTINS = {
-    "models": "runner.models",
+    "models": "runner.nets.models",
     "augment": "plugins.augment",
     "grad_magnitude": "plugins.grad_magnitude",
     "skip": "plugins.skip",

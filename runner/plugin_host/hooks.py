@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, RunnerError
+from ..errors import PluginError, RunnerError
 
 PROJECT = "runner"
 INJECTED = ("settings", "state")  # per-plugin arguments: each plugin's own value, never the caller's

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, errors
-from .errors import RunnerError
-from .plugins import Catalogue
-from .builders import locate_data, resolve_device
-from .checkpoint import latest as latest_checkpoint
-from .run import execute
-from .spec import Spec
+from .. import artifacts, errors
+from ..errors import RunnerError
+from ..plugin_host.catalogue import Catalogue
+from ..training.builders import locate_data, resolve_device
+from ..training.checkpoint import latest as latest_checkpoint
+from ..training.flow import execute
+from ..spec.loading import Spec
 
 # What torchrun (torch.distributed.run) sets in every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -256,7 +256,7 @@ def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
     """Rank 0's choice: with resume, the spec's latest unfinished run of this seed and --quick made
     from the same spec (as `runner SPEC --resume` in one process), else a fresh folder."""
     from .executors import resumable
-    from .suite import RunOptions
+    from .plan import RunOptions
 
     options = RunOptions(out=str(out), quick=bool(quick))
     unfinished = resumable(spec, options, Catalogue.default()) if resume else None  # says why not, if not
@@ -288,7 +288,7 @@ class DataParallel:
         self.nproc, self.catalogue = nproc, catalogue
 
     def run(self, plan, options, on_event) -> list:
-        from .suite import Outcome, load_spec
+        from .plan import Outcome, load_spec
 
         specs = [load_spec(job.path, self.catalogue, job.overrides) for job in plan.jobs]
         if launched_by_torchrun():

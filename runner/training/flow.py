@@ -17,16 +17,17 @@ from pathlib import Path
 import torch
 from ignite.utils import manual_seed
 
-from . import artifacts, checkpoint, figures, handlers, memory, sources, trial
+from .. import artifacts
+from . import checkpoint, figures, handlers, memory, sources, trial
 from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
 from .engine import EpochBatches
-from .errors import DivergedError, PluginError, RunnerError
+from ..errors import DivergedError, PluginError, RunnerError
 from .fingerprint import code_version, fingerprint
 from .machine_load import OtherWork
 from .metrics import MetricsLog, per_class
-from .plugins import Catalogue
-from .results import headline
-from .spec import Spec
+from ..plugin_host.catalogue import Catalogue
+from ..results import headline
+from ..spec.loading import Spec
 from .state import Run
 
 
@@ -235,7 +236,7 @@ def _write_outputs(run: Run) -> None:
 
 def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=None) -> Run:
     """Continue an unfinished run in its own folder, with the spec it was started with."""
-    from .spec import load
+    from ..spec.loading import load
 
     run_dir = Path(run_dir)
     status = artifacts.read_status(run_dir)

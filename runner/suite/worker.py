@@ -26,7 +26,7 @@ def run_in_log(message: dict) -> dict:
     """executors.run_job for one message, with this process's stdout and stderr (the file descriptors,
     so output of C code and subprocesses too) going to the job's log; returns the Outcome as JSON."""
     from .executors import run_job
-    from .suite import Outcome, RunOptions, job_from_json
+    from .plan import Outcome, RunOptions, job_from_json
 
     job = job_from_json(message["job"])
     sys.stdout.flush()
@@ -64,8 +64,8 @@ def warm_up(threads: int | None) -> None:
     import torch._dynamo  # noqa: F401
     import torchmetrics  # noqa: F401
 
-    from .plugins import Catalogue
-    from .run import execute  # noqa: F401
+    from ..plugin_host.catalogue import Catalogue
+    from ..training.flow import execute  # noqa: F401
 
     if threads:
         torch.set_num_threads(threads)
@@ -73,7 +73,7 @@ def warm_up(threads: int | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.worker")
+    parser = argparse.ArgumentParser(prog="python -m runner.suite.worker")
     parser.add_argument("--replies", type=int, required=True, help="file descriptor of the pipe for the replies")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (executors.threads_per_process)")
     options = parser.parse_args()

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import artifacts
-from .errors import RunnerError
+from .. import artifacts
+from ..errors import RunnerError
 
 
 # ---- finding runs --------------------------------------------------------------------------------
@@ -60,8 +60,8 @@ def load_trained(run_dir, catalogue=None, device="cpu") -> tuple[nn.Module, obje
     """A finished run's model with its evaluation transforms in front: it takes pixel values 0-255.
     Returns (model in eval mode, the run's spec)."""
     from .builders import build_model, build_transforms
-    from .plugins import Catalogue
-    from .spec import load
+    from ..plugin_host.catalogue import Catalogue
+    from ..spec.loading import load
 
     run_dir = Path(run_dir)
     catalogue = catalogue or Catalogue.default()

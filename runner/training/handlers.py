@@ -6,9 +6,9 @@ import math
 import torch
 from ignite.engine import Events
 
-from .errors import DivergedError
-from .hooks import attributed, current_plugin
-from .progress import Progress
+from ..errors import DivergedError
+from ..plugin_host.hooks import attributed, current_plugin
+from ..progress import Progress
 
 
 def record_metrics(run) -> None:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from .metrics import MetricsLog
-from .hooks import Hooks
-from .plugins import Catalogue
-from .progress import Progress
-from .spec import Spec
+from ..plugin_host.hooks import Hooks
+from ..plugin_host.catalogue import Catalogue
+from ..progress import Progress
+from ..spec.loading import Spec
 
 
 @dataclass
