@@ -4,7 +4,10 @@ setup(
     name="cifar-runner",
     version="0.1.0",
     description="A plugin-based experiment runner for deep-learning studies on CIFAR-10",
-    packages=find_packages(include=["runner", "runner.*", "plugins", "plugins.*"]),
+    # The built-in plugins keep their top-level plugins/ folder in the repository but install as
+    # runner.plugins: a top-level `plugins` package in site-packages would clash with other projects'.
+    packages=[*find_packages(include=["runner", "runner.*"]), "runner.plugins"],
+    package_dir={"runner.plugins": "plugins"},
     python_requires=">=3.11",
     install_requires=[
         # A range 2.13.0 satisfies: constraints.txt pins the exact build (see README).
@@ -23,7 +26,10 @@ setup(
         "tqdm>=4.66",  # the progress bar
         "shtab>=1.7",  # runner completion SHELL
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4", "optuna>=4"],
+    # With the tests: the linter and type checker CI runs (.ci/run; settings in pyproject.toml), and a
+    # setuptools that builds wheels itself (tests/test_packaging.py builds one).
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "pypdf>=4", "optuna>=4", "ruff>=0.6", "mypy>=1.10",
+                             "types-requests", "types-tqdm", "setuptools>=70.1"],
                     # runner SUITE --executor dask: the suite on a Dask cluster
                     "dask": ["dask[distributed]>=2024.1"],
                     # the tensorboard and mlflow plugins (docs/trackers.md)

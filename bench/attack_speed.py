@@ -30,13 +30,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from overhead import plain  # noqa: E402
-from plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
-from runner.sources import probabilities  # noqa: E402
-from runner import artifacts, data, memory, spec as spec_module  # noqa: E402
-from runner.training.flow import execute  # noqa: E402
+
+from runner import artifacts, data, memory  # noqa: E402
+from runner import spec as spec_module  # noqa: E402
 from runner.input_grad import shapes_checked  # noqa: E402
 from runner.plugin_host.catalogue import Catalogue  # noqa: E402
-from runner.sources import load_trained  # noqa: E402
+from runner.plugins.fgsm import PASS_IMAGES, iterative_fgsm  # noqa: E402
+from runner.sources import load_trained, probabilities  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
 
 ATTACK = dict(eps=1.0, max_steps=200, confidence=0.99)  # specs/p3_q1_fgsm.toml
 
@@ -47,7 +48,7 @@ def attacked_net(out: Path, source):
     if found is None:
         catalogue = Catalogue.default()
         spec = spec_module.load(ROOT / "specs" / "p1_q4_crop.toml", catalogue, ['device="cpu"'])
-        found = execute(spec, catalogue, out=out, data_source=source, show_progress=False).dir
+        found = execute(spec, catalogue, out=out, data=source, show_progress=False).dir
     return load_trained(found)[0], found
 
 
@@ -112,7 +113,7 @@ def main() -> int:
               f"system time {statistics.median(system[name]):4.0%}  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
     checked = shapes_checked()
     print(f"layer shapes whose backward was checked against autograd's: {checked['cheaper']} take the cheaper "
-          f"one, {checked['autograd']} autograd's (runner/input_grad.py)")
+          f"one, {checked['autograd']} autograd's (runner/nets/input_grad.py)")
     if args.reference:
         plain_images, plain_steps = results["plain attack"][:2]
         same = all(torch.equal(results[f"attack /{n}"].images, plain_images)

@@ -20,11 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.nets.architecture import forward_flops  # noqa: E402
 from runner.artifacts import latest_run, read_summary  # noqa: E402
+from runner.nets.architecture import forward_flops  # noqa: E402
 from runner.plugin_host.catalogue import Catalogue  # noqa: E402
-from runner.training.builders import build_model  # noqa: E402
 from runner.spec.loading import load  # noqa: E402
+from runner.training.builders import build_model  # noqa: E402
 
 
 def timed(fn, repeats: int, device) -> float:

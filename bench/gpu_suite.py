@@ -1,136 +1,260 @@
-"""Full-protocol timings on one CUDA GPU, in one go (a lent GPU machine's time is short).
+"""The GPU figures of issue 30, in one call of a lent machine (9 minutes at most).
 
-Phases, each with a share of the time budget so a slow phase cannot starve the report:
-  suite     `runner specs/`: every spec once (seed 0), the command a user types, timed as a whole
-  step_ops  bench/step_ops.py --device cuda: kernel launches per training step, by phase
-  settings  p1_q4_crop compiled with torch.compile's "reduce-overhead" (each step replayed as a
-            CUDA graph), in fp32 instead of bf16, and compiled in the default mode
-  seeds     every training spec of Parts 1 and 2 again with seeds 1 and 2 (same --out: 3-seed means)
-  variants  a wider all-conv net for Part 2 Q1, 3 seeds
-Each phase's runs go under OUT/<phase>/ and are packed into OUT/<phase>.tar.gz as soon as the
-phase ends (without adversarial sets and checkpoints), with a table printed and OUT/gpu_suite.json.
+Phases, in this order, each with a share of the budget (printed before it starts); a phase is
+skipped when less than its minimum is left, and stopped when it overruns its share:
+  step      p1_q4_crop at the full protocol, train.step "eager" then "graph": ms per step
+  attack    p3_q1_fgsm on the graph step's p1_q4_crop model: the whole test set's iterative FGSM
+  seeds     p1_q4_crop seeds 0-2 batched in one process (runner.training.batched) against the
+            three trained one after another: time and test accuracy
+  suite     `runner specs/ --jobs N --set train.step="graph"`: the whole homework as a user runs it
+  compile   p1_q4_crop with train.compile = "reduce-overhead" for a few hundred steps, with torch's
+            logs of graph breaks, recompiles and skipped CUDA graphs kept in OUT/compile_log.txt
+Everything but the suite runs in this process (one import of torch); the suite and the compile
+log run as commands. A table is printed at the end and kept, with each run's figures, in
+OUT/gpu_suite.json.
 
-Usage: python bench/gpu_suite.py --data ARCHIVE --out DIR [--budget SECONDS]
+Usage:  python bench/gpu_suite.py --data ARCHIVE --out DIR [--budget 540] [--jobs 8]
+        python bench/gpu_suite.py --dry-run     every phase at a tiny size on the CPU, on synthetic
+                                                data (checks the script, measures nothing)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDE = {"p2_q1_allconv_w128": "[128, 256, 512]"}  # the spec itself is [64, 128, 256]
+sys.path.insert(0, str(ROOT))
+
+CROP, ATTACK = ROOT / "specs" / "p1_q4_crop.toml", ROOT / "specs" / "p3_q1_fgsm.toml"
+# (name, share of the budget, minimum seconds to start it)
+PHASES = [("step", 0.13, 40), ("attack", 0.09, 25), ("seeds", 0.2, 60), ("suite", 0.46, 60), ("compile", 0.12, 40)]
 
 
-def runner(*args, out: Path, data: str, timeout: float) -> tuple[int, float]:
-    command = [sys.executable, "-m", "runner", *args, "--data", data, "--out", str(out), "--no-progress"]
+class Overrun(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Stop the work inside after `seconds` (SIGALRM: between Python steps, so a phase ends within a step)."""
+    def stop(signum, frame):
+        raise Overrun(f"over its {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(1.0, seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Bench:
+    def __init__(self, args):
+        from runner.plugin_host.catalogue import Catalogue
+        from runner.spec.loading import load
+        from runner.suite.plan import quick_overrides
+
+        self.args, self.catalogue, self.load, self.quick_overrides = args, Catalogue.default(), load, quick_overrides
+        # The dry run: a narrow Table 1 net for a few steps (model keys last: the attack spec has its source's).
+        self.size = ['device="cpu"', "train.iterations=12", "train.batch_size=50", "model.widths=[8,16,16]",
+                     "model.hidden=32"] if args.dry_run else []
+        self.report = {"phases": {}, "dry_run": args.dry_run}
+
+    def spec(self, path: Path, *overrides: str, quick=False):
+        base = self.quick_overrides(path, self.catalogue) if quick else []
+        trains = path != ATTACK
+        given = self.args.set if trains else [o for o in self.args.set if o.startswith("device")]
+        return self.load(path, self.catalogue, [*base, *(self.size if trains else self.size[:1]),
+                                                "plugins.visdom.enabled=false", *given, *overrides])
+
+    def execute(self, spec, out: Path, quick=False) -> dict:
+        from runner.training.flow import execute
+
+        with contextlib.redirect_stderr(io.StringIO()):  # the runs' own lines; the table says it all
+            return execute(spec, self.catalogue, out=out, data=self.args.data, quick=quick, show_progress=False).results
+
+    # ---- the phases ----------------------------------------------------------------------
+    def step(self, out: Path) -> dict:
+        rows = {}
+        for step in ("eager", "graph"):
+            r = self.execute(self.spec(CROP, f'train.step="{step}"'), out)
+            rows[step] = {"ms_per_step": round(r["seconds"] / r["iterations"] * 1e3, 3), "seconds": r["seconds"],
+                          "setup_seconds": r["setup_seconds"], "test_accuracy": r["test_accuracy"]}
+        return rows
+
+    def attack(self, out: Path) -> dict:
+        if not list((out / "p1_q4_crop").glob("*/summary.json")):  # the step phase did not run
+            self.execute(self.spec(CROP, 'train.step="graph"'), out)
+        tiny = ["data.test_limit=20", "plugins.fgsm.max_steps=5"] if self.args.dry_run else []
+        r = self.execute(self.spec(ATTACK, *tiny), out)
+        return {key: found(r, key) for key in ("attack_seconds", "attack_images_per_second", "attacked", "succeeded")}
+
+    def seeds(self, out: Path) -> dict:
+        from runner.training.batched import train_seeds
+
+        seeds = (0, 1, 2)
+        started = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):
+            runs = train_seeds([self.spec(CROP, f"seed={s}") for s in seeds], self.catalogue, out=out / "batched",
+                               data=self.args.data)
+        batched = {"seconds": runs[0].results["seconds"], "wall_seconds": round(time.perf_counter() - started, 1),
+                   "test_accuracy": [r.results["test_accuracy"] for r in runs]}
+        started, alone = time.perf_counter(), []
+        for s in seeds:
+            alone.append(self.execute(self.spec(CROP, f"seed={s}"), out / "alone"))
+        return {"batched": batched, "alone": {"seconds": round(sum(r["seconds"] for r in alone), 3),
+                                              "wall_seconds": round(time.perf_counter() - started, 1),
+                                              "test_accuracy": [r["test_accuracy"] for r in alone]}}
+
+    def suite(self, out: Path, seconds: float) -> dict:
+        if self.args.dry_run:  # one small spec, in the command's own process
+            targets = [str(CROP), "--quick", "--jobs", "1", *[a for o in self.size for a in ("--set", o)]]
+        else:
+            targets = [str(ROOT / "specs"), "--jobs", str(self.args.jobs)]
+        command = [sys.executable, "-m", "runner", *targets, "--set",
+                   'train.step="graph"', "--data", self.args.data, "--out", str(out), "--no-progress"]
+        code, took, _ = command_run(command, seconds, out.parent / "suite_log.txt")
+        statuses = [json.loads(p.read_text()).get("status") for p in out.glob("*/*/status.json")]
+        return {"exit_code": code, "wall_seconds": round(took, 1), "runs": len(statuses),
+                "complete": statuses.count("complete")}
+
+    def compile(self, out: Path, seconds: float) -> dict:
+        iterations = 12 if self.args.dry_run else 300
+        # The dry run checks the command and its parsing: compiling on the CPU alone takes a minute.
+        mode = "false" if self.args.dry_run else '"reduce-overhead"'
+        device = [a for o in self.size[:1] + self.size[3:] for a in ("--set", o)] if self.args.dry_run else []
+        command = [sys.executable, "-m", "runner", str(CROP), "--set", f"train.compile={mode}", "--set",
+                   f"train.iterations={iterations}", *device, "--data", self.args.data, "--out", str(out),
+                   "--no-progress"]
+        env = {"TORCH_LOGS": "graph_breaks,recompiles,perf_hints,cudagraphs"}
+        code, took, log = command_run(command, seconds, out.parent / "compile_log.txt", env)
+        summaries = [json.loads(p.read_text()) for p in out.glob("*/*/summary.json")]
+        notable = ("skipping cudagraphs", "graph break", "recompil")
+        hints = [line for line in log.splitlines() if any(k in line.lower() for k in notable)]
+        s = summaries[0] if summaries else {}
+        return {"exit_code": code, "iterations": iterations, "seconds": s.get("seconds"),
+                "setup_seconds": s.get("setup_seconds"), "log_lines_of_note": hints[:20]}
+
+
+def found(results: dict, key: str):
+    """A key's value wherever summary.json nests it (a plugin's table), else None."""
+    if key in results:
+        return results[key]
+    for value in results.values():
+        if isinstance(value, dict) and found(value, key) is not None:
+            return found(value, key)
+    return None
+
+
+def command_run(command: list[str], seconds: float, log: Path, env: dict | None = None) -> tuple[int, float, str]:
+    """A command in its own process group (a timeout stops `--jobs` workers too); its output to `log`."""
     print("$", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
-    # Its own process group, so a timeout also stops the processes of `runner --jobs`.
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
-    try:
-        code = process.wait(timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        code = 124
-    return code, time.perf_counter() - started
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {})})
+        try:
+            code = process.wait(timeout=max(1.0, seconds))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = 124
+    return code, time.perf_counter() - started, log.read_text()
 
 
-def bench(script: str, *args: str, out: Path, timeout: float) -> int:
-    """Another bench/ script on this machine; its output is printed and kept in OUT/<script>.txt."""
-    command = [sys.executable, str(ROOT / "bench" / script), *args]
-    print("$", " ".join(command[1:]), flush=True)
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, timeout))
-        text, code = done.stdout + done.stderr[-2000:], done.returncode
-    except subprocess.TimeoutExpired:
-        text, code = "timed out", 124
-    (out / f"{Path(script).stem}.txt").write_text(text)
-    print(text, flush=True)
-    return code
-
-
-def summaries(folder: Path, started: float) -> list[dict]:
-    """One row per run; `began` is when its folder appeared, in seconds after the phase began
-    (what is left of a run's process time beyond setup_seconds + seconds + eval is its imports)."""
-    rows = []
-    for path in sorted(folder.glob("*/*/summary.json")):
-        s = json.loads(path.read_text())
-        row = {key: s.get(key) for key in ("spec", "seed", "test_accuracy", "seconds", "eval_seconds", "setup_seconds",
-                                           "wall_seconds", "images_per_second", "precision", "compiled", "device")}
-        row["began"] = round((path.parent / "spec.toml").stat().st_mtime - started, 1)
-        rows.append(row)
-    return rows
-
-
-def pack(folder: Path, target: Path, models: bool) -> None:
-    """The phase's run folders, without adversarial sets and checkpoints (and models unless asked)."""
-    skip = {"adversarial_set.pt", "checkpoint.pt", "universal_perturbation.pt"} | (set() if models else {"model.pt"})
-    with tarfile.open(target, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name, filter=lambda info: None if Path(info.name).name in skip else info)
+def table(report: dict) -> str:
+    dry = "  (DRY RUN: tiny sizes, nothing measured)" if report["dry_run"] else ""
+    lines = [f"{report['device']}, torch {report['torch']}{dry}",
+             f"{'phase':8} {'budget s':>8} {'took s':>7}  result"]
+    for name, phase in report["phases"].items():
+        r = phase.get("result") or {}
+        if name == "step" and r:
+            text = "  ".join(f"{k} {v['ms_per_step']:.2f} ms/step ({v['seconds']:.1f} s, acc {v['test_accuracy']:.4f})"
+                             for k, v in r.items())
+        elif name == "seeds" and r:
+            text = "  ".join(f"{k} {v['seconds']:.1f} s train, {v['wall_seconds']:.1f} s wall, acc "
+                             + "/".join(f"{a:.4f}" for a in v["test_accuracy"]) for k, v in r.items())
+        elif name == "attack" and r:
+            text = (f"{r['attack_seconds']} s of attack: {r['attacked']} images, {r['succeeded']} fooled, "
+                    f"{r['attack_images_per_second']} images/s")
+        elif r:
+            text = ", ".join(f"{k} {v}" for k, v in r.items() if k != "log_lines_of_note")
+        else:
+            text = ""
+        lines.append(f"{name:8} {phase['budget']:8.0f} {phase.get('seconds', 0):7.1f}  {phase['status']}  {text}")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all phases together")
-    parser.add_argument("--jobs", type=int, default=8, help="runs at once (runner --jobs)")
+    parser.add_argument("--data", help="CIFAR-10 archive or folder (the dry run writes synthetic data)")
+    parser.add_argument("--out", type=Path, help="where the runs and gpu_suite.json go (default: a temporary folder)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for all phases together")
+    parser.add_argument("--jobs", type=int, default=8, help="the suite's runs at once (runner --jobs)")
+    parser.add_argument("--phases", default=",".join(p[0] for p in PHASES), help="comma-separated, of those above")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run of the in-process phases, e.g. --set train.iterations=50 "
+                             "--set 'device=\"cpu\"' (the seeds phase on a CPU)")
+    parser.add_argument("--dry-run", action="store_true", help="every phase at a tiny size on the CPU")
     args = parser.parse_args()
-    deadline = time.perf_counter() + args.budget
-    left = lambda share: min(share * args.budget, deadline - time.perf_counter())
-    report = {"phases": {}}
+    started = time.perf_counter()
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="gpu_suite-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        from runner.testing import write_synthetic_cifar
 
+        args.data, args.budget = str(write_synthetic_cifar(args.out / "data")), min(args.budget, 240.0)
+    if not args.data:
+        parser.error("--data ARCHIVE is needed (or --dry-run)")
     import torch
 
-    report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-    report["torch"] = torch.__version__
-    print(f"device {report['device']}, torch {report['torch']}", flush=True)
+    if args.dry_run:  # one thread: tiny steps gain nothing from two, and a shared CPU makes them wait
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
-    def phase(name: str, share: float, commands) -> None:
-        folder = args.out / name
-        codes, seconds, began = [], 0.0, time.time()
-        for command in commands:
-            code, took = runner(*command, out=folder, data=args.data, timeout=left(share) - seconds)
-            codes.append(code)
-            seconds += took
-        report["phases"][name] = {"exit_codes": codes, "wall_seconds": round(seconds, 1), "runs": summaries(folder, began)}
-        (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=1))
-        if folder.exists():
-            pack(folder, args.out / f"{name}.tar.gz", models=False)
-        print(f"\n== {name}: wall {seconds:.1f} s, exit codes {codes}", flush=True)
-        for row in report["phases"][name]["runs"]:
-            print(f"  {row['spec']:28} seed {row['seed']}  acc {row['test_accuracy']:.4f}  began {row['began']:6.1f} s"
-                  f"  setup {row['setup_seconds'] or 0:5.1f} s  train {row['seconds']:7.1f} s  eval {row['eval_seconds']:5.1f} s"
-                  f"  run {row['wall_seconds'] or 0:6.1f} s  {row['images_per_second'] or 0:8.0f} img/s  "
-                  f"{row['precision']}{compiled(row)}", flush=True)
-
-    def compiled(row: dict) -> str:
-        mode = row["compiled"]
-        return "" if not mode else " compiled" if mode is True else f" compiled ({mode})"
-
-    jobs = ["--jobs", str(args.jobs)] if args.jobs > 1 else []
-    phase("suite", 0.45, [["specs/", *jobs]])
-    # Kernel launches per training step, by phase: what bounds a small net's step on a GPU.
-    report["step_ops_exit_code"] = bench("step_ops.py", "--device", "cuda", "--data", args.data, out=args.out,
-                                         timeout=left(0.05))
-    # reduce-overhead replays each step as a CUDA graph: the remedy for launch-bound steps, so it
-    # comes right after the suite; seeds and variants were timed by earlier GPU sessions already.
-    crop = "specs/p1_q4_crop.toml"
-    phase("settings", 0.25, [[crop, "--set", 'name="p1_q4_crop_cudagraphs"', "--set", 'train.compile="reduce-overhead"'],
-                             [crop, "--set", 'name="p1_q4_crop_fp32"', "--set", 'train.precision="fp32"'],
-                             [crop, "--set", 'name="p1_q4_crop_compiled"', "--set", "train.compile=true"]])
-    training = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").glob("p[12]_*.toml"))
-    phase("seeds", 0.15, [[*training, "--seeds", "1,2", *jobs]])
-    phase("variants", 0.1, [["specs/p2_q1_allconv.toml", "--seeds", "0,1,2", "--set", f'name="{name}"',
-                             "--set", f"model.widths={widths}", *jobs] for name, widths in WIDE.items()])
+    bench = Bench(args)
+    bench.report["device"] = "cpu (dry run)" if args.dry_run else (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device: cpu")
+    bench.report["torch"] = torch.__version__
+    chosen = args.phases.split(",")
+    for name, share, minimum in PHASES:
+        if name not in chosen:
+            continue
+        left = args.budget - (time.perf_counter() - started)
+        budget = min(share * args.budget, left)
+        phase = bench.report["phases"][name] = {"budget": round(budget, 1)}
+        if budget < (5 if args.dry_run else minimum):
+            phase["status"] = f"skipped ({left:.0f} s left, needs {minimum})"
+            print(f"== {name}: {phase['status']}", flush=True)
+            continue
+        print(f"== {name}: budget {budget:.0f} s of {left:.0f} s left", flush=True)
+        began, folder = time.perf_counter(), args.out / name
+        try:
+            if name in ("suite", "compile"):
+                phase["result"] = getattr(bench, name)(folder, budget)
+            else:
+                with time_limit(budget):
+                    phase["result"] = getattr(bench, name)(folder)
+            phase["status"] = "done"
+        except Overrun as exc:
+            phase["status"] = f"stopped: {exc}"
+        except Exception as exc:  # one phase's failure leaves the others' figures
+            phase["status"] = f"failed: {type(exc).__name__}: {exc}"
+        phase["seconds"] = round(time.perf_counter() - began, 1)
+        print(f"   {phase['status']} in {phase['seconds']} s: {json.dumps(phase.get('result'))}", flush=True)
+        (args.out / "gpu_suite.json").write_text(json.dumps(bench.report, indent=1))
+    print("\n" + table(bench.report), flush=True)
+    print(f"\n{time.perf_counter() - started:.0f} s in all; figures in {args.out / 'gpu_suite.json'}")
     return 0
 
 

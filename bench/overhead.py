@@ -19,7 +19,7 @@ Rounds alternate the plain loop and the variants, so machine noise hits all alik
 --batch, arithmetic shrinks and each step's fixed cost (Python, dispatch: what bounds a GPU step)
 shows; the per-step difference is printed in microseconds.
 
-Usage: python bench/overhead.py [--data ARCHIVE] [--steps 100] [--rounds 3] [--batch 100]
+Usage: python bench/overhead.py [--data ARCHIVE] [--steps 100] [--rounds 3] [--batch 100] [--step eager|graph]
 """
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from plugins.augment import Normalize, PadCrop, RandomFlip  # noqa: E402
-from runner import data, spec as spec_module  # noqa: E402
-from runner.training.flow import execute  # noqa: E402
+from runner import data  # noqa: E402
 from runner.nets.models import Table1Net  # noqa: E402
 from runner.plugin_host.catalogue import Catalogue  # noqa: E402
+from runner.plugins.augment import Normalize, PadCrop, RandomFlip  # noqa: E402
+from runner.spec import loading as spec_module  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
 
 SPEC = ROOT / "specs" / "p1_q4_crop.toml"
 VARIANTS = {
@@ -54,7 +55,8 @@ VARIANTS = {
                         "plugins.grad_magnitude.every=1"],
     "+gradient_flow": ["plugins.visdom.enabled=false", "plugins.grad_magnitude.enabled=true",
                        'plugins.grad_magnitude.layers="all"', 'plugins.grad_magnitude.measures=["max","mean","ratio"]'],
-    "+layer_stats": ["plugins.visdom.enabled=false", "plugins.layer_stats.enabled=true", "plugins.layer_stats.every=50"],
+    "+layer_stats": ["plugins.visdom.enabled=false", "plugins.layer_stats.enabled=true",
+                     "plugins.layer_stats.every=50"],
     "+lr_finder": ["plugins.visdom.enabled=false", "plugins.lr_finder.enabled=true"],
     "+sharpness": ["plugins.visdom.enabled=false", "plugins.sharpness.enabled=true", "plugins.sharpness.at=[1]"],
     "+tensorboard": ["plugins.visdom.enabled=false", "plugins.tensorboard.enabled=true"],
@@ -92,15 +94,15 @@ def plain(images, labels, steps: int, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def runner(variant: list[str], steps: int, batch: int, source, catalogue) -> tuple[float, float]:
+def runner(variant: list[str], steps: int, batch: int, source, catalogue, step: str = "eager") -> tuple[float, float]:
     """Training and wall seconds of `runner` on the spec, as the run measured them."""
     overrides = [f"train.iterations={steps}", f"train.batch_size={batch}", "data.test_limit=100",
-                 "train.log_every=10", 'device="cpu"', *variant]
+                 "train.log_every=10", 'device="cpu"', f'train.step="{step}"', *variant]
     spec = spec_module.load(SPEC, catalogue, overrides)
     if spec.unused_overrides:  # a variant that measures nothing would pass for a free plugin
         raise SystemExit(f"overrides the spec does not use: {spec.unused_overrides}")
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):  # its progress lines
-        results = execute(spec, catalogue, out=out, data_source=source, show_progress=False).results
+        results = execute(spec, catalogue, out=out, data=source, show_progress=False).results
         return results["seconds"], results["wall_seconds"]
 
 
@@ -110,12 +112,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--step", default="eager", choices=("eager", "graph"),
+                        help="the runner's train.step (graph: the captured step's code, uncaptured on the CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     chosen = {name: VARIANTS[name] for name in args.variants.split(",")}
-    source = data.resolve_source(args.data, None)
-    images, labels = data.load_batches(data.locate(source), ["data_batch_1"])
+    source = data.resolve(args.data)
+    images, labels = data.load_batches(source.folder, ["data_batch_1"])
     catalogue = Catalogue.default()
     timings = {"plain loop": [], **{name: [] for name in chosen}}
     walls = {name: [] for name in chosen}
@@ -123,10 +127,10 @@ def main() -> int:
     for _ in range(args.rounds):
         timings["plain loop"].append(plain(images, labels, args.steps, args.batch))
         for name, variant in chosen.items():
-            seconds, wall = runner(variant, args.steps, args.batch, source, catalogue)
+            seconds, wall = runner(variant, args.steps, args.batch, source, catalogue, args.step)
             timings[name].append(seconds)
             walls[name].append(wall)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, step {args.step}, "
           f"{args.steps} steps x {args.rounds} rounds (medians; visdom has no server)")
     base = statistics.median(timings["plain loop"])
     for name, seconds in timings.items():

@@ -26,9 +26,10 @@ from ignite.engine import Events
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner import hookimpl, spec as spec_module  # noqa: E402
-from runner.training.flow import execute  # noqa: E402
+from runner import hookimpl  # noqa: E402
+from runner import spec as spec_module  # noqa: E402
 from runner.plugin_host.catalogue import Catalogue  # noqa: E402
+from runner.training.flow import execute  # noqa: E402
 
 PHASES = ("augment", "forward", "loss", "backward", "optimizer", "metrics")
 # Ops that only make views or allocate: no kernel runs for them.
@@ -39,7 +40,8 @@ NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::t", 
              "aten::_reshape_alias", "aten::result_type", "aten::set_", "aten::item", "aten::_local_scalar_dense",
              "aten::is_nonzero", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::flatten",
              "aten::unflatten", "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::expand_as",
-             "aten::view_as", "aten::numpy_T", "aten::values", "aten::indices", "aten::_has_compatible_shallow_copy_type"}
+             "aten::view_as", "aten::numpy_T", "aten::values", "aten::indices",
+             "aten::_has_compatible_shallow_copy_type"}
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
             "cudaMemcpyAsync", "cudaMemsetAsync"}
 
@@ -88,7 +90,8 @@ def count_ops(profile, steps: int) -> tuple[dict[str, collections.Counter], coll
         if any(child.name.startswith("aten::") and child.name not in NO_KERNEL for child in event.cpu_children):
             continue  # not a leaf: its children are counted
         found[phase_of(event)][event.name] += 1
-    return {name: collections.Counter({op: n / steps for op, n in ops.items()}) for name, ops in found.items()}, launches
+    per_step = {name: collections.Counter({op: n / steps for op, n in ops.items()}) for name, ops in found.items()}
+    return per_step, launches
 
 
 def main() -> int:
@@ -111,7 +114,7 @@ def main() -> int:
                      f'device="{args.device}"', "plugins.profile_steps={}", *args.overrides]
         spec = spec_module.load(ROOT / path, catalogue, overrides)
         with tempfile.TemporaryDirectory() as out:
-            model = execute(spec, catalogue, out=out, data_source=args.data, show_progress=False).model
+            model = execute(spec, catalogue, out=out, data=args.data, show_progress=False).model
         ops, launches = count_ops(profiler.profile, args.steps)
         total = sum(sum(c.values()) for c in ops.values())
         print(f"\n{spec.name} on {args.device}: {total:.0f} compute ops per step"

@@ -147,8 +147,8 @@ def report_sections(runs):
             {s.name: s.mean_sd()[0] for s in chain})
         path = runs.workdir / f"transforms_compared_{last}.png"
         save_figure(path, figure)
-        figures.close(figure)
         sections.append(Section(spec=last, blocks=[Figure(
-            path, "Running training accuracy (over the last epoch, mean over seeds) of " + ", ".join(s.name for s in chain)
+            path, "Running training accuracy (over the last epoch, mean over seeds) of "
+            + ", ".join(s.name for s in chain)
             + ", each adding transforms to the one before; dots: test accuracy.", 0.6)]))
     return sections

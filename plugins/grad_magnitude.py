@@ -29,15 +29,15 @@ recorded iteration and the layers of the smallest and largest gradient-to-weight
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from ignite.engine import Events
 from torch import nn
 
 from runner import Plugin, TrainEvents, hookimpl, setting
+from runner.results import DASH, finite, number_text
 
 # Each measure's column prefix; "max" is G, the homework's.
 PREFIXES = {"max": "G/", "mean": "grad_mean/", "ratio": "grad_ratio/"}
@@ -197,10 +197,6 @@ def attach(trainer, run, settings, state):
 
 # ---- the end of the run ----------------------------------------------------------------
 
-def _finite(value: float) -> float | None:
-    return value if value is not None and math.isfinite(value) else None  # JSON has no NaN
-
-
 def _first_last(state: GradMagnitude) -> tuple[str, str]:
     """The first and last conv layer in forward order (any watched layer if there is no conv)."""
     convs = [name for (module, _), name in zip(state.layers, state.names) if _is_conv(module)]
@@ -234,9 +230,9 @@ def summarize(table: dict, state: GradMagnitude) -> dict | None:
             continue
         g_first, g_last = table[first][at - 1], table[last][at - 1]
         out["iterations"][key] = at
-        out["first_G"][key] = _finite(g_first)
-        out["last_G"][key] = _finite(g_last)
-        out["ratio_first_over_last"][key] = _finite(g_first / g_last) if g_last else None
+        out["first_G"][key] = finite(g_first)
+        out["last_G"][key] = finite(g_last)
+        out["ratio_first_over_last"][key] = finite(g_first / g_last) if g_last else None
     return out
 
 
@@ -255,7 +251,7 @@ def flow_summary(table: dict, state: GradMagnitude) -> dict | None:
     layers = {_short(name): {} for name in next(iter(state.columns.values()))}
     for measure, columns in state.columns.items():
         for name in columns:
-            layers[_short(name)][measure] = _finite(table[name][at - 1])
+            layers[_short(name)][measure] = finite(table[name][at - 1])
     out = {"iteration": at, "measures": list(state.columns), "layers": layers}
     ratios = sorted((v["ratio"], k) for k, v in layers.items() if v.get("ratio") is not None)
     if ratios:
@@ -289,12 +285,7 @@ def run_finished(run, results, settings, state):
         drawn.append(("grad_flow.png", lambda: flow_figure(table, grads.columns, title)))
     for filename, draw in drawn:
         figure = draw()
-        try:
-            artifacts.save_figure(run.dir / filename, figure)
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+        artifacts.save_figure(run.dir / filename, figure)
 
 
 def _recorded(table: dict, name: str) -> tuple[list[int], list[float]]:
@@ -304,8 +295,9 @@ def _recorded(table: dict, name: str) -> tuple[list[int], list[float]]:
 
 
 def first_last_figure(table: dict, first: str, last: str, title: str = "", size=(7, 4)):
-    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
     import matplotlib.pyplot as plt
+
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
 
     figure, axes = plt.subplots(figsize=size)
     for name, label in ((first, "first conv"), (last, "last conv")):
@@ -343,8 +335,9 @@ def _log_heatmap(figure, axes, table: dict, names: list[str], fontsize: float, l
 
 
 def heatmap_figure(table: dict, names: list[str], title: str = "", width: float = 8, fontsize: float = 7):
-    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
     import matplotlib.pyplot as plt
+
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
 
     figure, axes = plt.subplots(figsize=(width, max(2.4, 0.013 * fontsize * len(names) + 1.2)))
     _log_heatmap(figure, axes, table, names, fontsize, "log10 max |dL/dw|  (grey: zero or no gradient)")
@@ -355,8 +348,9 @@ def heatmap_figure(table: dict, names: list[str], title: str = "", width: float 
 
 def flow_figure(table: dict, columns: dict[str, list[str]], title: str = "", width: float = 8, fontsize: float = 7):
     """One log10 heat map per measure, stacked, layers by iterations: where gradients vanish or explode."""
-    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
     import matplotlib.pyplot as plt
+
+    from runner import figures  # noqa: F401  (sets the Agg backend before pyplot loads)
 
     rows = len(next(iter(columns.values())))
     height = max(2.0, 0.013 * fontsize * rows + 1.0)
@@ -371,10 +365,6 @@ def flow_figure(table: dict, columns: dict[str, list[str]], title: str = "", wid
 
 
 # ---- the report ---------------------------------------------------------------------------
-
-def _sci(value) -> str:
-    """A G value or ratio; summaries hold null for NaN/inf or a zero denominator."""
-    return "–" if value is None else f"{value:.1e}"
 
 
 def gradients_table(runs) -> list[list[str]]:
@@ -392,8 +382,8 @@ def gradients_table(runs) -> list[list[str]]:
             ("first_G", "1"), ("last_G", "1"), ("ratio_first_over_last", "1"),
             ("ratio_first_over_last", "100"), ("ratio_first_over_last", "last_iteration"))]
         mean, sd = spec.mean_sd()
-        rows.append([spec.title, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else "–"]
-                    + [_sci(c) for c in cells])
+        rows.append([spec.title, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else DASH]
+                    + [number_text(c, ".1e") for c in cells])
     return rows
 
 
@@ -416,7 +406,7 @@ def collapse_fields(spec) -> dict:
 def _report_figures(spec, folder) -> list:
     """A spec's G figures, drawn for the page from its representative run's metrics.csv: first and
     last conv over iterations, and every layer as a heat map."""
-    from runner import artifacts, figures
+    from runner import artifacts
     from runner.report import Figure
 
     summary = spec.representative.get("grad_magnitude") or {}
@@ -430,8 +420,8 @@ def _report_figures(spec, folder) -> list:
         figure = first_last_figure(table, summary["first"], summary["last"], size=(3.5, 2.4))
         path = folder / f"grad_first_last_{spec.name}.png"
         artifacts.save_figure(path, figure)
-        figures.close(figure)
-        return [Figure(path, f"$G$ of the first and the last conv layer of {spec.title} (seed {seed}, log scale).", 0.5)]
+        return [Figure(path, f"$G$ of the first and the last conv layer of {spec.title} (seed {seed}, log scale).",
+                       0.5)]
     for file_name, figure, caption in (
             ("first_last", first_last_figure(table, summary["first"], summary["last"], size=(7, 2.4)),
              f"$G = max_i |∂L \\/ ∂w_i|$ of the first and the last conv layer of {spec.title} over iterations "
@@ -441,7 +431,6 @@ def _report_figures(spec, folder) -> list:
              "grey: a gradient of exactly zero.")):
         path = folder / f"grad_{file_name}_{spec.name}.png"
         artifacts.save_figure(path, figure)
-        figures.close(figure)
         blocks.append(Figure(path, caption, 1.0))
     return blocks
 
@@ -449,7 +438,7 @@ def _report_figures(spec, folder) -> list:
 def _flow_blocks(spec, folder) -> list:
     """A spec's gradient-flow heat maps (when it measured more than G) and a sentence on the spread
     of its gradient-to-weight ratios."""
-    from runner import artifacts, figures
+    from runner import artifacts
     from runner.report import Figure, Paragraph
 
     flow = (spec.representative.get("grad_magnitude") or {}).get("flow")
@@ -462,7 +451,6 @@ def _flow_blocks(spec, folder) -> list:
     figure = flow_figure(table, columns, width=7, fontsize=6)
     path = folder / f"grad_flow_{spec.name}.png"
     artifacts.save_figure(path, figure)
-    figures.close(figure)
     shown = ", ".join(LABELS[m] for m in columns)
     blocks = [Figure(path, f"Gradient flow through every layer of {spec.title} (rows, in forward order) over "
                            f"iterations (seed {spec.representative.get('seed')}), log10 of: {shown}; grey: zero.", 1.0)]
@@ -471,8 +459,8 @@ def _flow_blocks(spec, folder) -> list:
         small, large = flow["layers"][low]["ratio"], flow["layers"][high]["ratio"]
         spread = large / small if small else math.inf
         verdict = ("the gradient reaches every layer in proportion to its weights" if spread < 10 else
-                   f"{low} learns {spread:,.0f} times slower than {high} relative to its weights" if math.isfinite(spread)
-                   else f"{low} gets no gradient at all")
+                   f"{low} learns {spread:,.0f} times slower than {high} relative to its weights"
+                   if math.isfinite(spread) else f"{low} gets no gradient at all")
         blocks.insert(0, Paragraph(
             f"At iteration {flow['iteration']} the gradient-to-weight ratio ||g|| / ||w|| of {spec.title} ranges from "
             f"{small:.1e} ({low}) to {large:.1e} ({high}): {verdict}."))

@@ -28,6 +28,7 @@ from torch import nn
 from runner import Plugin, SpecError, hookimpl, setting
 from runner.blocks import Residual
 
+
 @dataclass(frozen=True)
 class Settings:
     scheme: str = setting("kaiming", "kaiming: He normal (fan_in, ReLU) weights, zero biases; fixup: kaiming, "

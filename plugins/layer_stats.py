@@ -38,6 +38,7 @@ from torch import nn
 
 from runner import Plugin, TrainEvents, hookimpl, setting
 from runner.blocks import Residual
+from runner.results import DASH, finite, number_text, percent
 
 PREFIX = "layer_stats/"
 ACTIVATION_STATS = ("mean", "std", "dead_relu", "zero_frac")
@@ -209,10 +210,6 @@ def attach(trainer, run, settings, state):
 
 # ---- the end of the run ----------------------------------------------------------------
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None  # JSON has no NaN
-
-
 def recorded_iterations(table: dict, names: list[str]) -> list[int]:
     """Iterations where the plugin wrote a row (some column of it is not NaN)."""
     return [it for it in map(int, table["iteration"])
@@ -225,7 +222,7 @@ def summarize(table: dict, stats: LayerStats, threshold: float) -> dict | None:
     if not recorded:
         return None
     at = recorded[-1]
-    value = lambda layer, stat, it=at: _finite(table[column(layer, stat)][it - 1])
+    value = lambda layer, stat, it=at: finite(table[column(layer, stat)][it - 1])
     layers = {}
     for name, _ in stats.order:
         layers[name] = {"module": stats.paths[name], "branch": name in stats.branch,
@@ -256,17 +253,14 @@ def run_finished(run, results, settings, state):
     results["layer_stats"] = summary
     if summary is None or not settings.figures:
         return
-    from runner import artifacts, figures
+    from runner import artifacts
 
     title = getattr(getattr(run, "spec", None), "name", "")
     activation_layers = [name for name, _ in stats.order]
     weighted_layers = [name for name, _ in stats.weights]
     for filename, figure in (("layer_stats_heatmap.png", heatmap_figure(table, activation_layers, title)),
                              ("layer_stats_update_ratio.png", update_ratio_figure(table, weighted_layers, title))):
-        try:
-            artifacts.save_figure(run.dir / filename, figure)
-        finally:
-            figures.close(figure)
+        artifacts.save_figure(run.dir / filename, figure)
 
 
 # ---- figures ----------------------------------------------------------------------------
@@ -336,13 +330,6 @@ def update_ratio_figure(table: dict, layers: list[str], title: str = "", size=(8
 
 # ---- the report ---------------------------------------------------------------------------
 
-def _sci(value) -> str:
-    return "–" if value is None else f"{value:.1e}"
-
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
 
 def facts(summary: dict) -> dict:
     """The numbers a report's sentences and table are chosen by, from one run's summary."""
@@ -373,8 +360,9 @@ def describe(title: str, f: dict) -> str:
     """Sentences about one net, their wording chosen by its numbers."""
     at = f"at iteration {f['iteration']}"
     if f["dies_at"]:
-        text = (f"In {title} the signal dies at {f['dies_at']}, layer {f['dies_index']} of the {f['path_layers']} on its "
-                f"path: {at} its activation std is {_sci(f['dies_std'])}, below {f['threshold']:g}")
+        text = (f"In {title} the signal dies at {f['dies_at']}, layer {f['dies_index']} of the {f['path_layers']} "
+                f"on its path: {at} its activation std is {number_text(f['dies_std'], '.1e')}, "
+                f"below {f['threshold']:g}")
         first = f["first_death"]
         text += (f", as it has been since iteration {first['iteration']} (then at {first['layer']})."
                  if first and first["iteration"] < f["iteration"] else ".")
@@ -393,7 +381,8 @@ def describe(title: str, f: dict) -> str:
     if f["branch_relus"]:
         half = f["branch_half_dead"]
         text += (f" Inside the residual branches {half} of {f['branch_relus']} ReLU layers have more than half of "
-                 f"their units dead (up to {f['branch_most_dead']:.0%}); the identity path carries the signal past them."
+                 f"their units dead (up to {f['branch_most_dead']:.0%}); the identity path carries the signal "
+                 "past them."
                  if half else f" Inside the residual branches no ReLU layer has more than half of its units dead "
                               f"(at most {f['branch_most_dead']:.0%}).")
     median = f["update_median"]
@@ -413,14 +402,14 @@ def compare(named: list[tuple[str, dict]]) -> str:
     if dying and alive:
         (dead_title, dead), (live_title, live) = dying[0], alive[0]
         return (f"Where {dead_title} loses its signal at {dead['dies_at']}, {live_title} keeps every layer of its "
-                f"path alive (lowest std {live['lowest_std']:.2g} against {_sci(dead['dies_std'])}).")
+                f"path alive (lowest std {live['lowest_std']:.2g} against {number_text(dead['dies_std'], '.1e')}).")
     if dying:
         return "Every net compared here loses its signal somewhere on its path."
     return "Every net compared here keeps its signal alive through its whole path." if alive else ""
 
 
 def _spec_figure(spec, summary: dict, folder):
-    from runner import artifacts, figures
+    from runner import artifacts
     from runner.report import Figure
 
     table = spec.metrics()
@@ -432,9 +421,9 @@ def _spec_figure(spec, summary: dict, folder):
     figure = heatmap_figure(table, layers, width=7, fontsize=6)
     path = folder / f"layer_stats_{spec.name}.png"
     artifacts.save_figure(path, figure)
-    figures.close(figure)
     return Figure(path, f"Fraction of dead units (top) and log10 activation std (bottom) of every activation layer of "
-                        f"{spec.title} (rows, in forward order) over iterations (seed {spec.representative.get('seed')}).",
+                        f"{spec.title} (rows, in forward order) over iterations "
+                        f"(seed {spec.representative.get('seed')}).",
                   1.0)
 
 
@@ -456,11 +445,11 @@ def report_sections(runs, specs):
             "signal_dies_at": f["dies_at"], "dead_mean": f["dead_mean"], "lowest_std": f["lowest_std"],
             "update_median": f["update_median"], "text": describe(spec.title, f)}))
         mean, sd = spec.mean_sd()
-        rows.append([spec.title, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else "–",
+        rows.append([spec.title, accuracy_text(mean, sd, len(spec.runs)) if mean is not None else DASH,
                      str(f["iteration"]),
-                     f"{f['dies_at']} ({_sci(f['dies_std'])})" if f["dies_at"] else "alive",
-                     f"{_sci(f['lowest_std'])} ({f['lowest_std_at']})", _pct(f["dead_mean"]),
-                     f"{_pct(f['most_dead'])} ({f['most_dead_at']})", _sci(f["update_median"])])
+                     f"{f['dies_at']} ({number_text(f['dies_std'], '.1e')})" if f["dies_at"] else "alive",
+                     f"{number_text(f['lowest_std'], '.1e')} ({f['lowest_std_at']})", percent(f["dead_mean"], 0),
+                     f"{percent(f['most_dead'], 0)} ({f['most_dead_at']})", number_text(f["update_median"], ".1e")])
     if len(rows) == 1:
         sections[0].blocks.insert(0, Paragraph(sections[0].fields["text"]))
     elif rows:

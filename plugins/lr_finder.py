@@ -78,7 +78,6 @@ def run_finished(run, results, state):
     summary = results["lr_finder"] = state.summary
     figure = range_figure(summary, f"{run.spec.name}: learning-rate range test")
     save_figure(run.dir / "lr_finder.png", figure)
-    figures.close(figure)
 
 
 # ---- the test -----------------------------------------------------------------------------
@@ -195,20 +194,20 @@ def report_sections(runs, specs):
         path = runs.workdir / f"lr_finder_{spec.name}.png"
         figure = range_figure(summary, size=(3.4, 2.6))
         save_figure(path, figure)
-        figures.close(figure)
         suggested, used = summary.get("suggested_lr"), summary.get("spec_lr")
         if suggested is None:
             verdict = "The loss rose from the first steps, so the test suggests no rate: lower start_lr."
         else:
             ratio = used / suggested
-            verdict = (f"It suggests {suggested:.2g} (where the smoothed loss falls fastest); the spec trains at a peak "
-                       f"rate of {used:g}, {ratio:.2g} times that"
+            verdict = (f"It suggests {suggested:.2g} (where the smoothed loss falls fastest); the spec trains at a "
+                       f"peak rate of {used:g}, {ratio:.2g} times that"
                        + (", within the usual factor of 10 above the suggestion." if 0.5 <= ratio <= 10 else "."))
         stop = (f"The loss diverged at {summary['lrs'][-1]:.2g} after {summary['steps']} steps"
                 if summary.get("diverged") else f"The loss did not diverge up to {summary.get('end_lr'):g}")
         sections.append(Section(spec=spec.name, fields={"lr_finder": summary}, blocks=[
             Paragraph(f"Learning-rate range test (ignite's FastaiLRFinder): {summary['steps']} steps of batch "
-                      f"training with the rate growing {'exponentially' if summary['step_mode'] == 'exp' else 'linearly'} "
+                      "training with the rate growing "
+                      f"{'exponentially' if summary['step_mode'] == 'exp' else 'linearly'} "
                       f"from {summary['start_lr']:g}, the model and optimizer restored afterwards "
                       f"({summary['seconds']:.1f} s). {stop}. {verdict}"),
             Figure(path, f"Smoothed training loss against the learning rate in the range test ({spec.title}; log "

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from ignite.engine import Events
 
 from runner import Plugin, hookimpl, setting
-from runner.trackers import Guard as TrackerGuard, flat, latest_row, log_points, record_the_end
+from runner.trackers import Guard as TrackerGuard
+from runner.trackers import flat, latest_row, log_points, record_the_end
 
 INSTALL = "pip install -e '.[mlflow]'"
 RUN_DIR_TAG = "runner.run_dir"  # marks the MLflow runs this plugin started, and finds a resumed run's
@@ -97,7 +98,12 @@ def _experiment(mlflow, name: str, artifact_location: str | None) -> str:
 
 def start(run, settings: Settings, trainer, evaluator, guard: Guard, state) -> None:
     import mlflow
-    from ignite.handlers.mlflow_logger import MLflowLogger, OptimizerParamsHandler, OutputHandler, global_step_from_engine
+    from ignite.handlers.mlflow_logger import (
+        MLflowLogger,
+        OptimizerParamsHandler,
+        OutputHandler,
+        global_step_from_engine,
+    )
     from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -138,7 +144,7 @@ def _start_run(run, settings: Settings, guard: Guard, state, run_dir, mlflow) ->
     earlier = mlflow.search_runs([experiment], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",
                                  output_format="list")  # this run's, before a resume
     tags = {RUN_DIR_TAG: str(run_dir), "runner.spec": run.spec.name, "runner.seed": str(run.spec.seed),
-            "runner.quick": str(run.quick), "runner.overrides": " ".join(run.spec.overrides)}
+            "runner.quick": str(run.quick), "runner.overrides": " ".join(o.text for o in run.spec.overrides)}
     nested = mlflow.active_run() is not None  # inside a notebook's own run
     if earlier:
         mlflow.start_run(run_id=earlier[0].info.run_id, nested=nested)

@@ -31,16 +31,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner import Plugin, RunnerError, figures, hookimpl, setting
+from runner.adversarial import AdversarialImages, AdversarialSet
 from runner.artifacts import save_figure
+from runner.attacks import perturbation_image
 from runner.input_grad import input_gradients
+from runner.results import finite, number_text
 from runner.sources import require_run
-
-SET_FILE = "adversarial_set.pt"  # what an fgsm run writes (plugins/fgsm.py)
 
 
 @dataclass(frozen=True)
 class Settings:
-    attack: str = setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is explained",
+    attack: str = setting("p3_q1_fgsm", f"attack spec whose latest completed run's {AdversarialSet.FILE} is explained",
                           reads="run")
     source: str = setting("p1_q4_crop", "the spec the attack attacked, whose trained model is explained",
                           reads="model")
@@ -105,30 +106,20 @@ def perturbation_size(adversarial, originals) -> torch.Tensor:
 
 # ---- the attack's set ---------------------------------------------------------------------
 
-def load_set(attack_dir, run, source: str) -> dict:
+def load_set(attack_dir, run, source: str) -> AdversarialSet:
     """The attack run's adversarial set, checked to hold this run's test images and to have been
     made on this run's model."""
-    path = attack_dir / SET_FILE
-    if not path.is_file():
-        raise RunnerError(f"{attack_dir} has no {SET_FILE}; is it a run of an fgsm spec?")
-    saved = torch.load(path, map_location=run.device, weights_only=True)
-    if saved["source_spec"] != source:
-        raise RunnerError(f"{attack_dir} attacked {saved['source_spec']}, not {source}: set "
-                          f"plugins.saliency.source = \"{saved['source_spec']}\" in {run.spec.name}'s spec")
-    indices = saved["indices"]
-    same = (saved["test_batches"] == list(run.spec["data"]["test"])
-            and (len(indices) == 0 or int(indices.max()) < len(run.test_images))
-            and int(run.test_images[indices].long().sum()) == saved["originals_checksum"])
-    if not same:
-        raise RunnerError(f"{run.spec.name}'s test images are not those {attack_dir} attacked: use the same "
-                          f"data.test, and --quick for both or neither")
+    saved = AdversarialSet.for_run(attack_dir, run)
+    if saved.source_spec != source:
+        raise RunnerError(f"{attack_dir} attacked {saved.source_spec}, not {source}: set "
+                          f"plugins.saliency.source = \"{saved.source_spec}\" in {run.spec.name}'s spec")
     return saved
 
 
-def shown_pairs(pairs: dict, per_class: int) -> torch.Tensor:
+def shown_pairs(pairs: AdversarialImages, per_class: int) -> torch.Tensor:
     """Positions in the attack's shown pairs: the first `per_class` successful ones of each class."""
     chosen, count = [], {}
-    for i, (label, ok) in enumerate(zip(pairs["labels"].tolist(), pairs["success"].tolist())):
+    for i, (label, ok) in enumerate(zip(pairs.labels.tolist(), pairs.success.tolist())):
         if ok and count.get(label, 0) < per_class:
             count[label] = count.get(label, 0) + 1
             chosen.append(i)
@@ -144,34 +135,33 @@ def run_finished(run, results, settings):
     saved = load_set(attack_dir, run, settings.source)
     model = run.model.eval()
     layer_name, layer = last_conv(model)
-    names = saved["class_names"]
+    names = saved.class_names
     summary = results["saliency"] = {
         "attack_spec": settings.attack, "attack_run": str(attack_dir),
         "source_spec": results["model_source"]["spec"], "source_run": results["model_source"]["run"],
         "gradcam_layer": layer_name,
     }
 
-    pairs = saved["pairs"]
+    pairs = saved.pairs
     chosen = shown_pairs(pairs, settings.per_class).to(run.device)
-    originals, adversarial, labels = pairs["originals"][chosen], pairs["images"][chosen], pairs["labels"][chosen]
+    originals, adversarial, labels = pairs.originals[chosen], pairs.images[chosen], pairs.labels[chosen]
     saliency, cam = maps(model, originals, labels, layer, settings.batch_size)
     size = perturbation_size(adversarial, originals)
     shown_r, shown_cam_r = correlation(saliency, size), correlation(cam, size)
     summary["shown"] = [
-        {"test_index": int(pairs["indices"][i]), "class": names[int(pairs["labels"][i])],
-         "reached": names[int(pairs["predicted"][i])], "saliency_r": _finite(r), "gradcam_r": _finite(c)}
+        {"test_index": int(pairs.indices[i]), "class": names[int(pairs.labels[i])],
+         "reached": names[int(pairs.predicted[i])], "saliency_r": finite(r, 4), "gradcam_r": finite(c, 4)}
         for i, r, c in zip(chosen.tolist(), shown_r.tolist(), shown_cam_r.tolist())]
     summary["shown_mean_r"] = _mean(shown_r)
 
     if settings.whole_set:
-        fooled = saved["success"]
-        images, indices = saved["images"][fooled], saved["indices"][fooled]
-        set_originals = run.test_images[indices]
-        set_saliency, set_cam = maps(model, set_originals, saved["labels"][fooled], layer, settings.batch_size)
-        set_size = perturbation_size(images, set_originals)
+        fooled = saved.attacked.fooled()
+        set_originals = run.test_images[fooled.indices]
+        set_saliency, set_cam = maps(model, set_originals, fooled.labels, layer, settings.batch_size)
+        set_size = perturbation_size(fooled.images, set_originals)
         other = set_size.roll(1, 0)  # another image's perturbation: the control
         summary.update({
-            "set_n": int(fooled.sum()),
+            "set_n": len(fooled.labels),
             "set_mean_r": _mean(correlation(set_saliency, set_size)),
             "set_median_r": _median(correlation(set_saliency, set_size)),
             "set_control_mean_r": _mean(correlation(set_saliency, other)) if len(other) > 1 else None,
@@ -179,20 +169,16 @@ def run_finished(run, results, settings):
             "gradcam_set_control_mean_r": _mean(correlation(set_cam, other)) if len(other) > 1 else None,
         })
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    results["headline"] = {"name": "saliency-perturbation correlation",
+    # A correlation, not a fraction: reports show it as a number, not a percent.
+    results["headline"] = {"name": "saliency-perturbation correlation", "percent": False,
                            "value": summary.get("set_mean_r", summary["shown_mean_r"]), "seconds": summary["seconds"]}
     if len(chosen):
         rows = [f"{s['class']}\nr={_text(s['saliency_r'])}" for s in summary["shown"]]
-        figure = maps_figure(originals.cpu(), saliency.cpu(), cam.cpu(), adversarial.cpu(), rows)
-        save_figure(run.dir / "saliency.png", figure)
-        figures.close(figure)
+        save_figure(run.dir / "saliency.png",
+                    maps_figure(originals.cpu(), saliency.cpu(), cam.cpu(), adversarial.cpu(), rows))
         run.show_images("saliency", torch.cat([originals.cpu(), _gray(saliency.cpu()), _gray(size.cpu()),
                                                adversarial.cpu()]),
                         "originals | |saliency| | |perturbation| | adversarial")
-
-
-def _finite(value) -> float | None:
-    return round(float(value), 4) if math.isfinite(value) else None
 
 
 def _mean(values: torch.Tensor) -> float | None:
@@ -206,7 +192,7 @@ def _median(values: torch.Tensor) -> float | None:
 
 
 def _text(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
+    return number_text(value, ".2f")
 
 
 def _scaled(maps_: torch.Tensor) -> torch.Tensor:
@@ -226,14 +212,13 @@ def maps_figure(originals, saliency, cam, adversarial, titles, size_per_image=0.
     (amplified around gray, one gain for all), adversarial."""
     plt = figures.plt
     n = len(originals)
-    delta = adversarial.float() - originals.float()
-    peak = float(delta.abs().amax()) or 1.0
-    perturbation = (delta * (127.0 / peak) + 128).round().clamp(0, 255).to(torch.uint8)
+    perturbation, gain = perturbation_image(adversarial, originals)
     rows = (("original", lambda i, ax: ax.imshow(originals[i].permute(1, 2, 0).numpy(), interpolation="nearest")),
-            ("|saliency|", lambda i, ax: ax.imshow(_scaled(saliency)[i].numpy(), cmap="magma", interpolation="nearest")),
+            ("|saliency|", lambda i, ax: ax.imshow(_scaled(saliency)[i].numpy(), cmap="magma",
+                                                   interpolation="nearest")),
             ("Grad-CAM", lambda i, ax: (ax.imshow(originals[i].permute(1, 2, 0).numpy(), interpolation="nearest"),
                                         ax.imshow(_scaled(cam)[i].numpy(), cmap="jet", alpha=0.45))),
-            (f"perturbation\nx{127 / peak:.1f}", lambda i, ax: ax.imshow(perturbation[i].permute(1, 2, 0).numpy(),
+            (f"perturbation\nx{gain:.1f}", lambda i, ax: ax.imshow(perturbation[i].permute(1, 2, 0).numpy(),
                                                                        interpolation="nearest")),
             ("adversarial", lambda i, ax: ax.imshow(adversarial[i].permute(1, 2, 0).numpy(), interpolation="nearest")))
     figure, axes = plt.subplots(len(rows), n, figsize=(max(n, 2) * size_per_image + 0.9, len(rows) * size_per_image
@@ -264,15 +249,15 @@ def report_sections(runs, specs):
         blocks = []
         if summary.get("set_n"):
             blocks.append(Paragraph(
-                f"Over the {summary['set_n']} successful adversarial images of {summary['attack_spec']}, the input-gradient "
-                f"saliency of {summary['source_spec']} correlates with the size of the perturbation at "
+                f"Over the {summary['set_n']} successful adversarial images of {summary['attack_spec']}, the "
+                f"input-gradient saliency of {summary['source_spec']} correlates with the size of the perturbation at "
                 f"r = {_text(summary.get('set_mean_r'))} on average (median {_text(summary.get('set_median_r'))}; "
                 f"with another image's perturbation {_text(summary.get('set_control_mean_r'))}). Grad-CAM on the "
                 f"last conv layer (module {summary['gradcam_layer']}): r = {_text(summary.get('gradcam_set_mean_r'))} "
                 f"(control {_text(summary.get('gradcam_set_control_mean_r'))})."))
         else:
-            blocks.append(Paragraph(f"No attacked image of {summary['attack_spec']} became adversarial, so there are no "
-                                    "perturbations to compare the saliency with."))
+            blocks.append(Paragraph(f"No attacked image of {summary['attack_spec']} became adversarial, so there "
+                                    "are no perturbations to compare the saliency with."))
         if path := spec.figure("saliency.png"):
             blocks.append(Figure(path, f"For {spec.title}: each shown original, |dJ/dx| summed over channels (r: its "
                                        "correlation with the perturbation's size), Grad-CAM of the true class, the "

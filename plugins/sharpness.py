@@ -35,6 +35,7 @@ from ignite.engine import Events
 
 from runner import Plugin, figures, hookimpl, setting
 from runner.artifacts import save_figure
+from runner.results import finite, number_text
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def attach(trainer, run, settings, state):
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def record_lr(engine):  # the rate of the next step: 2/lr is the edge of stability there
-        state.lrs.append(run.optimizer.param_groups[0]["lr"])
+        state.lrs.append(float(run.optimizer.param_groups[0]["lr"]))  # a tensor under train.step = "graph"
 
     @trainer.on(Events.ITERATION_COMPLETED(event_filter=lambda engine, iteration: iteration in wanted))
     def record(engine):
@@ -147,7 +148,7 @@ def attach(trainer, run, settings, state):
                         batchnorm=settings.batchnorm, iterations=settings.iterations,
                         tolerance=settings.tolerance, seed=settings.seed)
         state.points.append({"iteration": engine.state.iteration, **point,
-                             "lr": run.optimizer.param_groups[0]["lr"]})
+                             "lr": float(run.optimizer.param_groups[0]["lr"])})
 
 
 @hookimpl
@@ -159,8 +160,8 @@ def run_finished(run, results, settings, state):
         "tolerance": settings.tolerance,
         "momentum": train["momentum"] if train["optimizer"] == "sgd" else None,
         "nesterov": bool(train["nesterov"]) if train["optimizer"] == "sgd" else None,
-        "points": [{**p, "eigenvalue": _finite(p["eigenvalue"]), "loss": _finite(p["loss"]),
-                    "two_over_lr": _finite(2 / p["lr"]) if p["lr"] > 0 else None} for p in state.points],
+        "points": [{**p, "eigenvalue": finite(p["eigenvalue"]), "loss": finite(p["loss"]),
+                    "two_over_lr": finite(2 / p["lr"]) if p["lr"] > 0 else None} for p in state.points],
         "skipped": sorted(set(settings.at) - done),  # past the run's end (or before a resume)
         "seconds": round(sum(p["seconds"] for p in state.points), 3),
         # The rate at every iteration, compact, for the figure's 2/lr line.
@@ -169,12 +170,6 @@ def run_finished(run, results, settings, state):
     if summary["points"]:
         figure = sharpness_figure(summary, f"{run.spec.name}: sharpness")
         save_figure(run.dir / "sharpness.png", figure)
-        figures.close(figure)
-
-
-def _finite(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def momentum_threshold(lr: float, momentum: float | None, nesterov: bool | None) -> float | None:
@@ -230,10 +225,8 @@ def report_sections(runs, specs):
         path = runs.workdir / f"sharpness_{spec.name}.png"
         figure = sharpness_figure(summary, size=(3.4, 2.6))
         save_figure(path, figure)
-        figures.close(figure)
-        number = lambda v, form: "–" if v is None else format(v, form)
-        rows = [[str(p["iteration"]), number(p["eigenvalue"], ".4g"), number(p["two_over_lr"], ".4g"),
-                 number(p["loss"], ".3f"), str(p["steps"]), f"{p['seconds']:.1f}"] for p in summary["points"]]
+        rows = [[str(p["iteration"]), number_text(p["eigenvalue"], ".4g"), number_text(p["two_over_lr"], ".4g"),
+                 number_text(p["loss"], ".3f"), str(p["steps"]), f"{p['seconds']:.1f}"] for p in summary["points"]]
         points = [p for p in summary["points"] if p["eigenvalue"] is not None and p["two_over_lr"] is not None]
         ratios = [p["eigenvalue"] / p["two_over_lr"] for p in points]
         closest = f"; it reached at most {max(ratios):.2g} times 2 / lr" if ratios else ""

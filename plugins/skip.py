@@ -30,6 +30,7 @@ from torch import nn
 from runner import Plugin, SpecError, hookimpl, setting
 from runner.blocks import Residual
 
+
 @dataclass(frozen=True)
 class Settings:
     layers: str = setting("inserted", "which convs: the run right after the first conv (the homework's inserted "

@@ -48,8 +48,12 @@ def _text(body: str, language: str) -> str:
 
 def start(run, settings: Settings, trainer, evaluator, guard: Guard, state) -> None:
     import tensorboard  # noqa: F401  (torch's SummaryWriter needs it; ignite's own message would name tensorboardX)
-    from ignite.handlers.tensorboard_logger import (OptimizerParamsHandler, OutputHandler, TensorboardLogger,
-                                                    global_step_from_engine)
+    from ignite.handlers.tensorboard_logger import (
+        OptimizerParamsHandler,
+        OutputHandler,
+        TensorboardLogger,
+        global_step_from_engine,
+    )
     from torch.utils.tensorboard.summary import hparams
 
     log_dir = Path(settings.log_dir) / run.spec.name / run.dir.name if settings.log_dir else run.dir / "tensorboard"

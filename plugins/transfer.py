@@ -13,22 +13,22 @@ accuracy on that attack's adversarial images (runs that do not exist are listed,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 
-from runner import Plugin, RunnerError, figures, hookimpl, setting
+from runner import Plugin, figures, hookimpl, setting
+from runner.adversarial import AdversarialImages, AdversarialSet
 from runner.artifacts import save_figure
-
+from runner.results import percent
 from runner.sources import completed_runs, probabilities, require_run, trained_model
 
-SET_FILE = "adversarial_set.pt"  # what an fgsm run writes: its adversarial images and their originals' places
 
 @dataclass(frozen=True)
 class Settings:
-    attack: str = setting("p3_q1_fgsm", f"attack spec whose latest completed run's {SET_FILE} is used", reads="run")
+    attack: str = setting("p3_q1_fgsm", f"attack spec whose latest completed run's {AdversarialSet.FILE} is used",
+                          reads="run")
     target: str = setting("p2_q1_allconv", "spec whose latest completed run's trained model is evaluated",
                           reads="model")
     matrix_sources: list[str] = setting([], "attack specs for the transfer matrix (rows)", reads="run")
@@ -64,37 +64,16 @@ def proportion(successes: int, n: int) -> dict:
             "ci95": [round(low, 5), round(high, 5)]}
 
 
-def load_set(attack_dir, run) -> dict:
-    path = attack_dir / SET_FILE
-    if not path.is_file():
-        raise RunnerError(f"{attack_dir} has no {SET_FILE}; is it a run of an fgsm spec?")
-    adversarial = torch.load(path, map_location=run.device, weights_only=True)
-    indices = adversarial["indices"]
-    # The unperturbed images come from this run's test set: it must be the attack's.
-    same = (adversarial["test_batches"] == list(run.spec["data"]["test"])
-            and (len(indices) == 0 or int(indices.max()) < len(run.test_images))
-            and int(run.test_images[indices].long().sum()) == adversarial["originals_checksum"])
-    if not same:
-        raise RunnerError(f"{run.spec.name}'s test images are not those {attack_dir} attacked: use the same "
-                          f"data.test, and --quick for both or neither")
-    return adversarial
-
-
-def evaluate(model, adversarial: dict, originals, batch_size: int) -> dict:
+def evaluate(model, adversarial: AdversarialImages, originals, batch_size: int) -> dict:
     """Accuracy of `model` on adversarial images and on the same images unperturbed."""
-    labels = adversarial["labels"]
-    adv_class = probabilities(model, adversarial["images"], batch_size).argmax(1)
+    labels = adversarial.labels
+    adv_class = probabilities(model, adversarial.images, batch_size).argmax(1)
     clean_class = probabilities(model, originals, batch_size).argmax(1)
     # Fooled into the same wrong class as the attacked model: the perturbation carries its meaning.
-    same_wrong = (adv_class == adversarial["predicted"]) & (adv_class != labels)
+    same_wrong = (adv_class == adversarial.predicted) & (adv_class != labels)
     return {"adversarial": proportion(int((adv_class == labels).sum()), len(labels)),
             "clean": proportion(int((clean_class == labels).sum()), len(labels)),
             "same_wrong_class": int(same_wrong.sum()), "predicted": adv_class}
-
-
-def successful(adversarial: dict) -> dict:
-    keep = adversarial["success"]
-    return {key: adversarial[key][keep] for key in ("images", "labels", "indices", "predicted")}
 
 
 # ---- hooks ----------------------------------------------------------------------------------
@@ -106,41 +85,36 @@ def run_finished(run, results, settings):
     summary.update({"target_spec": results["model_source"]["spec"], "target_run": results["model_source"]["run"],
                     "attack_spec": settings.attack, "attack_run": str(attack_dir)})
     model = run.model.eval()
-    adversarial = load_set(attack_dir, run)
-    summary["source_spec"], summary["source_run"] = adversarial["source_spec"], adversarial["source_run"]
+    adversarial = AdversarialSet.for_run(attack_dir, run)
+    summary["source_spec"], summary["source_run"] = adversarial.source_spec, adversarial.source_run
     batch = settings.batch_size
 
-    pairs = adversarial["pairs"]
-    shown = evaluate(model, pairs, pairs["originals"], batch)
-    full = successful(adversarial)
-    rest = evaluate(model, full, run.test_images[full["indices"]], batch)
+    pairs = adversarial.pairs
+    shown = evaluate(model, pairs, pairs.originals, batch)
+    full = adversarial.attacked.fooled()
+    rest = evaluate(model, full, run.test_images[full.indices], batch)
     summary.update({
         # Flat keys for the report's placeholders; details below.
         "adv_accuracy": shown["adversarial"]["accuracy"], "adv_ci95": shown["adversarial"]["ci95"],
         "clean_accuracy": shown["clean"]["accuracy"], "clean_ci95": shown["clean"]["ci95"],
-        "pairs_n": len(pairs["labels"]), "pairs_adversarial_on_source": int(pairs["success"].sum()),
+        "pairs_n": len(pairs.labels), "pairs_adversarial_on_source": int(pairs.success.sum()),
         "pairs_same_wrong_class": shown["same_wrong_class"],
         "set_adv_accuracy": rest["adversarial"]["accuracy"], "set_adv_ci95": rest["adversarial"]["ci95"],
         "set_clean_accuracy": rest["clean"]["accuracy"], "set_clean_ci95": rest["clean"]["ci95"],
-        "set_n": len(full["labels"]),
-        "set_same_wrong_class_rate": _rate(rest["same_wrong_class"], len(full["labels"])),
+        "set_n": len(full.labels),
+        "set_same_wrong_class_rate": _rate(rest["same_wrong_class"], len(full.labels)),
         "pairs": {"adversarial": shown["adversarial"], "clean": shown["clean"]},
         "set": {"adversarial": rest["adversarial"], "clean": rest["clean"]},
     })
     results["headline"] = {"name": "target's accuracy on adversarial", "value": summary["set_adv_accuracy"]}
-    figure = _accuracy_figure(summary, run.spec.name)
-    save_figure(run.dir / "transfer_accuracy.png", figure)
-    figures.close(figure)
-    if len(pairs["labels"]):
-        figure = _pairs_figure(pairs, shown["predicted"], adversarial["class_names"], summary)
-        save_figure(run.dir / "transfer_pairs.png", figure)
-        figures.close(figure)
+    save_figure(run.dir / "transfer_accuracy.png", _accuracy_figure(summary, run.spec.name))
+    if len(pairs.labels):
+        save_figure(run.dir / "transfer_pairs.png",
+                    _pairs_figure(pairs, shown["predicted"], adversarial.class_names, summary))
     if settings.matrix_sources and settings.matrix_targets:
         summary["matrix"] = _matrix(run, settings)
         if summary["matrix"]["sources"] and summary["matrix"]["targets"]:
-            figure = _matrix_figure(summary["matrix"])
-            save_figure(run.dir / "transfer_matrix.png", figure)
-            figures.close(figure)
+            save_figure(run.dir / "transfer_matrix.png", _matrix_figure(summary["matrix"]))
 
 
 def _rate(count: int, n: int) -> float | None:
@@ -152,20 +126,20 @@ def _matrix(run, settings) -> dict:
     skipped = []
     sets = {}
     for name, found in completed_runs(run, settings.matrix_sources, skipped, "attack "):
-        adversarial = load_set(found, run)
-        sets[name] = (found, successful(adversarial), adversarial["source_spec"])
+        adversarial = AdversarialSet.for_run(found, run)
+        sets[name] = (found, adversarial.attacked.fooled(), adversarial.source_spec)
     models = {name: (found, trained_model(run, found))
               for name, found in completed_runs(run, settings.matrix_targets, skipped, "model ")}
     accuracy, clean, ci = [], [], []
-    for name, (_, images, _) in sets.items():
-        originals = run.test_images[images["indices"]]
+    for _, images, _ in sets.values():
+        originals = run.test_images[images.indices]
         row = [evaluate(model, images, originals, settings.batch_size) for _, model in models.values()]
         accuracy.append([cell["adversarial"]["accuracy"] for cell in row])
         ci.append([cell["adversarial"]["ci95"] for cell in row])
         clean.append([cell["clean"]["accuracy"] for cell in row])
     return {"sources": list(sets), "source_models": [sets[name][2] for name in sets],
             "source_runs": [str(sets[name][0]) for name in sets],
-            "n": [len(sets[name][1]["labels"]) for name in sets],
+            "n": [len(sets[name][1].labels) for name in sets],
             "targets": list(models), "target_runs": [str(found) for found, _ in models.values()],
             "accuracy": accuracy, "ci95": ci, "clean_accuracy": clean, "skipped": skipped}
 
@@ -177,7 +151,7 @@ def _accuracy_figure(summary, title):
     # Drawn at print size: half a page's width, 8-point text.
     figure, axes = plt.subplots(figsize=(3.4, 2.8))
     groups = [(f"{summary['pairs_n']} shown", summary["pairs"]), (f"all {summary['set_n']}", summary["set"])]
-    for g, (label, block) in enumerate(groups):
+    for g, (_, block) in enumerate(groups):
         for k, (kind, color) in enumerate((("clean", "tab:gray"), ("adversarial", "tab:red"))):
             cell = block[kind]
             if cell["accuracy"] is None:
@@ -197,21 +171,14 @@ def _accuracy_figure(summary, title):
     return figure
 
 
-def _pairs_figure(pairs, target_class, names, summary):
-    plt = figures.plt
-    n = len(pairs["labels"])
-    cols = min(10, n)
-    rows = math.ceil(n / cols)
+def _pairs_figure(pairs: AdversarialImages, target_class, names, summary):
+    cells = []
+    for image, label, source, target in zip(pairs.images, pairs.labels.tolist(), pairs.predicted.tolist(),
+                                            target_class.tolist()):
+        cells.append((image, f"{names[label]}\n{names[source]}\n{names[target]}",
+                      "darkgreen" if target == label else "crimson"))
     # Print size: the text width, 7-point titles.
-    figure, axes = plt.subplots(rows, cols, figsize=(7, rows * 1.25 + 0.3), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.flat[i]
-        ax.imshow(pairs["images"][i].cpu().permute(1, 2, 0).numpy(), interpolation="nearest")
-        label, source, target = int(pairs["labels"][i]), int(pairs["predicted"][i]), int(target_class[i])
-        ax.set_title(f"{names[label]}\n{names[source]}\n{names[target]}", fontsize=7,
-                     color="darkgreen" if target == label else "crimson")
+    figure = figures.image_grid(cells, min(10, len(cells)), 7, 1.25, extra_height=0.3)
     figure.suptitle(f"true class / {summary['source_spec']}'s class / {summary['target_spec']}'s class "
                     "(green: still correct)", fontsize=8)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_size_inches()[1]))
@@ -239,13 +206,9 @@ def _matrix_figure(matrix):
 
 # ---- the report ---------------------------------------------------------------------------
 
-def _share(value) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
 def _interval(block: dict) -> str:
     low, high = block.get("ci95") or (None, None)
-    return f"{_share(block.get('accuracy'))} ({_share(low)} to {_share(high)})"
+    return f"{percent(block.get('accuracy'))} ({percent(low)} to {percent(high)})"
 
 
 @hookimpl
@@ -263,7 +226,8 @@ def report_sections(runs, specs):
                  _interval(summary["pairs"]["clean"])],
                 [f"all {summary.get('set_n')} successful adversarial images", _interval(summary["set"]["adversarial"]),
                  _interval(summary["set"]["clean"])]]
-        blocks = [Table(["images", "accuracy on the adversarial images (95% interval)", "on the same images unperturbed"],
+        blocks = [Table(["images", "accuracy on the adversarial images (95% interval)",
+                         "on the same images unperturbed"],
                         rows, f"Accuracy of {summary.get('target_spec')} on the adversarial images made on "
                               f"{summary.get('source_spec')}.")]
         matrix = summary.get("matrix") or {}
@@ -271,7 +235,7 @@ def report_sections(runs, specs):
             named = lambda spec_name: runs[spec_name].title if spec_name in runs else spec_name
             blocks.append(Table(
                 ["adversarial images made on"] + [named(t) for t in matrix["targets"]],
-                [[f"{named(model)} (n={n})"] + [_share(v) for v in row]
+                [[f"{named(model)} (n={n})"] + [percent(v) for v in row]
                  for model, n, row in zip(matrix["source_models"], matrix["n"], matrix["accuracy"])],
                 "Transfer matrix: accuracy of each evaluated net (columns) on the adversarial images made on each "
                 "attacked net (rows); on the attacked net itself it is 0% by construction.", small=True))
@@ -287,7 +251,9 @@ def report_sections(runs, specs):
 
 def _range(values) -> str:
     values = [v for v in values if v is not None]
-    return "–" if not values else f"{min(values):.1%}" if len(values) == 1 else f"{min(values):.1%} to {max(values):.1%}"
+    if len(values) < 2:
+        return percent(values[0] if values else None)
+    return f"{percent(min(values))} to {percent(max(values))}"
 
 
 def matrix_fields(summary: dict, runs) -> dict:
@@ -328,6 +294,7 @@ def matrix_fields(summary: dict, runs) -> dict:
             linf = made_on[attacked].representative["fgsm"].get("mean_linf")
             reverse_linf = made_on[target].representative["fgsm"].get("mean_linf")
             if linf and reverse_linf:
-                fields.update(linf=linf, reverse_linf=reverse_linf, linf_word="about as far" if
-                              abs(reverse_linf - linf) <= 0.1 * linf else "further" if reverse_linf > linf else "less far")
+                fields.update(linf=linf, reverse_linf=reverse_linf,
+                              linf_word="about as far" if abs(reverse_linf - linf) <= 0.1 * linf
+                              else "further" if reverse_linf > linf else "less far")
     return {"matrix": fields}

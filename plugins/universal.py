@@ -16,9 +16,8 @@ baseline that shows the effect is not the norm alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from runner import Plugin, figures, hookimpl, setting
 from runner.artifacts import save_figure, save_torch
 from runner.input_grad import input_gradients
+from runner.results import percent
 from runner.sources import completed_runs, probabilities, trained_model
 
 
@@ -130,12 +130,12 @@ def run_finished(run, results, settings):
         "source_test_fooling_rate": test[settings.source]["fooling_rate"],
         "test": test, "skipped": skipped,
     })
-    results["headline"] = {"name": "fooling rate", "value": summary["source_test_fooling_rate"], "seconds": summary["seconds"]}
+    results["headline"] = {"name": "fooling rate", "value": summary["source_test_fooling_rate"],
+                           "seconds": summary["seconds"]}
     save_torch(run.dir / FILE, {"perturbation": v.cpu(), "radius": settings.radius,
                                 "source_spec": settings.source})
-    figure = _figure(v, run.test_images[:6], models[settings.source], run.class_names, summary)
-    save_figure(run.dir / "universal_perturbation.png", figure)
-    figures.close(figure)
+    save_figure(run.dir / "universal_perturbation.png",
+                _figure(v, run.test_images[:6], models[settings.source], run.class_names, summary))
 
 
 def _add(images, v) -> torch.Tensor:
@@ -185,18 +185,18 @@ def report_sections(runs, specs):
     """Each universal perturbation's fooling rates as a table, and its figure."""
     from runner.report import Figure, Section, Table
 
-    share = lambda value: "–" if value is None else f"{value:.1%}"
     sections = []
     for spec in specs:
         summary = spec.representative.get("universal") or {}
         if not summary.get("test"):
             continue
-        rows = [[name, share(cell["fooling_rate"]), share(cell["random_noise_fooling_rate"]),
-                 f"{share(cell['clean_accuracy'])} to {share(cell['perturbed_accuracy'])}"]
+        rows = [[name, percent(cell["fooling_rate"]), percent(cell["random_noise_fooling_rate"]),
+                 f"{percent(cell['clean_accuracy'])} to {percent(cell['perturbed_accuracy'])}"]
                 for name, cell in summary["test"].items()]
-        blocks = [Table(["evaluated net", "fooling rate of v", "of random signs, same L-inf", "accuracy: clean to with v"],
-                        rows, f"One perturbation v (L-inf {summary.get('linf', 0):g} gray levels) made on "
-                              f"{summary.get('source_spec', spec.spec.get('plugins', {}).get('universal', {}).get('source'))}, "
+        source = summary.get("source_spec", spec.spec.get("plugins", {}).get("universal", {}).get("source"))
+        blocks = [Table(["evaluated net", "fooling rate of v", "of random signs, same L-inf",
+                         "accuracy: clean to with v"],
+                        rows, f"One perturbation v (L-inf {summary.get('linf', 0):g} gray levels) made on {source}, "
                               "added to every test image; fooling rate: the share of test images whose class changes.")]
         if path := spec.figure("universal_perturbation.png"):
             blocks.append(Figure(path, f"The universal perturbation, images with it added, and its fooling rates "

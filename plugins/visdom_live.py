@@ -17,8 +17,6 @@ reaches this plugin's show_images hook when it is on for that run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import atexit
 import json
 import math
@@ -28,15 +26,14 @@ import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from urllib.parse import quote, urlparse
 
 from ignite.engine import Events
 
-from runner import Plugin, hookimpl, setting
+from runner import Plugin, hookimpl, progress, setting
+from runner.visdom_server import DEFAULT_PORT, LOG_NAME, base_url
 
-LOG_NAME = "visdom.jsonl"  # runner/visdom_server.py's replay reads this name
-DEFAULT_SERVER = "http://127.0.0.1"
-DEFAULT_PORT = 8097
 RETRY_SECONDS = 5.0  # after losing the server, how often to try it again
 
 @dataclass(frozen=True)
@@ -73,11 +70,9 @@ def resolve_address(settings: Settings) -> tuple[str, int, bool]:
     """(base URL without port, port, whether someone chose it): settings, then environment, then default."""
     raw = settings.server or os.environ.get("VISDOM_SERVER_URL") or ""
     parsed = urlparse(raw if "://" in raw or not raw else f"http://{raw}")
-    host = parsed.hostname or urlparse(DEFAULT_SERVER).hostname
-    base = f"{parsed.scheme or 'http'}://{f'[{host}]' if ':' in host else host}"
     port = settings.port or _int(os.environ.get("VISDOM_PORT")) or parsed.port or DEFAULT_PORT
     chosen = bool(raw or settings.port or os.environ.get("VISDOM_PORT"))
-    return base, port, chosen
+    return base_url(raw), port, chosen
 
 
 def _int(text):
@@ -239,7 +234,7 @@ class Live:
         self.sender.start()
 
     def say(self, text: str) -> None:
-        print(f"[{self.label}] visdom: {text}", file=sys.stderr, flush=True)
+        progress.notice(f"[{self.label}] visdom: {text}")  # above the run's progress bar, not inside it
 
     def guard(self, function, *args, fatal: bool = True) -> None:
         """Call function; on any error, report it once: Visdom must never fail a run.
@@ -333,7 +328,8 @@ class Live:
                  ("accuracy", "batch", metrics.correct / metrics.count.clamp(min=1), "accuracy", "accuracy", "linear"),
                  ("accuracy", "running", metrics.running_accuracy(), "accuracy", "accuracy", "linear")]
         for plot in metrics.plots.values():
-            lines += [(plot.window, name, metrics.column(name), plot.title, plot.ylabel, "log" if plot.log else "linear")
+            scale = "log" if plot.log else "linear"
+            lines += [(plot.window, name, metrics.column(name), plot.title, plot.ylabel, scale)
                       for name in plot.columns if metrics.column(name) is not None]
         values = torch.stack([line[2][start:stop].float() for line in lines]).cpu().numpy()  # one host transfer
         x = list(range(start + 1, stop + 1))

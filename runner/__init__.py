@@ -1,12 +1,15 @@
 """runner: a plugin-based experiment runner for CIFAR-10 studies.
 
 The public API, all a plugin may import (tests/test_structure.py holds plugins to it):
-- names: hookimpl, Plugin and setting (a plugin's declaration), Setting, the errors, TrainEvents (the trainer's custom events);
-- modules: artifacts (run folders, atomic writes), figures (matplotlib, headless), input_grad
-  (gradients w.r.t. a model's input, for attacks), progress (progress displays), sources (other
-  specs' runs and trained models), blocks (shared model parts), report (report sections a plugin
-  contributes), results (a run's headline figure), trackers (what the tensorboard and mlflow plugins
-  share).
+- names: hookimpl, Plugin and setting (a plugin's declaration), Setting, the errors, TrainEvents
+  (the trainer's custom events);
+- modules: adversarial (the adversarial set an attack run saves, adversarial_set.pt, and 8-bit
+  PNGs), artifacts (run folders, atomic writes, figures saved and closed), attacks (iterative FGSM
+  in batches, distortion measures), figures (matplotlib, headless), input_grad (gradients w.r.t. a
+  model's input, for attacks), progress (progress displays), sources (other specs' runs and trained
+  models), blocks (shared model parts), report (report sections a plugin contributes), results (a
+  run's headline figure, numbers as summary.json and tables show them), trackers (what the
+  tensorboard and mlflow plugins share), visdom_server (the Visdom log's name and default port).
 And for notebooks and scripts (runner/api.py): run (one spec, as the command line runs it), runs (the
 runs in an OUT folder, as `runner ls` lists them), Result (a run's summary, metrics and model).
 """
@@ -26,7 +29,9 @@ API = ("Result", "run", "runs")
 # The public modules by the name plugins import them (`from runner.blocks import Residual`), and
 # where each lives in the tree (the floors: docs/architecture.md).
 PUBLIC_MODULES = {
+    "adversarial": "runner.training.adversarial",
     "artifacts": "runner.artifacts",
+    "attacks": "runner.training.attacks",
     "blocks": "runner.nets.blocks",
     "figures": "runner.training.figures",
     "input_grad": "runner.nets.input_grad",
@@ -35,9 +40,10 @@ PUBLIC_MODULES = {
     "results": "runner.results",
     "sources": "runner.training.sources",
     "trackers": "runner.training.trackers",
+    "visdom_server": "runner.visdom_server",
 }
-__all__ = ["DataError", "Plugin", "PluginError", "RunnerError", "Setting", "SpecError", "TrainEvents", "hookimpl", "setting",
-           *API, *PUBLIC_MODULES]
+__all__ = ["DataError", "Plugin", "PluginError", "RunnerError", "Setting", "SpecError", "TrainEvents", "hookimpl",
+           "setting", *API, *PUBLIC_MODULES]
 
 
 def __getattr__(name):

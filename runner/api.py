@@ -14,19 +14,23 @@ worked example.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import artifacts
 from .errors import RunnerError, SpecError
-from .suite.listing import RunInfo, find_runs, runs_table
 from .progress import duration
 from .results import headline
+from .spec.overrides import shown
+from .suite.listing import RunInfo, find_runs, runs_table
 
 STATUSES = ("complete", "running", "interrupted", "failed", "diverged", "pruned")
 
 
-def run(spec, *, set: dict | None = None, data=None, out="artifacts", quick: bool = False, seed: int | None = None,
-        device: str | None = None, progress: bool = True, resume: bool = False) -> "Result":
+def run(spec: str | Path, *, set: dict[str, Any] | None = None, data: str | Path | None = None,
+        out: str | Path = "artifacts", quick: bool = False, seed: int | None = None, device: str | None = None,
+        progress: bool = True, resume: bool = False) -> "Result":
     """Train and evaluate one spec file, as `runner SPEC` with the same options would; the Result.
 
     set: {"train.lr": 0.01, "data.transforms": ["flip"]}, Python values for `--set` (one run: a
@@ -34,9 +38,9 @@ def run(spec, *, set: dict | None = None, data=None, out="artifacts", quick: boo
     --device. progress: a bar (in Jupyter a widget), else a line at every tenth. resume: continue the
     latest unfinished run of this spec and seed, as --resume does (a fresh run if there is none).
     """
+    from .plugin_host.catalogue import Catalogue
     from .suite import plan as suite
     from .suite.executors import execute_job
-    from .plugin_host.catalogue import Catalogue
 
     if Path(spec).is_dir():
         raise RunnerError(f"{spec} is a folder: runner.run runs one spec file (call it for each spec, or run "
@@ -110,7 +114,10 @@ class Result:
             if not path.is_file():
                 raise RunnerError(f"{self.dir} has no metrics.csv (status: {self.status}; a run writes it when it "
                                   f"ends or stops)")
-            self._metrics = Metrics(read_csv(path))
+            try:
+                self._metrics = Metrics(read_csv(path))
+            except (ValueError, IndexError, UnicodeDecodeError) as exc:  # garbage, or cut short
+                raise artifacts.Unreadable(path, f"is not a metrics table ({type(exc).__name__}: {exc})") from None
         return self._metrics
 
     def model(self, device: str = "cpu"):
@@ -174,7 +181,8 @@ class Metrics:
 @dataclasses.dataclass
 class RunRow(RunInfo):
     """One run as `runner ls` lists it: dir, spec, seed, status, result (its headline figure),
-    overrides (the --set texts), started, wall (seconds), summary; load() reads it as a Result."""
+    overrides (runner.spec.overrides.Override: key, value, origin), started, wall (seconds), summary;
+    load() reads it as a Result."""
 
     def load(self) -> Result:
         return Result(self.dir)
@@ -190,11 +198,12 @@ class Runs(list):
         import pandas
 
         return pandas.DataFrame([{"spec": row.spec, "seed": row.seed, "status": row.status, "result": row.result,
-                                  "overrides": " ".join(row.overrides), "started": row.started, "wall": row.wall,
+                                  "overrides": " ".join(shown(row.overrides)), "started": row.started, "wall": row.wall,
                                   "dir": str(row.dir)} for row in self])
 
 
-def runs(out="artifacts", spec=None, status=None) -> Runs:
+def runs(out: str | Path = "artifacts", spec: str | Path | Sequence[str | Path] | None = None,
+         status: str | Sequence[str] | None = None) -> Runs:
     """The runs in OUT, oldest first, as `runner ls OUT [--spec S] [--status S]` lists them.
     spec, status: a name (a spec's file works too) or a list of them."""
     specs = [spec] if isinstance(spec, (str, Path)) else spec

@@ -22,6 +22,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .errors import RunnerError
 from .visdom_server import cmd_visdom
@@ -111,8 +112,8 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(argv) -> int:
-    from .suite import plan as suite
     from .plugin_host.catalogue import Catalogue
+    from .suite import plan as suite
 
     args = run_parser().parse_args(argv)
     if args.executor == "dask" and not args.scheduler:
@@ -146,13 +147,15 @@ def cmd_run(argv) -> int:
 
 def _execute(plan, options, args, catalogue) -> list:
     """The plan's jobs on the executor the options ask for, with the suite's progress display."""
-    from .suite import distributed, plan as suite
-    from .training.builders import locate_data
-    from .suite.executors import InProcess, ProcessPool
+    from .data import resolve as resolve_data
     from .progress import SuiteDisplay, is_terminal
+    from .suite import distributed
+    from .suite import plan as suite
+    from .suite.executors import Executor, InProcess, ProcessPool
 
     if not plan.jobs:
         return []
+    executor: Executor
     if args.nproc_per_node > 1 or distributed.launched_by_torchrun():
         if args.jobs > 1 or (args.nproc_per_node > 1 and distributed.launched_by_torchrun()):
             raise RunnerError("data-parallel runs train one spec at a time (under torchrun, its --nproc-per-node "
@@ -166,7 +169,7 @@ def _execute(plan, options, args, catalogue) -> list:
     elif args.jobs > 1 and len(plan.jobs) > 1:
         # Found (and unpacked) once here: the workers must not race to fill the same cache.
         first = suite.load_spec(plan.jobs[0].path, catalogue, plan.jobs[0].overrides)
-        options = dataclasses.replace(options, data=str(locate_data(first, args.data)))
+        options = dataclasses.replace(options, data=str(resolve_data(args.data, first)))
         at_once = min(args.jobs, len(plan.jobs))
         executor = ProcessPool(at_once, device=args.device)
     else:
@@ -182,7 +185,7 @@ def _execute(plan, options, args, catalogue) -> list:
 
 
 def _search(args, catalogue, options) -> int:
-    """runner SPEC --search / --search-test (runner/search.py)."""
+    """runner SPEC --search / --search-test (runner/suite/search.py)."""
     from .suite import search
 
     if len(args.specs) != 1 or not args.specs[0].endswith(".toml"):
@@ -214,7 +217,8 @@ def search_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner search", description="A hyperparameter study's results.")
     parser.add_argument("action", choices=("show",))
     parser.add_argument("target", metavar="OUT/SPEC", help="the spec's folder of runs (holding _search), or the spec")
-    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where a spec's runs are (default: artifacts)")
+    parser.add_argument("--out", default="artifacts", metavar="DIR",
+                        help="where a spec's runs are (default: artifacts)")
     return parser
 
 
@@ -241,12 +245,13 @@ def validate_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(argv) -> int:
-    from .suite import plan as suite
     from .plugin_host.catalogue import Catalogue
     from .spec.loading import check_overrides_used
+    from .suite import plan as suite
 
     args = validate_parser().parse_args(argv)
-    catalogue, verdicts, specs = Catalogue.default(), [], []
+    catalogue, specs = Catalogue.default(), []
+    verdicts: list[tuple[Path, RunnerError | None]] = []
     for path in suite.expand_specs(args.specs):
         try:
             for point in suite.sweep_points(args.overrides):
@@ -256,7 +261,7 @@ def cmd_validate(argv) -> int:
         except RunnerError as exc:
             verdicts.append((path, exc))
     try:
-        check_overrides_used(specs, [text for point in suite.sweep_points(args.overrides) for text in point])
+        check_overrides_used(specs, [o.text for point in suite.sweep_points(args.overrides) for o in point])
     except RunnerError as exc:  # the --set is wrong for every spec: none is ok as given
         verdicts = [(path, error or exc) for path, error in verdicts]
     for path, error in verdicts:
@@ -265,7 +270,8 @@ def cmd_validate(argv) -> int:
 
 
 def resume_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runner resume", description="Continue an unfinished run from its checkpoint.")
+    parser = argparse.ArgumentParser(prog="runner resume",
+                                     description="Continue an unfinished run from its checkpoint.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--data", metavar="PATH", help="where CIFAR-10 is now (default: where the run found it)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -279,7 +285,7 @@ def cmd_resume(argv) -> int:
     args = resume_parser().parse_args(argv)
     catalogue = Catalogue.default()
     for run_dir in args.run_dirs:
-        resume(run_dir, catalogue, data_source=args.data, show_progress=args.progress)
+        resume(run_dir, catalogue, data=args.data, show_progress=args.progress)
     return 0
 
 
@@ -305,8 +311,9 @@ def cmd_plugins(argv) -> int:
         print(f"    hooks: {', '.join(catalogue.hooks_of(name)) or '-'}")
         settings = catalogue.settings_of(name)
         if settings:
-            print("    settings: " + ", ".join(f"{k}={v.default!r}" + (f" (--quick: {v.quick!r})" if v.quick is not None else "")
-                                        for k, v in settings.items()))
+            print("    settings: " + ", ".join(
+                f"{k}={v.default!r}" + (f" (--quick: {v.quick!r})" if v.quick is not None else "")
+                for k, v in settings.items()))
         for kind, table in (("model", catalogue.models), ("transform", catalogue.transforms)):
             for entry in table.values():
                 if entry.plugin == name:
@@ -315,10 +322,8 @@ def cmd_plugins(argv) -> int:
 
 
 def _describe_plugin(catalogue, name: str) -> int:
-    from pathlib import Path
-
-    from .spec.schema import suggestion
     from .scaffold import describe_plugin
+    from .spec.schema import suggestion
 
     if name.endswith(".py"):
         path = Path(name)
@@ -339,13 +344,14 @@ def new_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner new", description="Start a new plugin from a working example.")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     plugin = kinds.add_parser("plugin", help="a plugin file, a spec that enables it and a pytest test",
-                              description="Write NAME.py (a plugin with typed settings, an attach, a run_finished and a "
-                                          "report_sections hook), NAME.toml (a spec that extends Part 1 Q1's and "
-                                          "enables it) and test_NAME.py (a test on synthetic data that passes as "
-                                          "written). Existing files are never overwritten.")
+                              description="Write NAME.py (a plugin with typed settings, an attach, a run_finished "
+                                          "and a report_sections hook), NAME.toml (a spec that extends Part 1 "
+                                          "Q1's and enables it) and test_NAME.py (a test on synthetic data that "
+                                          "passes as written). Existing files are never overwritten.")
     plugin.add_argument("name", metavar="NAME", help="the plugin's name: a Python identifier (weight_norms)")
-    plugin.add_argument("--dir", metavar="D", help="where the files go (default: a new folder NAME in the "
-                                                   "working directory)").complete = shtab.DIRECTORY
+    folder = plugin.add_argument("--dir", metavar="D", help="where the files go (default: a new folder NAME in the "
+                                                            "working directory)")
+    folder.complete = shtab.DIRECTORY  # type: ignore[attr-defined]  # an attribute shtab reads
     return parser
 
 
@@ -373,15 +379,15 @@ def show_parser() -> argparse.ArgumentParser:
 
 
 def cmd_show(argv) -> int:
+    from .plugin_host.catalogue import Catalogue
     from .suite import plan as suite
     from .suite.listing import resolved_with_origins
-    from .plugin_host.catalogue import Catalogue
 
     args = show_parser().parse_args(argv)
     catalogue = Catalogue.default()
     quick = suite.quick_overrides(args.spec, catalogue) if args.quick else []
     for point in suite.sweep_points(args.overrides):
-        print(resolved_with_origins(suite.load_spec(args.spec, catalogue, quick + point), len(quick)))
+        print(resolved_with_origins(suite.load_spec(args.spec, catalogue, quick + point)))
     return 0
 
 
@@ -400,7 +406,8 @@ def cmd_ls(argv) -> int:
 
     args = ls_parser().parse_args(argv)
     runs = find_runs(args.out, specs=args.spec, statuses=args.status)
-    print(runs_table(runs) if runs else f"no runs in {args.out}" + (" matching the filters" if args.spec or args.status else ""))
+    filtered = " matching the filters" if args.spec or args.status else ""
+    print(runs_table(runs) if runs else f"no runs in {args.out}{filtered}")
     return 0
 
 
@@ -409,7 +416,8 @@ def compare_parser() -> argparse.ArgumentParser:
                                      description="Runs side by side, grouped by the settings in which they differ.")
     parser.add_argument("targets", nargs="+", metavar="RUN|SPEC|OUT",
                         help="a run folder, a spec (file or name: its completed runs in --out), or a folder of runs")
-    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where a spec's runs are (default: artifacts)")
+    parser.add_argument("--out", default="artifacts", metavar="DIR",
+                        help="where a spec's runs are (default: artifacts)")
     return parser
 
 
@@ -430,7 +438,8 @@ def cmd_report(argv) -> int:
 def completion_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner completion",
                                      description="Print a tab-completion script, e.g. "
-                                                 "runner completion bash > ~/.local/share/bash-completion/completions/runner")
+                                                 "runner completion bash "
+                                                 "> ~/.local/share/bash-completion/completions/runner")
     parser.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     return parser
 
@@ -449,7 +458,8 @@ def command_tree() -> argparse.ArgumentParser:
     import shtab
 
     tree = run_parser()
-    tree._actions[[a.dest for a in tree._actions].index("specs")].complete = shtab.FILE
+    specs = tree._actions[[a.dest for a in tree._actions].index("specs")]
+    specs.complete = shtab.FILE  # type: ignore[attr-defined]  # an attribute shtab reads
     commands = tree.add_subparsers(dest="command", metavar="COMMAND")
     for name, make in PARSERS.items():
         sub = make()

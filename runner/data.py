@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,12 +55,37 @@ def default_cache_dir() -> Path:
     return root / "runner" / "cifar10"
 
 
-def resolve_source(cli: str | None, spec_value: str | None) -> str | None:
-    """--data wins over RUNNER_DATA, which wins over the spec's data.root; None means the default cache."""
-    for value in (cli, os.environ.get(ENV_VAR), spec_value):
+@dataclass(frozen=True)
+class DataSource:
+    """A run's CIFAR-10, resolved once (`resolve`): the folder holding the batches, and what chose
+    it (--data, RUNNER_DATA, a spec's data.root or the default cache). A run carries it; a job sent
+    to another process carries `str(source)`, the folder, which resolves to itself there."""
+
+    folder: Path
+    chosen_by: str
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+
+def resolve(given=None, spec=None) -> DataSource:
+    """Where a run of `spec` finds CIFAR-10: `given` (--data, runner.run(data=...)) wins over
+    RUNNER_DATA, which wins over the spec's data.root; else the per-user cache, downloaded when
+    missing. A folder or archive is located (an archive unpacked once into the cache); a problem
+    is a DataError naming the setting that chose the place."""
+    if isinstance(given, DataSource):
+        return given
+    root = spec.data.root if spec is not None else None
+    for value, chosen_by in ((given, "--data"), (os.environ.get(ENV_VAR), ENV_VAR),
+                             (root, f"data.root of {getattr(spec, 'path', 'the spec')}")):
         if value:  # an empty string (e.g. RUNNER_DATA=) counts as unset
-            return str(value)
-    return None
+            try:
+                return DataSource(locate(str(value)), chosen_by)
+            except DataError as exc:
+                if chosen_by == "--data":
+                    raise
+                raise DataError(f"{exc} ({chosen_by})") from exc
+    return DataSource(locate(None), "the default cache")
 
 
 def locate(source: str | os.PathLike | None = None, *, url: str = OFFICIAL_URL, md5: str | None = OFFICIAL_MD5,
@@ -176,7 +202,10 @@ def _listing(folder: Path) -> str:
         names = sorted(os.listdir(folder))
     except OSError:
         return "nothing (no such folder)"
-    return ", ".join(names) if names else "nothing"
+    # A required name that is a folder, not a file, is why the batches look missing: say so.
+    shown = [f"{name} (a folder, not a file)" if name in REQUIRED and (folder / name).is_dir() else name
+             for name in names]
+    return ", ".join(shown) if shown else "nothing"
 
 
 def _complete_in(folder: Path) -> Path | None:

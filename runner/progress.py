@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm as Tqdm
 
 
 def is_terminal(stream=None) -> bool:
@@ -39,6 +43,17 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes}:{seconds:02}"
 
 
+def notice(text: str, stream=None) -> None:
+    """Print a line of news (a plugin's warning, a run's end) without breaking a progress bar: a
+    bar being drawn on the stream is cleared, the line written, and the bar redrawn below it
+    (tqdm's own write, which holds tqdm's lock, so a notice from another thread is safe too)."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    tqdm.write(text, file=stream)
+    stream.flush()
+
+
 class Progress:
     """How far `total` units of work have got: update(n, **figures) as units are done.
 
@@ -58,11 +73,11 @@ class Progress:
         self.figures: dict = {}
         self._step = max(1, total // lines)
         self._next_line = (initial // self._step + 1) * self._step
-        self._bar = None
+        self._bar: Tqdm | None = None  # tqdm is imported only when a bar is drawn
         if self.interactive and notebook:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm as notebook_tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=True, smoothing=0.1)
+            self._bar = notebook_tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=True, smoothing=0.1)
         elif self.interactive:
             from tqdm import tqdm
 
@@ -189,10 +204,11 @@ class SuiteDisplay:
         now = time.perf_counter()
         left = [self.expected.get(job) or guess for job in self.waiting]
         left += [max((self.expected.get(job) or guess or 0) - (now - start), 0) for job, start in self.running.items()]
-        if any(s is None for s in left):
+        known_left = [s for s in left if s is not None]
+        if len(known_left) < len(left):
             return None
         count = len(self.waiting) + len(self.running)
-        return sum(left) / min(self.at_once, count) if count else 0.0
+        return sum(known_left) / min(self.at_once, count) if count else 0.0
 
     def status(self) -> str:
         now = time.perf_counter()

@@ -27,7 +27,7 @@ the last value to summary.json and writes a paragraph into `runner report`.
     python -m pytest test_{name}.py          its tests, on a tiny synthetic data set
     runner plugins {name}.py                 its hooks and settings
 
-Every hook is listed in runner/hookspecs.py; docs/plugins.md is the guide.
+Every hook is listed in runner/plugin_host/hookspecs.py; docs/plugins.md is the guide.
 """
 from __future__ import annotations
 

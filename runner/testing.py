@@ -103,19 +103,20 @@ def run_spec_file(spec, *, data, out, iterations: int | None = 20, set=None, qui
 
     iterations: train.iterations (None: the spec's own; a spec that trains nothing keeps 0).
     set: {"train.lr": 0.01} or ["train.lr=0.01"], like --set. quick: --quick's overrides first."""
-    from .suite import plan as suite
     from .plugin_host.catalogue import Catalogue
-    from .training.flow import execute
     from .spec.loading import load, read
+    from .spec.overrides import Override
+    from .suite import plan as suite
+    from .training.flow import execute
 
     spec = Path(spec)
     catalogue = Catalogue.default()  # a fresh one: a plugin file edited since the last run loads anew
-    overrides = suite.quick_overrides(spec, catalogue) if quick else []
+    overrides: list[Override | str] = [*suite.quick_overrides(spec, catalogue)] if quick else []
     if iterations is not None and read(spec)[0].get("train", {}).get("iterations") != 0:
         overrides.append(f"train.iterations={iterations}")
     overrides += _overrides(set)
     loaded = load(spec, catalogue, overrides)
-    return RunResult(execute(loaded, catalogue, out=out, data_source=str(data), quick=quick, show_progress=False))
+    return RunResult(execute(loaded, catalogue, out=out, data=str(data), quick=quick, show_progress=False))
 
 
 def write_plugin_spec(plugin, folder, *, extends=None, settings: dict | None = None) -> Path:

@@ -28,7 +28,7 @@ from .errors import RunnerError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8097
-LOG_NAME = "visdom.jsonl"  # what plugins/visdom_live.py records in every run folder
+LOG_NAME = "visdom.jsonl"  # what the visdom plugin records in every run folder, and replay reads
 
 # npm package -> version, as in visdom 0.2.4's build.py (d3 v3 there is d3js.org's latest 3.x).
 PACKAGES = {
@@ -128,7 +128,7 @@ def install_assets(static: Path | None = None, npm: str = "npm", force: bool = F
     import visdom
 
     try:
-        (static / VERSION_FILE).write_text(visdom.__version__)
+        (static / VERSION_FILE).write_text(visdom.__version__)  # type: ignore[attr-defined]  # not in visdom's stub
     except OSError as exc:
         raise RunnerError(f"cannot write into {static}: {exc.strerror or exc}") from None
     if not quiet:
@@ -146,8 +146,8 @@ def _copy_members(tarball: Path, wanted: list[tuple[str, Path]]) -> list[Path]:
     with tarfile.open(tarball) as archive:
         for member in archive:
             inner = member.name.split("/", 1)[-1]
-            if member.isfile() and inner in targets:
-                data = archive.extractfile(member).read()
+            if member.isfile() and inner in targets and (source := archive.extractfile(member)) is not None:
+                data = source.read()
                 for target in targets.pop(inner):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     tmp = target.with_name(f".{target.name}.tmp")
@@ -224,7 +224,7 @@ def replay(source, server: str = f"http://{DEFAULT_HOST}", port: int = DEFAULT_P
         if env:
             msg["eid"] = env
         entries.append((endpoint, msg))
-    base = f"{_base_url(server)}:{port}"
+    base = f"{base_url(server)}:{port}"
     session = requests.Session()
     if urlparse(base).hostname in ("localhost", "127.0.0.1", "::1"):
         session.trust_env = False  # a proxy from the environment must not catch loopback traffic
@@ -242,7 +242,9 @@ def replay(source, server: str = f"http://{DEFAULT_HOST}", port: int = DEFAULT_P
     return len(entries), envs
 
 
-def _base_url(server: str) -> str:
+def base_url(server: str) -> str:
+    """A server's URL without port or path ("host", "http://host:8097/x" -> "http://host"); an IPv6
+    host in brackets, 127.0.0.1 when none is given."""
     parsed = urlparse(server if "://" in server else f"http://{server}")
     host = parsed.hostname or DEFAULT_HOST
     return f"{parsed.scheme}://{f'[{host}]' if ':' in host else host}"
@@ -276,7 +278,7 @@ def cmd_visdom(argv) -> int:
         parser.add_argument("--env", help="replay into this environment instead of the recorded one")
         args = parser.parse_args(argv[1:])
         count, envs = replay(args.run_dir, args.server, args.port, args.env)
-        base = f"{_base_url(args.server)}:{args.port}"
+        base = f"{base_url(args.server)}:{args.port}"
         for eid in envs:
             print(f"replayed {count} messages: {base}/env/{quote(eid, safe='')}")
         return 0

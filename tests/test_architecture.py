@@ -26,7 +26,7 @@ def test_forward_flops_count_the_convs_and_matmuls_of_table1():
 
 
 def test_residual_blocks_show_and_their_gates_count():
-    from plugins import skip
+    from runner.plugins import skip
 
     model = skip.change_model(model=AllConvNet(widths=(8, 8, 8), depth=1, batchnorm=False, extra_layers=4,
                                                extra_width=8, extra_at="half"),

@@ -1,9 +1,9 @@
 """Batch transforms against exact expected tensors, and their place in the train/eval pipelines."""
 import torch
 
-from plugins.augment import Normalize, PadCrop, RandomFlip
-from runner.training.builders import build_transforms
+from runner.plugins.augment import Normalize, PadCrop, RandomFlip
 from runner.spec.loading import validate
+from runner.training.builders import build_transforms
 
 
 def test_normalize_uses_training_statistics_per_channel():
@@ -45,10 +45,11 @@ def test_pad_crop_returns_shifted_windows_of_the_zero_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     shifts = set()
     for i in range(len(x)):  # test-side loop only: find which window each image is
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(out[i], padded[i, :, t:t + 8, l:l + 8])]
+        matches = [(top, left) for top in range(5) for left in range(5)
+                   if torch.equal(out[i], padded[i, :, top:top + 8, left:left + 8])]
         assert matches, f"image {i} is not a window of its padded self"
         shifts.add(matches[0])
-    assert shifts == {(t, l) for t in range(5) for l in range(5)}  # all 25 offsets occur, none outside
+    assert shifts == {(top, left) for top in range(5) for left in range(5)}  # all 25 offsets occur, none outside
 
 
 def test_pad_crop_padding_is_zero_after_normalization():

@@ -8,6 +8,7 @@ import pytest
 
 from runner import artifacts
 from runner.cli import main
+from runner.spec.overrides import read as read_overrides
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -16,7 +17,8 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 def sweep(tmp_path_factory, cifar_archive):
     """p1_q1_raw swept over two learning rates and two seeds (4 quick runs), and one that fails."""
     out = tmp_path_factory.mktemp("sweep")
-    common = ["--quick", "--set", "train.iterations=3", "--data", str(cifar_archive), "--out", str(out), "--no-progress"]
+    common = ["--quick", "--set", "train.iterations=3", "--data", str(cifar_archive), "--out", str(out),
+              "--no-progress"]
     assert main([str(SPECS / "p1_q1_raw.toml"), "--set", "train.lr=0.01,0.05", "--seeds", "0,1", *common]) == 0
     assert main([str(SPECS / "p1_q2_normalize.toml"), *common, "--set", "train.lr=1e6", "--set", "train.warmup=0.0",
                  "--set", "train.log_every=1", "--set", "train.iterations=8"]) == 5
@@ -31,7 +33,9 @@ def test_a_sweep_runs_once_per_value_and_seed_each_recording_its_overrides(sweep
     for run in runs:
         summary = artifacts.read_summary(run)
         lr = tomllib.loads((run / "spec.toml").read_text())["train"]["lr"]
-        assert f"train.lr={lr:g}" in summary["overrides"] and f"seed={summary['seed']}" in summary["overrides"]
+        recorded = {o.text: o.origin for o in read_overrides(summary["overrides"])}
+        # Each value is recorded once, with where it came from: the sweep's point, the --seeds.
+        assert recorded[f"train.lr={lr:g}"] == "sweep" and recorded[f"seed={summary['seed']}"] == "seed"
 
 
 def test_ls_lists_runs_with_their_result_and_filters(sweep, capsys):
@@ -87,7 +91,7 @@ def test_a_suite_skips_the_sweep_points_already_run(sweep, cifar_archive, tmp_pa
 def test_show_says_where_each_value_came_from(capsys):
     assert main(["show", str(SPECS / "p1_q4_crop.toml"), "--quick", "--set", "train.lr=0.1"]) == 0
     out = capsys.readouterr().out
-    line = lambda key: next(l for l in out.splitlines() if l.startswith(f"{key} ="))
+    line = lambda key: next(text for text in out.splitlines() if text.startswith(f"{key} ="))
     assert line("lr").endswith("# --set train.lr=0.1")
     assert line("iterations").endswith("# --quick (train.iterations=12)")
     assert line("transforms").endswith("# specs/p1_q4_crop.toml")

@@ -9,6 +9,7 @@ import pickle
 import socket
 import tarfile
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from runner import data
+from runner.data import BATCH_DIR, class_names, load_batches, locate
 from runner.errors import DataError
-from runner.data import BATCH_DIR, class_names, load_batches, locate, resolve_source
 
 OFFICIAL = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -261,6 +262,14 @@ def test_incomplete_foreign_folder_is_reported_not_overwritten(tmp_path):
     assert "data_batch_1" in str(err.value)
 
 
+def test_a_folder_where_a_batch_file_should_be_is_named_as_such(tmp_path):
+    # As root, chmod 000 stops no read: the unreadable batch a user meets is a folder in its place.
+    (tmp_path / BATCH_DIR / "data_batch_1").mkdir(parents=True)
+    (tmp_path / BATCH_DIR / "test_batch").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"it holds data_batch_1 \(a folder, not a file\), test_batch"):
+        locate(tmp_path, url="http://127.0.0.1:9/never", progress=False)
+
+
 @pytest.mark.parametrize("kind", ["not_tar", "not_cifar", "traversal"])
 def test_bad_archives(tmp_path, kind):
     archive = tmp_path / "bad.tar.gz"
@@ -375,15 +384,26 @@ def test_class_names_from_meta_with_fallback(tmp_path):
 
 # --- source resolution ----------------------------------------------------------------------------
 
-def test_resolve_source_precedence(monkeypatch):
+def test_the_data_source_is_resolved_once_with_what_chose_it(monkeypatch, tmp_path, synthetic):
+    folders = {}
+    for name in ("cli", "env", "spec"):
+        with tarfile.open(synthetic["path"]) as tar:
+            tar.extractall(tmp_path / name, filter="data")
+        folders[name] = tmp_path / name / BATCH_DIR
+    spec = types.SimpleNamespace(path=Path("specs/x.toml"), data=types.SimpleNamespace(root=str(tmp_path / "spec")))
     monkeypatch.delenv("RUNNER_DATA", raising=False)
-    assert resolve_source(None, None) is None
-    assert resolve_source(None, "spec/path") == "spec/path"
-    monkeypatch.setenv("RUNNER_DATA", "env/path")
-    assert resolve_source(None, "spec/path") == "env/path"
-    assert resolve_source("cli/path", "spec/path") == "cli/path"
+    assert data.resolve(None, spec) == data.DataSource(folders["spec"], "data.root of specs/x.toml")
+    monkeypatch.setenv("RUNNER_DATA", str(tmp_path / "env"))
+    assert data.resolve(None, spec) == data.DataSource(folders["env"], "RUNNER_DATA")
+    source = data.resolve(str(tmp_path / "cli"), spec)
+    assert source == data.DataSource(folders["cli"], "--data") and str(source) == str(folders["cli"])
+    assert data.resolve(source, spec) is source  # a run given a source keeps it
+    assert data.resolve(str(source), spec).folder == source.folder  # a job's text resolves to itself
     monkeypatch.setenv("RUNNER_DATA", "")  # set but empty counts as unset
-    assert resolve_source(None, "spec/path") == "spec/path"
+    assert data.resolve(None, spec).chosen_by == "data.root of specs/x.toml"
+    spec.data.root = str(tmp_path / "missing")
+    with pytest.raises(DataError, match=r"does not exist.*\(data.root of specs/x.toml\)"):
+        data.resolve(None, spec)
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.saliency import correlation, maps
-from plugins.sharpness import measure, momentum_threshold, top_eigenvalue
 from runner.cli import main
+from runner.plugins.saliency import correlation, maps
+from runner.plugins.sharpness import measure, momentum_threshold, top_eigenvalue
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.augment import Normalize
-from plugins.fgsm import iterative_fgsm, load_png
 from runner import RunnerError
 from runner.cli import main
+from runner.plugins.augment import Normalize
+from runner.plugins.fgsm import iterative_fgsm, load_png
 from runner.sources import load_trained
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -143,7 +143,7 @@ def reference_fgsm(model, images, labels, *, eps, max_steps, confidence=0.99, bo
     """The attack written plainly, as it was before it was made fast: every step gathers the
     active images, runs a full forward and backward, writes the results back by index, and
     drops the finished images. iterative_fgsm must return exactly what this returns."""
-    from plugins.fgsm import goal_of
+    from runner.plugins.fgsm import goal_of
 
     model.eval()
     x = images.detach().float().clone()
@@ -321,7 +321,8 @@ def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
     seed1 = completed(1)
     time.sleep(1.05)  # run folders are named by the second
     seed0 = completed(0)  # the newest
-    attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False, spec=SimpleNamespace(seed=seed))
+    attack = lambda seed: SimpleNamespace(dir=tmp_path / "p3_q1_fgsm" / "run", quick=False,
+                                          spec=SimpleNamespace(seed=seed))
     assert source_run(attack(1), "p1_q4_crop") == seed1
     assert source_run(attack(0), "p1_q4_crop") == seed0
     assert source_run(attack(2), "p1_q4_crop") == seed0  # no seed-2 model: the newest of any seed
@@ -329,7 +330,7 @@ def test_an_attack_uses_the_source_run_of_its_own_seed(tmp_path):
 
 
 def test_top_switches_count_true_to_reached_class_pairs():
-    from plugins.fgsm import top_switches
+    from runner.plugins.fgsm import top_switches
 
     labels, reached = torch.tensor([3, 3, 3, 5, 1, 9]), torch.tensor([5, 5, 2, 3, 9, 1])
     top = top_switches(labels, reached, [f"c{i}" for i in range(10)], most=2)

@@ -117,7 +117,7 @@ def test_every_specs_quick_run_is_as_pinned(quick_suite):
     assert not off, (f"kernels {signature} (no pins): results off by more than {NOISE} (pinned, now):\n"
                      + _report(off))
     warnings.warn(f"no golden pins for this CPU's kernels ({signature}): results compared within {NOISE} only; "
-                  f"pin them with RUNNER_UPDATE_GOLDEN=add python -m pytest tests/test_golden.py")
+                  f"pin them with RUNNER_UPDATE_GOLDEN=add python -m pytest tests/test_golden.py", stacklevel=1)
 
 
 def _close(pinned, now) -> bool:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from torch import nn
 
-from plugins import grad_magnitude
+from runner.plugins import grad_magnitude
 from runner.training.engine import create_trainer
 from runner.training.metrics import MetricsLog
 
@@ -164,15 +164,18 @@ def test_mean_and_ratio_equal_a_direct_computation(tmp_path):
     table = run.metrics.table()
     layers = ["conv01 (0)", "conv02 (2)", "linear03 (5)"]
     # Columns come in one order whatever the spec lists: G first (as before), then mean, then ratio.
-    assert [n for n in table if "/" in n] == [f"{p}/{l}" for p in ("G", "grad_mean", "grad_ratio") for l in layers]
+    assert [n for n in table if "/" in n] == [f"{p}/{layer}" for p in ("G", "grad_mean", "grad_ratio")
+                                              for layer in layers]
 
     x, y = batch()
     weights = [initial[0].weight, initial[2].weight, initial[5].weight]
     grads = torch.autograd.grad(F.cross_entropy(initial(x.float()), y), weights)
-    assert [table[f"grad_mean/{l}"][0] for l in layers] == pytest.approx([g.abs().mean().item() for g in grads], rel=1e-5)
-    assert [table[f"grad_ratio/{l}"][0] for l in layers] == pytest.approx(
+    assert [table[f"grad_mean/{layer}"][0] for layer in layers] == pytest.approx(
+        [g.abs().mean().item() for g in grads], rel=1e-5)
+    assert [table[f"grad_ratio/{layer}"][0] for layer in layers] == pytest.approx(
         [(g.norm() / w.norm()).item() for g, w in zip(grads, weights)], rel=1e-5)
-    assert [table[f"G/{l}"][0] for l in layers] == pytest.approx([g.abs().max().item() for g in grads], rel=1e-5)
+    assert [table[f"G/{layer}"][0] for layer in layers] == pytest.approx(
+        [g.abs().max().item() for g in grads], rel=1e-5)
     # The second step's ratio uses the moved weights: it differs from the first's.
     assert table["grad_ratio/conv01 (0)"][1] != table["grad_ratio/conv01 (0)"][0]
 

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.nets import input_grad
 from runner.input_grad import input_gradients, shapes_checked
+from runner.nets import input_grad
 from runner.nets.models import AllConvNet, Table1Net
 
 

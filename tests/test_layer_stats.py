@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from torch import nn
 
-from plugins import layer_stats
 from runner.blocks import Residual
+from runner.plugins import layer_stats
 from runner.training.engine import create_trainer
 from runner.training.metrics import MetricsLog
 
@@ -92,7 +92,8 @@ def test_activation_stats_match_a_direct_computation(tmp_path):
         expected = {"mean": out.mean(), "std": out.std(), "zero_frac": (out == 0).float().mean(),
                     "dead_relu": (per_unit.abs().amax(1) == 0).float().mean()}
         for stat, value in expected.items():
-            assert table[f"layer_stats/{name}/{stat}"][0] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), (name, stat)
+            assert table[f"layer_stats/{name}/{stat}"][0] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), \
+                (name, stat)
     assert table["layer_stats/relu01/std"][1] != table["layer_stats/relu01/std"][0]  # the second step's weights
 
 

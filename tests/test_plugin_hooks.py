@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import Plugin, PluginError, Setting, SpecError, hookimpl, setting
+from runner import Plugin, PluginError, SpecError, hookimpl, setting
 from runner.cli import main
-from runner.spec.loading import load, validate
+from runner.spec.loading import validate
 from runner.training.state import Run
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -116,7 +116,8 @@ def test_settings_arrive_as_a_typed_object(catalogue):
     ("SETTINGS = {'x': Setting(1)}", "sets SETTINGS; declare the plugin with one object instead"),
     ("plugin = Plugin(run_model='nope')", "run_model='nope' names no setting"),
     ("plugin = Plugin(settings={'enabled': Setting(1)})", "may not be called 'enabled'"),
-    ("@dataclass\nclass S:\n    x: tuple = setting((1,))\nplugin = Plugin(settings=S)", "type <class 'tuple'> is not one a spec can hold"),
+    ("@dataclass\nclass S:\n    x: tuple = setting((1,))\nplugin = Plugin(settings=S)",
+     "type <class 'tuple'> is not one a spec can hold"),
     ("@dataclass\nclass S:\n    x: int\nplugin = Plugin(settings=S)", "has no default"),
 ])
 def test_a_bad_declaration_is_refused_when_the_plugin_loads(tmp_path, catalogue, declaration, message):
@@ -136,8 +137,9 @@ def spec_with(tmp_path, source: str) -> Path:
 
 @pytest.mark.parametrize("source, expected", [
     ("from runner import hookimpl\n\n@hookimpl\ndef attach(trainer:\n", "has a syntax error at {file}:4"),
-    ("import numpy\nimport no_such_package_here\n", "imports 'no_such_package_here', which is not installed (at {file}:2); "
-                                                    "install it (pip install no_such_package_here)"),
+    ("import numpy\nimport no_such_package_here\n",
+     "imports 'no_such_package_here', which is not installed (at {file}:2); "
+     "install it (pip install no_such_package_here)"),
     ("from runner import hookimpl\n\n@hookimpl\ndef atach(trainer):\n    pass\n", "unknown hook 'atach'"),
     ("from runner import hookimpl\n\n@hookimpl\ndef attach(trainer, engine):\n    pass\n",
      "argument 'engine' of hook 'attach' at {file}:3 is not one the hook passes (it passes: trainer, evaluator"),

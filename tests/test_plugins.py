@@ -10,11 +10,11 @@ import torch
 
 from runner import Plugin, PluginError, Setting, SpecError, hookimpl
 from runner.cli import main
-from runner.training.metrics import read_csv
 from runner.plugin_host.catalogue import Catalogue
-from runner.training.builders import build_model
-from runner.training.state import Run
 from runner.spec.loading import load, validate
+from runner.training.builders import build_model
+from runner.training.metrics import read_csv
+from runner.training.state import Run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -188,7 +188,8 @@ def test_the_readme_plugin_runs_end_to_end(tmp_path, cifar_archive):
     assert (run_dir / "weight_norms.png").stat().st_size > 1000
     # The last value recorded, not the NaN of iteration 12 (json.dumps would write NaN: not JSON).
     final = json.loads((run_dir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    assert final["weight_norms_final"][norms[0]] == pytest.approx(metrics[norms[0]][9], rel=1e-4)  # the csv keeps 6 digits
+    # The csv keeps 6 digits.
+    assert final["weight_norms_final"][norms[0]] == pytest.approx(metrics[norms[0]][9], rel=1e-4)
 
 
 def test_runs_that_crash_fail_alone_in_a_suite(tmp_path, cifar_archive, capsys):

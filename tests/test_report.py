@@ -12,8 +12,13 @@ import pytest
 from pypdf import PdfReader
 
 from runner.cli import main
+from runner.plugin_host.catalogue import Catalogue
 from runner.report import collect
-from runner.spec.loading import load
+from runner.spec import loading
+
+
+def load(spec_file, overrides=()):
+    return loading.load(spec_file, Catalogue.default(), overrides)
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -139,7 +144,8 @@ def test_the_html_renders_with_every_image_loaded(reported, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", "<script>window.addEventListener('load', () => {"
                                   "const bad = [...document.images].filter(i => !i.complete || !i.naturalWidth);"
-                                  "document.body.setAttribute('data-images', document.images.length + ' ' + bad.length);"
+                                  "document.body.setAttribute('data-images', "
+                                  "document.images.length + ' ' + bad.length);"
                                   "});</script></body>"))
     result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",

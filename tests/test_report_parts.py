@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from plugins.augment import report_sections as augment_sections
+from runner.plugins.augment import report_sections as augment_sections
 from runner.report import Fields, Runs, SpecRuns, fill_template
 from runner.report.build import collapse_repeats
 from runner.report.collect import question_order
@@ -109,7 +109,8 @@ def test_math_between_dollars_is_typeset(tmp_path):
 
 def _q4_answer(tmp_path, q4, ablation):
     """The P2 Q4 answer's "what limits it" paragraph, filled from runs with these accuracies."""
-    specs = [_spec("p2_q4_skip", "P2 Q4: fix", q4, 0.9, []), _spec("p2_ablate_nobn_kaiming", "P2 ablation", ablation, 0.9, []),
+    specs = [_spec("p2_q4_skip", "P2 Q4: fix", q4, 0.9, []),
+             _spec("p2_ablate_nobn_kaiming", "P2 ablation", ablation, 0.9, []),
              _spec("p2_ablate_skip_default_init", "P2 ablation", [0.70, 0.70, 0.70], 0.9, [])]
     runs = Runs(specs, quick=False, out=tmp_path, workdir=tmp_path)
     answer = fill_template(SPECS / "p2_explanation.md", template_fields(runs), ["p2_q4_skip"])["p2_q4_skip"]

@@ -75,9 +75,9 @@ def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
 
 def _resolved(seed: int, quick: bool, iterations: int) -> str:
     """The spec.toml a run of `runner p1_q1_raw.toml [--quick] --set train.iterations=N --seed S` writes."""
-    from runner.suite.plan import quick_overrides
     from runner.plugin_host.catalogue import Catalogue
     from runner.spec.loading import load
+    from runner.suite.plan import quick_overrides
 
     catalogue, path = Catalogue.default(), SPECS / "p1_q1_raw.toml"
     overrides = (quick_overrides(path, catalogue) if quick else []) + [f"train.iterations={iterations}", f"seed={seed}"]

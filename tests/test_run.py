@@ -7,8 +7,8 @@ import torch
 
 from runner import artifacts
 from runner.cli import main
-from runner.training.metrics import read_csv
 from runner.sources import load_trained
+from runner.training.metrics import read_csv
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
@@ -35,7 +35,8 @@ def test_quick_run_writes_every_artifact(quick_run):
     assert summary["setup_seconds"] > 0
     assert summary["wall_seconds"] >= summary["setup_seconds"] + summary["seconds"] + summary["eval_seconds"]
     # Table 1: convs and the hidden FC have no bias (BatchNorm follows); BN has weight and bias.
-    assert summary["parameters"] == 3 * 32 * 25 + 32 * 32 * 25 + 32 * 64 * 25 + 1024 * 64 + 650 + 2 * (32 + 32 + 64 + 64)
+    assert summary["parameters"] == (3 * 32 * 25 + 32 * 32 * 25 + 32 * 64 * 25 + 1024 * 64 + 650
+                                     + 2 * (32 + 32 + 64 + 64))
 
 
 def test_metrics_csv_has_one_row_per_iteration(quick_run):
@@ -43,7 +44,7 @@ def test_metrics_csv_has_one_row_per_iteration(quick_run):
     assert list(metrics)[:4] == ["iteration", "loss", "batch_accuracy", "running_accuracy"]
     assert metrics["iteration"] == [float(i) for i in range(1, 13)]
     assert all(0 <= a <= 1 for a in metrics["batch_accuracy"])
-    assert all(l > 0 for l in metrics["loss"])
+    assert all(loss > 0 for loss in metrics["loss"])
 
 
 def test_resolved_spec_is_saved(quick_run):

@@ -20,7 +20,7 @@ def test_new_plugin_then_pytest_passes(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.py", "demo.toml", "test_demo.py"]
-    assert "wrote demo/demo.py" in made.stdout and "cd demo" in made.stdout and "runner demo.toml --quick" in made.stdout
+    assert all(text in made.stdout for text in ("wrote demo/demo.py", "cd demo", "runner demo.toml --quick"))
     tested = subprocess.run([sys.executable, "-m", "pytest", "demo", "-q", "-p", "no:cacheprovider"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-2000:]
@@ -48,7 +48,8 @@ def test_new_refuses_to_overwrite_and_writes_nothing(tmp_path, capsys):
     assert main(["new", "plugin", "demo", "--dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "demo.py exists already" in error and "never overwrites" in error and "--dir" in error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.py"] and (tmp_path / "demo.py").read_text() == "# mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.py"]
+    assert (tmp_path / "demo.py").read_text() == "# mine\n"
 
 
 @pytest.mark.parametrize("name, message", [
@@ -78,7 +79,8 @@ def test_plugins_name_prints_help_hooks_and_the_settings_table(capsys):
     assert lines[0] == "fgsm  (built-in)"
     assert lines[1].strip().startswith("iterative FGSM")
     assert "hooks: report_sections, run_finished" in lines
-    header = next(i for i, line in enumerate(lines) if line.split() == ["key", "type", "default", "--quick", "allowed", "help"])
+    columns = ["key", "type", "default", "--quick", "allowed", "help"]
+    header = next(i for i, line in enumerate(lines) if line.split() == columns)
     rows = {line.split()[0]: line for line in lines[header + 1:] if line.startswith("  ")}
     assert re.match(r"\s+max_steps\s+int\s+200\s+20\s+>= 0\s+steps per image", rows["max_steps"])
     assert re.match(r"\s+confidence\s+float\s+0\.99\s+-\s+0\.0 to 1\.0\s+stop once", rows["confidence"])

@@ -1,4 +1,4 @@
-"""Hyperparameter search (runner/search.py): a seeded study pins its trials, pruning stops a trial
+"""Hyperparameter search (runner/suite/search.py): a seeded study pins its trials, pruning stops a trial
 cleanly, a killed study continues to its trial count, bad spaces fail when the spec loads."""
 import json
 import os
@@ -9,14 +9,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from runner.suite import search
 from runner.cli import main
 from runner.errors import SpecError
 from runner.plugin_host.catalogue import Catalogue
 from runner.spec.loading import load
+from runner.spec.overrides import read as read_overrides
+from runner.suite import search
 from runner.suite.plan import RunOptions, forget_loaded_specs
-
-from .fixtures_data import cifar_archive  # noqa: F401
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 # Tiny trials: 4 iterations on 400 images (200 of them held out under --quick), tested on 100.
@@ -77,13 +76,14 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     for summary, trial in zip(trial_runs, trials):
         assert summary["validation_accuracy"] == pytest.approx(trial.value)
         assert summary["search"]["validation_images"] == 200  # held out of the 400: training saw 200
-        assert f"model.widths={trial.params['model.widths']}" in summary["overrides"]
+        recorded = {o.text: o.origin for o in read_overrides(summary["overrides"])}
+        assert recorded[f"model.widths={trial.params['model.widths']}"] == "search"
         assert summary["iterations"] == 4
     # The best trial's values, trained on every training image, once on the test set (--seeds 0).
     tested = [s for s in runs if s["search"]["role"] == "test"]
     best = study.best_trial
     assert len(tested) == 1 and tested[0]["search"]["best_trial"] == best.number
-    assert "search.validation" not in " ".join(tested[0]["overrides"])
+    assert "search.validation" not in [o.key for o in read_overrides(tested[0]["overrides"])]
     assert study.user_attrs["test"]["test_accuracy"] == [tested[0]["test_accuracy"]]
     capsys.readouterr()
     assert main(["search", "show", str(out / "searched")]) == 0

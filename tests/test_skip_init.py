@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins import init, skip
 from runner import SpecError
-from runner.spec import loading as spec_module
 from runner.nets.models import AllConvNet
+from runner.plugins import init, skip
+from runner.spec import loading as spec_module
 
 SKIP = {"layers": "inserted", "block": 2, "shortcut": "identity", "gate": "none", "final_relu": False}
 
@@ -91,7 +91,8 @@ def test_leftover_block_and_all_runs():
 
 
 def test_gate_zero_block_outputs_its_input():
-    wrapped = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**dict(SKIP, gate="zero", shortcut="projection")))
+    settings = skip.Settings(**dict(SKIP, gate="zero", shortcut="projection"))
+    wrapped = skip.change_model(model=deep_plain_net(), settings=settings)
     block = next(m for m in wrapped if isinstance(m, skip.Residual))
     x = torch.randn(2, 16, 16, 16)
     assert torch.allclose(block(x), x, atol=1e-6)
@@ -139,7 +140,8 @@ def test_final_relu_moves_the_branch_relu_after_the_addition():
 
 
 def test_fixup_blocks_start_as_identity_and_scale_the_rest():
-    model = skip.change_model(model=deep_plain_net(), settings=skip.Settings(**dict(SKIP, shortcut="projection", final_relu=True)))
+    settings = skip.Settings(**dict(SKIP, shortcut="projection", final_relu=True))
+    model = skip.change_model(model=deep_plain_net(), settings=settings)
     init.change_model(model=model, settings=init.Settings(**{"scheme": "fixup", "layers": "all"}))
     blocks = [m for m in model if isinstance(m, skip.Residual)]
     for block in blocks:

@@ -5,6 +5,7 @@ import pytest
 
 from runner import SpecError
 from runner.spec import loading as spec_module
+
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
@@ -45,7 +46,8 @@ def test_part1_transform_order_follows_the_homework(catalogue):
 def test_extends_merges_tables_and_replaces_lists(tmp_path, catalogue):
     write(tmp_path, "base.toml", '[model]\nname = "table1"\n[train]\nlr = 0.3\niterations = 50\n'
                                  '[data]\ntransforms = ["flip", "normalize"]\n')
-    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nlr = 0.1\n[data]\ntransforms = ["normalize"]\n')
+    child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nlr = 0.1\n'
+                                          '[data]\ntransforms = ["normalize"]\n')
     spec = load(child, catalogue)
     assert spec["train"]["lr"] == 0.1 and spec["train"]["iterations"] == 50
     assert spec["data"]["transforms"] == ["normalize"]
@@ -61,7 +63,8 @@ def test_name_and_question_are_not_inherited(tmp_path, catalogue):
 
 
 def test_a_file_that_lists_plugins_places_them_after_the_inherited_ones(tmp_path, catalogue):
-    write(tmp_path, "base.toml", '[model]\nname = "table1"\n[plugins.init]\nscheme = "kaiming"\n[plugins.grad_magnitude]\n')
+    write(tmp_path, "base.toml", '[model]\nname = "table1"\n[plugins.init]\nscheme = "kaiming"\n'
+                                 '[plugins.grad_magnitude]\n')
     both = write(tmp_path, "both.toml", 'extends = "base.toml"\n[plugins.skip]\nfinal_relu = true\n'
                                         '[plugins.init]\nscheme = "fixup"\n')
     one = write(tmp_path, "one.toml", 'extends = "base.toml"\n[plugins.skip]\n')
@@ -230,11 +233,13 @@ def test_quick_shrinks_the_run_and_caps_the_attacks_of_enabled_plugins(tmp_path,
     assert fgsm["train"]["iterations"] == 0  # evaluate-only stays so
     assert fgsm["data"]["test_limit"] == 500 and fgsm["plugins"]["fgsm"]["max_steps"] == 20
     universal = quick_overrides(SPECS / "p3_universal.toml", catalogue)
-    assert "plugins.universal.epochs=2" in universal and "train.iterations=12" not in universal
+    texts = [o.text for o in universal]
+    assert "plugins.universal.epochs=2" in texts and "train.iterations=12" not in texts
+    assert {o.origin for o in universal} == {"quick"}
     # A disabled plugin gets no quick value: it would only be noise in the resolved spec.
     (tmp_path / "off.toml").write_text(f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[plugins.fgsm]\nenabled = false\n')
-    assert not [o for o in quick_overrides(tmp_path / "off.toml", catalogue) if o.startswith("plugins.")]
-    assert "train.iterations=12" in quick_overrides(tmp_path / "off.toml", catalogue)
+    assert not [o for o in quick_overrides(tmp_path / "off.toml", catalogue) if o.key.startswith("plugins.")]
+    assert "train.iterations=12" in [o.text for o in quick_overrides(tmp_path / "off.toml", catalogue)]
 
 
 def test_validate_checks_that_required_specs_exist(tmp_path, capsys):
@@ -252,7 +257,7 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
     override = "plugins.fgsm.max_steps=5"
     raw = load(SPECS / "p1_q1_raw.toml", catalogue, override, "train.lr=0.2")
     assert "fgsm" not in raw.plugin_names()  # once it silently added an attack to the spec
-    assert raw.overrides == ["train.lr=0.2"] and raw.unused_overrides == [override]
+    assert [o.text for o in raw.overrides] == ["train.lr=0.2"] and raw.unused_overrides == [override]
     attack = load(SPECS / "p3_q1_fgsm.toml", catalogue, override)
     assert attack["plugins"]["fgsm"]["max_steps"] == 5 and attack.unused_overrides == []
     added = load(SPECS / "p1_q1_raw.toml", catalogue, "plugins.grad_magnitude.enabled=true",
@@ -268,13 +273,15 @@ def test_a_plugin_setting_applies_only_where_the_spec_uses_the_plugin(catalogue,
 
 def test_a_job_carries_the_overrides_its_own_spec_was_loaded_with(catalogue, tmp_path):
     # --with-deps loads the specs it adds without the user's --set; under --jobs they once got them all.
+    from runner.spec.overrides import Override
     from runner.suite import plan as suite
+
     plan, _ = suite.build([SPECS / "p3_q1_fgsm.toml"], catalogue, options=suite.RunOptions(out=str(tmp_path)),
                           overrides=["plugins.fgsm.max_steps=5"], with_deps=True, device="cpu")
     jobs = {job.name: job for job in plan.jobs}
     assert list(jobs) == ["p1_q4_crop", "p3_q1_fgsm"]  # the model first
-    assert "plugins.fgsm.max_steps=5" in jobs["p3_q1_fgsm"].overrides
-    assert jobs["p1_q4_crop"].overrides == ('device="cpu"',)  # where it runs holds for all
+    assert Override("plugins.fgsm.max_steps", "5", "set") in jobs["p3_q1_fgsm"].overrides
+    assert jobs["p1_q4_crop"].overrides == (Override("device", '"cpu"', "device"),)  # where it runs holds for all
     # A job loads in a worker exactly as here.
     assert jobs["p3_q1_fgsm"].load(catalogue)["plugins"]["fgsm"]["max_steps"] == 5
 
@@ -282,8 +289,12 @@ def test_a_job_carries_the_overrides_its_own_spec_was_loaded_with(catalogue, tmp
 def test_sweeps_expand_into_a_grid_and_arrays_stay_whole():
     from runner.suite.plan import split_values, sweep_points
 
-    assert sweep_points(["train.lr=0.01,0.05", "seed=1"]) == [["train.lr=0.01", "seed=1"], ["train.lr=0.05", "seed=1"]]
-    grid = sweep_points(["train.lr=0.1,0.2", "train.batch_size=50,100,200"])
+    texts = lambda points: [[o.text for o in point] for point in points]  # noqa: E731
+    points = sweep_points(["train.lr=0.01,0.05", "seed=1"])
+    assert texts(points) == [["train.lr=0.01", "seed=1"], ["train.lr=0.05", "seed=1"]]
+    # Each swept value records that it is a sweep's; a single value stays the user's --set.
+    assert [[o.origin for o in point] for point in points] == [["sweep", "set"], ["sweep", "set"]]
+    grid = texts(sweep_points(["train.lr=0.1,0.2", "train.batch_size=50,100,200"]))
     assert len(grid) == 6 and ["train.lr=0.2", "train.batch_size=200"] in grid
     assert split_values("[16,32],[64,128]") == ["[16,32]", "[64,128]"]
     assert split_values("[16, 32]") == ["[16, 32]"] and split_values('"a,b"') == ['"a,b"']

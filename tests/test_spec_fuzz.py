@@ -5,8 +5,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner import SpecError
-from runner.spec import loading as spec_module
 from runner.plugin_host.catalogue import Catalogue
+from runner.spec import loading as spec_module
 
 CATALOGUE = Catalogue.default()
 VALID = '''seed = 1

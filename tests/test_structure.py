@@ -7,9 +7,15 @@ import runner
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def module_name(path: Path) -> str:
+    """The name a file imports as: plugins/ installs as runner.plugins (setup.py's package_dir)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(("runner", *parts) if parts[0] == "plugins" else parts)
+
+
 def imports(path: Path, package: str) -> list[str]:
     """Every module a file imports (relative imports resolved), at any depth of the file."""
-    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    module = module_name(path)
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -17,8 +23,7 @@ def imports(path: Path, package: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = module.split(".")[:-node.level] if not path.name == "__init__.py" else \
-                    module.split(".")[:len(module.split(".")) - node.level + 1]
+                parent = module.split(".")[:-node.level]  # a package's name ends in .__init__ here
                 base = ".".join(parent + ([base] if base else []))
             found.append(base)
             found += [f"{base}.{alias.name}" for alias in node.names]
@@ -29,8 +34,7 @@ def modules() -> dict[str, Path]:
     found = {}
     for package in ("runner", "plugins"):
         for path in (ROOT / package).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-            found[name.removesuffix(".__init__")] = path
+            found[module_name(path).removesuffix(".__init__")] = path
     return found
 
 
@@ -57,10 +61,10 @@ def test_no_import_cycles():
 def test_plugins_import_no_plugin_and_only_the_public_api():
     public = {f"runner.{name}" for name in runner.__all__} | {"runner"}
     for path in (ROOT / "plugins").glob("*.py"):
-        for module in imports(path, "plugins"):
-            if module.startswith("plugins"):
-                assert module == "plugins", f"{path.name} imports another plugin: {module}"
-            if module.startswith("runner"):
+        for module in imports(path, "runner.plugins"):
+            if module.startswith(("plugins", "runner.plugins")):
+                assert module == "runner.plugins", f"{path.name} imports another plugin: {module}"
+            elif module.startswith("runner"):
                 top = ".".join(module.split(".")[:2])
                 assert top in public, f"{path.name} imports {module}, which runner/__init__.py does not export"
 
@@ -77,6 +81,9 @@ LAYERS = [
     ("report", {"runner.report"}),
     ("interfaces", {"runner.cli", "runner.api", "runner.scaffold", "runner.testing", "runner.visdom_server",
                     "runner.__main__"}),
+    # The built-in plugins (plugins/, installed as runner.plugins): the catalogue loads them by name,
+    # nothing imports them.
+    ("plugins", {"runner.plugins"}),
 ]
 
 
@@ -121,3 +128,21 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     finally:
         ROOT = saved
     assert found and "runner.spec.bad (spec) imports runner.suite.plan (suite)" in found[0]
+
+
+def test_the_code_version_covers_every_floor_and_the_built_in_plugins(monkeypatch):
+    # A run is up to date only if made by the same code: an edit in any floor's module or in a
+    # built-in plugin must change the version, an edit in the report (which makes no run) not.
+    from pathlib import Path as P
+
+    from runner.training import fingerprint
+
+    seen = []
+    real_read = P.read_bytes
+    monkeypatch.setattr(P, "read_bytes", lambda self: seen.append(self) or real_read(self))
+    fingerprint.code_version()
+    hashed = {p.resolve().relative_to(ROOT).as_posix() for p in seen}
+    for module in ("runner/training/flow.py", "runner/spec/loading.py", "runner/suite/plan.py",
+                   "runner/nets/models.py", "runner/plugin_host/hooks.py", "runner/data.py", "plugins/fgsm.py"):
+        assert module in hashed, module
+    assert not any(p.startswith("runner/report/") for p in hashed)

@@ -132,9 +132,9 @@ def _wait(worker, seconds=180):
 
 
 def test_a_worker_runs_job_after_job_each_like_a_fresh_process(tmp_path, cifar_archive):
+    from runner.plugin_host.catalogue import Catalogue
     from runner.suite.executors import Worker
     from runner.suite.plan import RunOptions, quick_overrides
-    from runner.plugin_host.catalogue import Catalogue
 
     raw = SPECS / "p1_q1_raw.toml"
     overrides = quick_overrides(raw, Catalogue.default()) + ["train.iterations=3"]

@@ -105,7 +105,8 @@ def test_a_plugin_authors_tests_pass_through_the_entry_point(pytester):
     """The author's folder: a plugin and its tests, no conftest.py; the fixtures come from the
     pytest11 entry point. Prints the seconds each test took."""
     pytester.makepyfile(weight_norm=AUTHOR_PLUGIN,
-                        test_weight_norm=AUTHOR_TESTS.replace("{homework_spec}", str(REPO_ROOT / "specs" / "p1_q1_raw.toml")))
+                        test_weight_norm=AUTHOR_TESTS.replace("{homework_spec}",
+                                                              str(REPO_ROOT / "specs" / "p1_q1_raw.toml")))
     started = time.perf_counter()
     result = pytester.runpytest("-p", "no:cacheprovider", "--durations=0", "--durations-min=0")
     wall = time.perf_counter() - started
@@ -115,7 +116,8 @@ def test_a_plugin_authors_tests_pass_through_the_entry_point(pytester):
         found = re.match(r"\s*([\d.]+)s (setup|call|teardown)\s+test_weight_norm.py::(\w+)", line)
         if found:
             seconds[found[3]] = seconds.get(found[3], 0.0) + float(found[1])
-    assert set(seconds) == {"test_records_every_few_iterations", "test_on_a_homework_spec", "test_the_minimal_spec_learns"}
+    assert set(seconds) == {"test_records_every_few_iterations", "test_on_a_homework_spec",
+                            "test_the_minimal_spec_learns"}
     print(f"harness: {wall:.1f} s for 3 tests; per test: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
     assert all(v < 20 for v in seconds.values()), seconds
 

@@ -110,7 +110,8 @@ def test_mlflow_store_holds_what_metrics_csv_has(tracked):
     assert (test.step, test.value) == (12, pytest.approx(summary["test_accuracy"], rel=1e-9))
 
     params = run.data.params
-    assert (params["train.lr"], params["model.widths"], params["plugins.grad_magnitude.every"]) == ("0.05", "[32, 32, 64]", "1")
+    assert (params["train.lr"], params["model.widths"], params["plugins.grad_magnitude.every"]) == \
+        ("0.05", "[32, 32, 64]", "1")
     assert params["train.iterations"] == "12" and run.data.tags["runner.spec"] == "p1_q1_raw"
 
     artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tracked.parent / "downloaded")))
@@ -123,7 +124,7 @@ def test_mlflow_store_holds_what_metrics_csv_has(tracked):
 def test_a_missing_package_is_one_warning_that_says_what_to_install(name, tmp_path, monkeypatch, capsys):
     import importlib
 
-    module = importlib.import_module({"tensorboard": "plugins.tensorboard_log", "mlflow": "plugins.mlflow_log"}[name])
+    module = importlib.import_module(f"runner.plugins.{name}_log")  # tensorboard_log, mlflow_log
     monkeypatch.setitem(sys.modules, name, None)  # `import tensorboard` / `import mlflow` fails
     run = types.SimpleNamespace(rank=0, spec=types.SimpleNamespace(name="demo"), dir=tmp_path)
     state = types.SimpleNamespace()
@@ -161,7 +162,7 @@ def test_trackers_failing_mid_run_warn_once_and_the_run_goes_on(tmp_path, cifar_
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from torch.utils.tensorboard import SummaryWriter
 
-    from plugins.mlflow_log import ASYNC_LOGGER
+    from runner.plugins.mlflow_log import ASYNC_LOGGER
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -175,5 +176,6 @@ def test_trackers_failing_mid_run_warn_once_and_the_run_goes_on(tmp_path, cifar_
     assert err.count("tensorboard: warning") == 1
     assert "tensorboard: warning: logging stopped: OSError: [Errno 28] No space left on device" in err
     (line,) = [line for line in err.splitlines() if "No space left" in line and "tensorboard" not in line]
-    assert line.startswith("[p1_q1_raw] mlflow: warning: logging stopped: ") and "check plugins.mlflow.tracking_uri" in line
+    assert line.startswith("[p1_q1_raw] mlflow: warning: logging stopped: ")
+    assert "check plugins.mlflow.tracking_uri" in line
     assert logging.getLogger(ASYNC_LOGGER).filters == []  # the run's filter is gone with it

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.transfer import wilson_interval
 from runner.cli import main
+from runner.plugins.transfer import wilson_interval
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.universal import fit_universal, fooling_rate, random_sign_noise
 from runner import RunnerError
 from runner.cli import main
+from runner.plugins.universal import fit_universal, fooling_rate, random_sign_noise
 from runner.sources import load_trained
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -47,7 +47,8 @@ def test_quick_chain(tmp_path, cifar_archive):
     common = ["--quick", "--data", str(cifar_archive), "--out", str(tmp_path), "--no-progress"]
     assert main([str(SPECS / "p1_q4_crop.toml"), *common, "--set", "train.iterations=30"]) == 0
     assert main([str(SPECS / "p3_universal.toml"), *common, "--set", "data.train_limit=500",
-                 "--set", "plugins.universal.epochs=2", "--set", 'plugins.universal.targets=["p1_q4_crop", "p2_q1_allconv"]']) == 0
+                 "--set", "plugins.universal.epochs=2",
+                 "--set", 'plugins.universal.targets=["p1_q4_crop", "p2_q1_allconv"]']) == 0
     (run_dir,) = (tmp_path / "p3_universal").iterdir()
     stats = json.loads((run_dir / "summary.json").read_text())["universal"]
     assert stats["linf"] <= stats["radius"] == 10.0 and 1 <= stats["epochs_run"] <= 2

@@ -266,7 +266,7 @@ class FakeRun:
 
 
 def test_no_server_means_no_live_plots_but_a_full_record(tmp_path, capfd):
-    from plugins import visdom_live
+    from runner.plugins import visdom_live
 
     settings = visdom_live.Settings(server="127.0.0.1", port=free_port())  # nothing listens there
     run = FakeRun(tmp_path)
@@ -295,7 +295,7 @@ def test_show_images_is_a_no_op_without_the_plugin(tmp_path, catalogue):
 
 
 def test_address_from_settings_then_environment(monkeypatch):
-    from plugins.visdom_live import Settings, resolve_address
+    from runner.plugins.visdom_live import Settings, resolve_address
 
     monkeypatch.delenv("VISDOM_SERVER_URL", raising=False)
     monkeypatch.delenv("VISDOM_PORT", raising=False)

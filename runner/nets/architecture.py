@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -22,7 +21,8 @@ def rows(model: nn.Module, input_shape=(1, 3, 32, 32)) -> list[dict]:
     """One row per module the forward pass calls, in call order: every leaf, and every wrapper that
     is more than a plain container (skip's Residual blocks), so its own parameters (a gate) count and
     its structure shows; `depth` is how many such wrappers enclose the row."""
-    found, open_rows = [], []  # open_rows: rows of the modules still inside their forward
+    found: list[dict] = []
+    open_rows: list[int] = []  # rows of the modules still inside their forward
     names = {m: name.rpartition(".")[2] for name, m in model.named_modules()}
 
     def before(module, inputs):

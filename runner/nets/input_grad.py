@@ -74,8 +74,9 @@ def _replace_forwards(model: nn.Module) -> list[nn.Module]:
                 if (type(norm) is nn.BatchNorm2d and _cheaper(norm) and type(relu) is nn.ReLU
                         and _cheaper(pool) is _HalvingAvgPool
                         and "forward" not in vars(norm)):
-                    norm.forward = _BatchNormReluPool((norm, relu, pool))
-                    relu.forward = pool.forward = _passed_on
+                    # An instance's own forward, which nn.Module.__call__ calls instead of the class's.
+                    norm.forward = _BatchNormReluPool((norm, relu, pool))  # type: ignore[method-assign]
+                    relu.forward = pool.forward = _passed_on  # type: ignore[method-assign]
                     replaced += [norm, relu, pool]
     for module in model.modules():
         if "forward" not in vars(module) and _cheaper(module) is not None:
@@ -142,6 +143,8 @@ class _Layer:
 class _PhasedConv(_Layer):
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv)
+        assert isinstance(conv.padding, tuple)  # as _cheaper chose it: numbers, not "same" or "valid"
+        self.conv, self.padding = conv, conv.padding
         self.phases = LANES // conv.in_channels
         flipped = conv.weight.detach().flip(2, 3).transpose(0, 1)  # (in, out, kh, kw)
         channels, out, kh, kw = flipped.shape
@@ -151,10 +154,10 @@ class _PhasedConv(_Layer):
         self.weight = weight.contiguous(memory_format=torch.channels_last)
 
     def shape_of_weights(self):
-        return tuple(self.module.weight.shape), self.module.padding
+        return tuple(self.conv.weight.shape), self.padding
 
     def backward(self, x_shape, grad):
-        (kh, kw), (ph, pw) = self.module.kernel_size, self.module.padding
+        (kh, kw), (ph, pw) = self.conv.kernel_size, self.padding
         width = x_shape[-1]
         left = kw - 1 - pw  # the flipped kernel's padding, as in a forward convolution
         pad = left  # the same on both sides, wide enough to cover every input column
@@ -163,7 +166,7 @@ class _PhasedConv(_Layer):
             pad += 1
         out = F.conv2d(grad, self.weight, stride=(1, self.phases), padding=(kh - 1 - ph, pad))
         n, _, h, blocks = out.shape
-        channels = self.module.in_channels
+        channels = self.conv.in_channels
         # Channel phase * channels + c of block b is column phases * b + phase, shifted by pad - left.
         columns = out.view(n, self.phases, channels, h, blocks).permute(0, 2, 3, 4, 1)
         columns = columns.reshape(n, channels, h, blocks * self.phases)
@@ -190,8 +193,9 @@ class _HalvingAvgPool(_Layer):
 
 
 class _BatchNormReluPool(_Layer):
-    def __init__(self, modules):
-        super().__init__(modules)
+    def __init__(self, modules: tuple[nn.Module, nn.Module, nn.Module]):
+        super().__init__(modules[0])  # the BatchNorm, whose forward it becomes
+        self.modules = modules
         self.norm, self.pool = _RunningBatchNorm(modules[0]), _HalvingAvgPool(modules[2])
 
     def applies_to(self, x):
@@ -201,11 +205,11 @@ class _BatchNormReluPool(_Layer):
         return self.run(x)[0]
 
     def run(self, x):
-        norm, _, pool = self.module
+        norm, _, pool = self.modules
         relu_output = torch.relu_(type(norm).forward(norm, x))  # its own output: in place, as the net does
         return type(pool).forward(pool, relu_output), (relu_output,)
 
-    def backward(self, x_shape, grad, relu_output):
+    def backward(self, x_shape, grad, relu_output):  # type: ignore[override]  # also what run() kept
         # ((grad / 4) * invstd) * weight, pooled size; then the mask at each window's four pixels.
         small = self.norm.backward(x_shape, grad / 4)
         n, c, h, w = relu_output.shape

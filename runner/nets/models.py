@@ -57,7 +57,7 @@ class AllConvNet(nn.Sequential):
             layers += [nn.MaxPool2d(2)]
         layers += extra
         for stage, width in enumerate(widths):
-            for i in range(depth - (1 if stage == 0 else 0)):
+            for _ in range(depth - (1 if stage == 0 else 0)):
                 layers += conv_bn_relu(cin, width, 3, bn=batchnorm)
                 cin = width
             if stage < len(widths) - 1 and (stage > 0 or extra_at == "full" or pool_first_stage):

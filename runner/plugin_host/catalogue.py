@@ -3,7 +3,7 @@
 Registering a plugin here is where pluggy validates it (a hook name no hookspec has, an argument
 its hookspec lacks). Registry hooks fill the model and transform registries from every plugin;
 run hooks are called through `hooks(plugins)`: a manager of a spec's enabled plugins, in the
-spec's order, each with its own settings (runner/hooks.py).
+spec's order, each with its own settings (runner/plugin_host/hooks.py).
 """
 from __future__ import annotations
 
@@ -11,36 +11,40 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
-from .declaration import TABLE_KEYS, Plugin, declaration_of
 from ..errors import PluginError, RunnerError, SpecError
-from .hooks import Hooks, failing_line, new_manager
 from ..spec.schema import Setting, plugin_files, suggestion
+from .declaration import TABLE_KEYS, Plugin, declaration_of
+from .hooks import Hooks, failing_line, new_manager
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 ENTRY_POINT_GROUP = "runner.plugins"
 
 # Built-ins are registered by name like any plugin; order here is only the listing order.
 BUILTINS = {
     "models": "runner.nets.models",
-    "augment": "plugins.augment",
-    "grad_magnitude": "plugins.grad_magnitude",
-    "skip": "plugins.skip",
-    "init": "plugins.init",
-    "visdom": "plugins.visdom_live",
-    "fgsm": "plugins.fgsm",
-    "transfer": "plugins.transfer",
-    "universal": "plugins.universal",
-    "layer_stats": "plugins.layer_stats",
-    "lr_finder": "plugins.lr_finder",
-    "sharpness": "plugins.sharpness",
-    "saliency": "plugins.saliency",
-    "tensorboard": "plugins.tensorboard_log",
-    "mlflow": "plugins.mlflow_log",
+    "augment": "runner.plugins.augment",
+    "grad_magnitude": "runner.plugins.grad_magnitude",
+    "skip": "runner.plugins.skip",
+    "init": "runner.plugins.init",
+    "visdom": "runner.plugins.visdom_live",
+    "fgsm": "runner.plugins.fgsm",
+    "transfer": "runner.plugins.transfer",
+    "universal": "runner.plugins.universal",
+    "layer_stats": "runner.plugins.layer_stats",
+    "lr_finder": "runner.plugins.lr_finder",
+    "sharpness": "runner.plugins.sharpness",
+    "saliency": "runner.plugins.saliency",
+    "tensorboard": "runner.plugins.tensorboard_log",
+    "mlflow": "runner.plugins.mlflow_log",
 }
 
 
@@ -49,8 +53,8 @@ class Entry:
     """A registered model or transform."""
 
     name: str
-    factory: Callable
-    settings: dict
+    factory: Callable[..., Any]
+    settings: dict[str, Setting]
     help: str = ""
     plugin: str = ""
     train_only: bool = False
@@ -58,6 +62,9 @@ class Entry:
 
 @dataclass
 class Catalogue:
+    """Every plugin the runner knows, by name: where each came from, its declaration, and the models
+    and transforms the plugins registered."""
+
     pm: pluggy.PluginManager
     origins: dict[str, str] = field(default_factory=dict)
     declarations: dict[str, Plugin] = field(default_factory=dict)
@@ -65,12 +72,17 @@ class Catalogue:
     transforms: dict[str, Entry] = field(default_factory=dict)
 
     @classmethod
-    def default(cls) -> "Catalogue":
+    def default(cls) -> Catalogue:
+        """The built-ins and every installed entry point's plugin."""
         catalogue = cls(new_manager())
         for name, module in BUILTINS.items():
             try:
                 catalogue.add(name, importlib.import_module(module), "built-in")
             except ModuleNotFoundError as exc:
+                if exc.name == "runner.plugins":  # sources on sys.path, the package never installed
+                    raise RunnerError("the built-in plugins (the repository's plugins/ folder, installed as "
+                                      "runner.plugins) cannot be imported: install the runner with "
+                                      "pip install -e . (see README)") from exc
                 if exc.name != module:  # a built-in's own import failed: a real error
                     raise
         for ep in _entry_points():
@@ -83,10 +95,12 @@ class Catalogue:
         return catalogue
 
     @property
-    def plugins(self) -> dict[str, Any]:
+    def plugins(self) -> dict[str, object]:
+        """{name: the plugin object (a module, mostly)}, in registration order."""
         return {name: self.pm.get_plugin(name) for name in self.origins}
 
-    def add(self, name: str, plugin, origin: str) -> None:
+    def add(self, name: str, plugin: object, origin: str) -> None:
+        """Register `plugin` as `name`; `origin` says where it came from in listings and errors."""
         if name in self.origins:
             if self.pm.get_plugin(name) is plugin:
                 return
@@ -106,13 +120,16 @@ class Catalogue:
         self.declarations[name] = declaration
         self._call_registry_hooks(name, plugin)
 
-    def add_file(self, name: str, path: Path, spec_file=None) -> None:
+    def add_file(self, name: str, path: Path | str, spec_file: Path | str | None = None) -> None:
         """Load a plugin from a .py file; the spec table naming it enables it."""
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"plugin file {str(path)!r} not found", file=spec_file, key=f"plugins.{name}.path")
         module_name = f"runner_plugin_file_{name}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise SpecError(f"plugin file {str(path)!r} is not a Python module: a plugin file is NAME.py",
+                            file=spec_file, key=f"plugins.{name}.path")
         module = importlib.util.module_from_spec(module_spec)
         # In sys.modules while it runs, as an import puts it: a dataclass under
         # `from __future__ import annotations` looks its module up there.
@@ -127,14 +144,16 @@ class Catalogue:
             raise load_failure(name, str(path), exc, str(path)) from exc
         self.add(name, module, f"file {path}")
 
-    def add_spec_files(self, spec_file: Path, table: dict) -> None:
+    def add_spec_files(self, spec_file: Path, table: dict[str, Any]) -> None:
+        """Load the plugin files a spec's merged table names (`[plugins.NAME] path = ...`), once each."""
         for name, settings in plugin_files(table):
             if self.origins.get(name) != f"file {Path(settings['path'])}":
                 self.add_file(name, Path(settings["path"]), spec_file)
 
-    def _call_registry_hooks(self, name: str, plugin) -> None:
-        def registrar(table: dict, kind: str):
-            def register(entry_name, factory, settings=None, help="", train_only=False):
+    def _call_registry_hooks(self, name: str, plugin: object) -> None:
+        def registrar(table: dict[str, Entry], kind: str) -> Callable[..., None]:
+            def register(entry_name: str, factory: Callable[..., Any], settings: dict[str, Setting] | None = None,
+                         help: str = "", train_only: bool = False) -> None:
                 if entry_name in table:
                     raise PluginError(f"plugin {name!r} registers {kind} {entry_name!r}, "
                                       f"already registered by plugin {table[entry_name].plugin!r}")
@@ -157,20 +176,21 @@ class Catalogue:
         """Every key a `[plugins.<name>]` table may hold."""
         return {**self.settings_of(name), **TABLE_KEYS}
 
-    def hooks(self, tables: dict[str, dict | None], **injected: dict[str, Any]) -> Hooks:
+    def hooks(self, tables: Mapping[str, dict | None], **injected: dict[str, Any]) -> Hooks:
         """The hooks of these plugins, in this order, each hook that takes `settings` given the
         plugin's settings object made from its validated table (its defaults for None). Further
         per-plugin arguments: injected={argument: {plugin: value}}."""
-        per_plugin = {name: {"settings": self.declarations[name].make_settings(table or {})} for name, table in tables.items()}
+        per_plugin = {name: {"settings": self.declarations[name].make_settings(table or {})}
+                      for name, table in tables.items()}
         for argument, values in injected.items():
             for name, value in values.items():
                 per_plugin[name][argument] = value
         return Hooks({name: self.pm.get_plugin(name) for name in tables}, per_plugin)
 
-    def reads(self, plugins: dict) -> dict[str, str]:
+    def reads(self, plugins: dict[str, dict[str, Any]]) -> dict[str, str]:
         """{spec name: the setting naming it} of the specs whose runs the enabled plugins of a spec's
         `plugins` table read (their settings declared with `reads`), in settings order."""
-        found = {}
+        found: dict[str, str] = {}
         for plugin, settings in plugins.items():
             if not settings.get("enabled", True) or plugin not in self.plugins:
                 continue
@@ -181,7 +201,7 @@ class Catalogue:
                         found.setdefault(name, f"plugins.{plugin}.{key}")
         return found
 
-    def model_source(self, plugins: dict) -> tuple[str, str] | None:
+    def model_source(self, plugins: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
         """(plugin, setting) of the enabled plugin whose named spec's trained model is the run's own
         model (its declared `run_model`), if there is one."""
         for plugin, settings in plugins.items():
@@ -191,10 +211,11 @@ class Catalogue:
         return None
 
     def hooks_of(self, name: str) -> list[str]:
+        """The names of the hooks plugin `name` implements, sorted."""
         return sorted(caller.name for caller in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [])
 
 
-def _entry_points():
+def _entry_points() -> list[EntryPoint]:
     from importlib.metadata import entry_points
 
     return list(entry_points(group=ENTRY_POINT_GROUP))
@@ -214,7 +235,7 @@ def load_failure(name: str, origin: str, exc: Exception, plugin_file: str | None
                        f"{type(exc).__name__}: {exc}")
 
 
-def why_invalid(pm: pluggy.PluginManager, plugin, error: pluggy.PluginValidationError) -> str:
+def why_invalid(pm: pluggy.PluginManager, plugin: object, error: pluggy.PluginValidationError) -> str:
     """Pluggy's verdict in the plugin author's terms: which function, at which line, and what to do."""
     for attribute in dir(plugin):
         options = pm.parse_hookimpl_opts(plugin, attribute)
@@ -226,8 +247,8 @@ def why_invalid(pm: pluggy.PluginManager, plugin, error: pluggy.PluginValidation
         caller = getattr(pm.hook, hook, None)
         if caller is None or caller.spec is None:
             known = [h for h in vars(pm.hook) if getattr(pm.hook, h).spec is not None]
-            return (f"unknown hook {hook!r} at {where}{suggestion(hook, known)} (every hook: runner/hookspecs.py; "
-                    f"list a plugin's with: runner plugins NAME)")
+            return (f"unknown hook {hook!r} at {where}{suggestion(hook, known)} "
+                    "(every hook: runner/plugin_host/hookspecs.py; list a plugin's with: runner plugins NAME)")
         argnames = pluggy._hooks.varnames(function)
         extra = [a for a in (*argnames[0], *argnames[1]) if a not in caller.spec.argnames]
         if extra:
@@ -236,6 +257,6 @@ def why_invalid(pm: pluggy.PluginManager, plugin, error: pluggy.PluginValidation
     return str(error)
 
 
-def _defined_at(function) -> str:
+def _defined_at(function: Callable[..., Any]) -> str:
     code = getattr(inspect.unwrap(function), "__code__", None)
     return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(function)

@@ -19,7 +19,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import PluginError
 from ..spec.schema import Setting
@@ -31,15 +31,22 @@ TABLE_KEYS = {
 }
 
 
-def setting(default: Any, help: str = "", **options) -> Any:
+T = TypeVar("T")
+
+
+def setting(default: T, help: str = "", *, choices: tuple | None = None, min: float | None = None,
+            max: float | None = None, item: type | None = None, length: tuple[int, int] | None = None,
+            quick: Any = None, reads: str | None = None) -> T:
     """A dataclass field of a plugin's settings: `every: int = setting(50, "help", min=1)`.
 
-    Options are those of `runner.Setting` (choices, min, max, item, length, quick, reads); the type is
-    the field's annotation."""
-    return _field(default, {"runner": Setting(default, help, **options)})
+    The options are `runner.Setting`'s; the type is the field's annotation. Typed as the default's
+    type, as `dataclasses.field` is, so a type checker compares it with the annotation."""
+    declared = Setting(default, help, choices=choices, min=min, max=max, item=item, length=length, quick=quick,
+                       reads=reads)
+    return _field(default, {"runner": declared})
 
 
-def _field(default, metadata: dict):
+def _field(default: Any, metadata: dict[str, Setting]) -> Any:
     if isinstance(default, list):  # a dataclass refuses a mutable default: each instance gets a copy
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -51,15 +58,16 @@ class Plugin:
     on unless a spec turns it off, and which setting names the spec whose trained model is the run's
     own model (`run_model`, an attack's `source`: its specs name no model and train nothing)."""
 
-    settings: Any = None
+    settings: type | dict[str, Setting] | None = None
     help: str = ""
     default_enabled: bool = False
     run_model: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         schema = settings_schema(self.settings)  # a bad declaration fails when the plugin loads
         if self.run_model is not None and self.run_model not in schema:
-            raise PluginError(f"run_model={self.run_model!r} names no setting (settings: {', '.join(schema) or 'none'})")
+            raise PluginError(f"run_model={self.run_model!r} names no setting "
+                              f"(settings: {', '.join(schema) or 'none'})")
         for key in TABLE_KEYS:
             if key in schema:
                 raise PluginError(f"a plugin setting may not be called {key!r}: every plugin table has it")
@@ -77,12 +85,12 @@ class Plugin:
             return dataclasses.make_dataclass("Settings", fields, frozen=True)
         return self.settings
 
-    def make_settings(self, table: dict) -> Any:
+    def make_settings(self, table: dict[str, Any]) -> Any:
         """The settings object a hook receives, from a validated table (the runner's keys left out)."""
         return self.settings_class(**{key: table[key] for key in self.schema if key in table})
 
 
-def settings_schema(declared) -> dict[str, Setting]:
+def settings_schema(declared: type | dict[str, Setting] | None) -> dict[str, Setting]:
     if declared is None:
         return {}
     if isinstance(declared, dict):
@@ -106,7 +114,7 @@ def settings_schema(declared) -> dict[str, Setting]:
     return schema
 
 
-def _kind(annotation, where: str) -> tuple[type | tuple, type | None]:
+def _kind(annotation: Any, where: str) -> tuple[type | tuple, type | None]:
     """(type, element type) of a settings field's annotation: int, float, str, bool, list[X], or a union."""
     origin = typing.get_origin(annotation)
     if annotation in (int, float, str, bool, dict):
@@ -120,7 +128,7 @@ def _kind(annotation, where: str) -> tuple[type | tuple, type | None]:
                       "(int, float, str, bool, list[...], or a union of them)")
 
 
-def declaration_of(module) -> Plugin:
+def declaration_of(module: object) -> Plugin:
     """The module's `Plugin` (found by type), or an empty one for a plugin with hooks only."""
     # dir(), not vars(): a plugin object's declaration may be a class attribute.
     found = list({id(value): value for value in (getattr(module, name, None) for name in dir(module))

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
 from ..errors import PluginError, RunnerError
+from . import hookspecs
 
 PROJECT = "runner"
 INJECTED = ("settings", "state")  # per-plugin arguments: each plugin's own value, never the caller's

@@ -2,7 +2,7 @@
 
 A plugin is a module (or any object) with functions marked `@runner.hookimpl`, named after the
 hooks below; it takes only the arguments it needs. It declares its settings, if any, with one
-`runner.Plugin(settings=...)` object (runner/declaration.py, docs/plugins.md).
+`runner.Plugin(settings=...)` object (runner/plugin_host/declaration.py, docs/plugins.md).
 
 Two kinds of hooks:
 - Registry hooks (`register_*`) run once for every installed plugin, whether a spec enables it
@@ -17,9 +17,10 @@ Hooks are called through pluggy, so `@hookimpl(tryfirst=True)`, `trylast=True` a
 `change_model` is the exception: its calls chain (each plugin gets the model the previous one
 returned), so it is called one plugin at a time, in spec order.
 
-Built-in plugins live in plugins/ and the runner/ modules that register core models; they
-register exactly like third-party ones, which load from the `runner.plugins` entry-point group
-or from a file a spec names (`[plugins.mine] path = "mine.py"`).
+Built-in plugins live in the repository's plugins/ folder (installed as the package
+runner.plugins) and the runner/ modules that register core models; they register exactly like
+third-party ones, which load from the `runner.plugins` entry-point group or from a file a spec
+names (`[plugins.mine] path = "mine.py"`).
 """
 import pluggy
 

@@ -13,16 +13,16 @@ from pathlib import Path
 from .. import artifacts
 from ..errors import RunnerError
 from .build import build, say
-from .config import ReportConfig
-from .compare import compare
 from .collect import Runs, SpecRuns, collect, gather, latest_per_seed, spec_path, spec_runs
+from .compare import compare
+from .config import ReportConfig
 from .document import Document, Figure, Paragraph, Section, Table
 from .markdown import results_table
 from .templates import Fields, accuracy_text, explanations, fill_template, template_fields
 
-__all__ = ["ReportConfig", "Document", "Fields", "accuracy_text", "compare", "Figure", "Paragraph", "Runs", "Section", "SpecRuns", "Table", "collect",
-           "explanations", "fill_template", "latest_per_seed", "make_runs", "results_table", "spec_path",
-           "template_fields", "write_report"]
+__all__ = ["ReportConfig", "Document", "Fields", "accuracy_text", "compare", "Figure", "Paragraph", "Runs", "Section",
+           "SpecRuns", "Table", "collect", "explanations", "fill_template", "latest_per_seed", "make_runs",
+           "results_table", "spec_path", "template_fields", "write_report"]
 
 FORMATS = (".pdf", ".html", ".md")
 
@@ -45,7 +45,7 @@ def write_report(out: Path, outputs: list[Path], quick: bool = False, config: Re
     """Writes the report of `out` to each path, in the format its suffix names (.pdf, .html, .md).
     `config` defaults to the report.toml beside the runs' spec files (config.py); `author` and
     `collaborators` override its."""
-    from ..plugins import Catalogue
+    from ..plugin_host.catalogue import Catalogue
 
     out = Path(out)
     catalogue = Catalogue.default()
@@ -82,15 +82,15 @@ def write(document: Document, path: Path, workdir: Path) -> None:
         with artifacts.atomic_path(path) as tmp:
             write_pdf(document, Path(tmp), workdir / "typst")
     elif path.suffix == ".html":
-        from .html import render
+        from .html import render as render_html
 
         say(f"writing HTML {path}")
-        artifacts.write_text(path, render(document))
+        artifacts.write_text(path, render_html(document))
     else:
-        from .markdown import render
+        from .markdown import render as render_markdown
 
         say(f"writing Markdown {path}")
-        artifacts.write_text(path, render(document, path.resolve().parent, workdir))
+        artifacts.write_text(path, render_markdown(document, path.resolve().parent, workdir))
 
 
 def cmd_report(argv) -> int:
@@ -115,9 +115,11 @@ def cmd_report(argv) -> int:
             raise RunnerError(f"cannot write a report as {path.name!r}: name it .pdf, .html or .md "
                               f"(runner report {out} -o report.pdf)")
     if args.config and not args.config.is_file():
-        raise RunnerError(f"no report config {args.config}: write one with a [report] table (see runner/report/config.py)")
+        raise RunnerError(f"no report config {args.config}: write one with a [report] table "
+                          "(see runner/report/config.py)")
     config = ReportConfig.load(args.config) if args.config else None
-    collaborators = None if args.collaborators is None else [c.strip() for c in args.collaborators.split(",") if c.strip()]
+    collaborators = (None if args.collaborators is None
+                     else [c.strip() for c in args.collaborators.split(",") if c.strip()])
     runs = write_report(out, outputs, args.quick, config, args.author, collaborators)
     print(results_table(runs))
     print("wrote " + ", ".join(map(str, outputs)))

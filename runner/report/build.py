@@ -13,19 +13,16 @@ import sys
 from pathlib import Path
 
 from ..errors import RunnerError
+from ..results import DASH, percent
 from .collect import Runs, SpecRuns
-from .document import Bullets, Document, Figure, Paragraph, Section, Table, blocks_from_text
 from .config import ReportConfig
+from .document import Bullets, Document, Figure, Paragraph, Section, Table, blocks_from_text
 from .setup import part_of, setup_tables
-from .templates import accuracy_text, explanations, fill_text, template_fields
+from .templates import accuracy_text, explanations, fill_text, own_result_text, template_fields
 
 
 def say(message: str) -> None:
     print(f"report: {message}", file=sys.stderr, flush=True)
-
-
-def pct(value) -> str:
-    return "–" if value is None else f"{value:.1%}"
 
 
 def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path | None = None) -> Document:
@@ -63,7 +60,8 @@ def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path
     from .search import report_sections as search_sections  # trials and their test runs: not sweeps
 
     sections += search_sections(runs.out, runs.workdir, runs.quick)
-    runs.sweeps = {name: kept for name, found in runs.sweeps.items() if (kept := [s for s in found if not s.get("search")])}
+    runs.sweeps = {name: kept for name, found in runs.sweeps.items()
+                   if (kept := [s for s in found if not s.get("search")])}
     if runs.sweeps:
         sections.append(sweeps_section(runs))
     if config.conclusion:
@@ -123,10 +121,12 @@ def sweeps_section(runs: Runs) -> Section:
             values = dict(text.split("=", 1) for text in point)
             figures = [headline(m) for m in members]
             results = [f.value for f in figures if f and f.value is not None]
-            measure = next((f.name for f in figures if f), "result")
+            shown = next((f for f in figures if f), None)
             mean = statistics.mean(results) if results else None
             sd = statistics.stdev(results) if len(results) > 1 else None
-            text = "–" if mean is None else f"{pct(mean)}" + (f" ± {pct(sd)}" if sd is not None else "")
+            text = DASH if mean is None or shown is None else shown.value_text(mean) + (
+                f" ± {shown.value_text(sd)}" if sd is not None else "")
+            measure = shown.name if shown else "result"
             rows.append([values.get(key, "(spec file)") for key in keys]
                         + [str(len(members)), ", ".join(str(m.get("seed")) for m in members), f"{measure} {text}"])
         blocks.append(Table(keys + ["runs", "seeds", "result (mean ± sd)"], rows,
@@ -189,19 +189,19 @@ def training_figure(spec: SpecRuns, workdir: Path) -> Figure | None:
     figure = figures.training_accuracy(table, "", spec.representative.get("test_accuracy"), size=size)
     path = workdir / f"training_{spec.name}.png"
     artifacts.save_figure(path, figure)
-    figures.close(figure)
     return Figure(path, f"Training accuracy of {spec.title} over iterations (seed {seed}): each batch, and "
                         "running over the last epoch (100 iterations); dashed: its test accuracy.", width)
 
 
 def results_sentence(spec: SpecRuns) -> str:
     mean, sd = spec.mean_sd()
+    assert mean is not None  # a trained spec's every run records its test accuracy
     text = f"**Results.** Test accuracy {accuracy_text(mean, sd, len(spec.runs))}"
     if len(spec.runs) > 1:
-        text += " (per seed " + ", ".join(pct(v) for v in spec.values("test_accuracy")) + ")"
+        text += " (per seed " + ", ".join(percent(v) for v in spec.values("test_accuracy")) + ")"
     train, _ = spec.mean_sd("final_running_train_accuracy")
     if train is not None:
-        text += f"; final running training accuracy {pct(train)}"
+        text += f"; final running training accuracy {percent(train)}"
     seconds, _ = spec.mean_sd("seconds")
     if seconds is not None:
         text += f"; {seconds:.0f} s of training per run on {spec.representative.get('device', '?')}"
@@ -225,11 +225,11 @@ def seconds_text(spec: SpecRuns) -> str:
 def overview(runs: Runs) -> Section:
     """Every spec's headline number and training seconds, in question order."""
     rows = []
-    for name, spec in runs.items():
+    for spec in runs.values():
         mean, sd = spec.mean_sd()
-        own = None if spec.trained else spec.headline()
+        own = None if spec.trained else own_result_text(spec)
         result = (accuracy_text(mean, sd, len(spec.runs)).split(" (")[0] if spec.trained and mean is not None
-                  else f"{own[0]} {own[1]:.1%}" if own else "evaluates another net")
+                  else own or "evaluates another net")
         rows.append([spec.label, spec.title, str(len(spec.runs)), result,
                      seconds_text(spec) if spec.trained else "–"])
     return Section("Overview", [Table(
@@ -245,7 +245,7 @@ def per_class_table(runs: Runs) -> Table | None:
     if not trained:
         return None
     classes = trained[0].representative["per_class"]["classes"]
-    return Table(["net"] + classes, [[spec.title] + [pct(v) for v in spec.class_accuracy()] for spec in trained],
+    return Table(["net"] + classes, [[spec.title] + [percent(v) for v in spec.class_accuracy()] for spec in trained],
                  "Per-class test accuracy of every trained net (the share of each class's test images classified "
                  "correctly, mean over seeds).", small=True)
 
@@ -263,7 +263,6 @@ def confusion_figures(runs: Runs) -> list[Figure]:
         figure = figures.confusion_matrix(per_class["confusion_matrix"], per_class["classes"], "", size=(2.0, 1.9))
         path = runs.workdir / f"confusion_{name}.png"
         artifacts.save_figure(path, figure)
-        figures.close(figure)
         found.append(Figure(path, f"{spec.label}, {spec.title} (seed {spec.representative.get('seed')}): test "
                                   "images by true class (rows) and predicted class (columns).", 0.25))
     return found
@@ -322,8 +321,8 @@ def architecture(spec: SpecRuns, catalogue) -> tuple[list[str], list[list[str]]]
     """The spec's trained model as a layer table (None for evaluate-only specs, or a model that no
     longer builds: a plugin no longer installed, say)."""
     from ..nets.architecture import table
-    from ..training.builders import build_model
     from ..spec.loading import load
+    from ..training.builders import build_model
 
     if not spec.trained:
         return None

@@ -6,7 +6,6 @@ Numbers come from the runs' summary.json files, never typed by hand.
 """
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import sys
@@ -16,22 +15,35 @@ from pathlib import Path
 
 from .. import artifacts
 from ..spec.loading import DESCRIPTIVE
+from ..spec.overrides import chosen
+from ..spec.overrides import read as read_overrides
 
 # This project's own specs: the last place a run's spec file is looked for.
 PROJECT_SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
 def collect(out: Path) -> dict[str, list[dict]]:
-    """spec name -> summaries of its completed runs (each with its folder), oldest first."""
+    """spec name -> summaries of its completed runs (each with its folder), oldest first. A run
+    whose summary.json or spec.toml is unreadable is left out, and said so once on stderr."""
     runs: dict[str, list[dict]] = {}
     for spec_dir in sorted(p for p in Path(out).iterdir() if p.is_dir()):
-        for run_dir in artifacts.completed_runs(out, spec_dir.name):
+        for run_dir in artifacts.completed_runs(out, spec_dir.name):  # their summary.json reads
             try:
-                summary = json.loads((run_dir / "summary.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
+                summary = artifacts.read_json(run_dir / "summary.json")
+                _readable_spec(run_dir / "spec.toml")
+            except artifacts.Unreadable as exc:
+                artifacts.skipped(exc)
                 continue
             runs.setdefault(spec_dir.name, []).append(dict(summary, run_dir=str(run_dir)))
     return runs
+
+
+def _readable_spec(path: Path) -> None:
+    try:
+        if path.is_file():
+            tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise artifacts.Unreadable(path, f"is not TOML ({exc})") from None
 
 
 def spec_path(summary: dict, out: Path) -> Path | None:
@@ -89,7 +101,8 @@ def protocol_runs(runs: dict[str, list[dict]], out: Path, catalogue) -> tuple[di
     """The runs whose spec is their spec file's (see spec_changes), and a note on each one left out.
     Quick runs stay: --quick's own overrides make every one differ, and their report says they are
     not results. Filtering before latest_per_seed lets an older matching run stand for its seed."""
-    kept, notes = {}, []
+    kept: dict[str, list[dict]] = {}
+    notes: list[str] = []
     for name, summaries in runs.items():
         for summary in summaries:
             changes = [] if summary.get("quick") else spec_changes(summary, out, catalogue)
@@ -200,8 +213,9 @@ class SpecRuns:
     def headline(self) -> tuple[str, float] | None:
         """An evaluate-only spec's own result instead of a test accuracy (an attack's fooled share:
         the `headline` a plugin sets in summary.json), mean over its runs; None without one."""
-        own = [s.get("headline") for s in self.runs]
-        if not all(isinstance(h, dict) and h.get("name") and h.get("value") is not None for h in own):
+        own = [h for s in self.runs if isinstance(h := s.get("headline"), dict)
+               and h.get("name") and h.get("value") is not None]
+        if len(own) < len(self.runs):
             return None
         return own[0]["name"], statistics.mean(h["value"] for h in own)
 
@@ -210,7 +224,13 @@ class SpecRuns:
         from ..training.metrics import read_csv
 
         path = self.run_dir / "metrics.csv"
-        return read_csv(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return read_csv(path)
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:  # garbage, or cut short
+            artifacts.skipped(artifacts.Unreadable(path, f"is not a metrics table ({type(exc).__name__}: {exc})"))
+            return None
 
     def figure(self, file_name: str) -> Path | None:
         """A figure of the representative run, or None when it did not draw one."""
@@ -239,27 +259,22 @@ def spec_table(summary: dict) -> dict:
     return tomllib.loads(path.read_text()) if path.is_file() else {}
 
 
-def user_overrides(summary: dict, out: Path, catalogue) -> list[str]:
-    """The --set texts a run was made with beyond its seed, its device and --quick's own: a sweep's
-    point (`--set train.lr=0.01,0.05`) or a one-off change."""
-    from ..suite.plan import QUICK, quick_overrides
-
-    texts = [t for t in summary.get("overrides", []) if not t.startswith(("seed=", "device="))]
-    if summary.get("quick"):
-        path = spec_path(summary, out)
-        quick = set(quick_overrides(path, catalogue)) if path else set(QUICK)
-        texts = [t for t in texts if t not in quick]
-    return texts
+def user_overrides(summary: dict) -> list[str]:
+    """The `key=value` texts a run's user chose (runner/spec/overrides.py: a --set, a sweep's
+    point, a search trial's values), not its seed, device or --quick's own settings."""
+    return chosen(read_overrides(summary.get("overrides")))
 
 
 def gather(out: Path, quick: bool, catalogue) -> tuple[dict[str, list[dict]], list[str], dict[str, list[dict]]]:
     """The runs a report uses, notes on the full-protocol runs left out (see protocol_runs), and the
     runs made with --set (sweeps: spec name -> summaries, each with its `set` texts), which the
     report shows in tables of their own rather than mixing them with the spec's runs."""
-    runs, left_out, swept = {}, [], {}
+    runs: dict[str, list[dict]] = {}
+    left_out: list[str] = []
+    swept: dict[str, list[dict]] = {}
     for name, summaries in collect(out).items():
         for summary in summaries:
-            texts = user_overrides(summary, out, catalogue)
+            texts = user_overrides(summary)
             if texts and bool(summary.get("quick")) == quick:
                 swept.setdefault(name, []).append(dict(summary, set=texts))
             elif not texts:

@@ -32,7 +32,8 @@ def compare(this, other) -> dict:
     threshold = noise(this, other)
     fields["test_change"] = test - before
     fields["test_word"] = word(fields["test_change"], threshold)
-    train, train_before = this.mean_sd("final_running_train_accuracy")[0], other.mean_sd("final_running_train_accuracy")[0]
+    train = this.mean_sd("final_running_train_accuracy")[0]
+    train_before = other.mean_sd("final_running_train_accuracy")[0]
     if train is not None and train_before is not None:
         fields["train_change"] = train - train_before
         fields["train_word"] = word(fields["train_change"], threshold)

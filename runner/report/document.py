@@ -103,9 +103,12 @@ class Document:
         return [b for s in self.sections + self.appendix for b in s.blocks if isinstance(b, Figure)]
 
 
+Block = Paragraph | Heading | Bullets | Table | Figure
+
+
 def blocks_from_text(text: str) -> list:
     """Template text (paragraphs split by blank lines, "- " list items, "### " headings) as blocks."""
-    blocks = []
+    blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text.strip()):
         lines = [line.rstrip() for line in chunk.strip().splitlines()]
         if not lines:
@@ -130,7 +133,7 @@ def blocks_from_text(text: str) -> list:
 
 def layout(blocks: list) -> list:
     """Blocks with consecutive figures packed into rows (lists) while their widths fit the line."""
-    out = []
+    out: list[Block | list[Figure]] = []
     for block in blocks:
         row = out[-1] if out and isinstance(out[-1], list) else None
         if isinstance(block, Figure) and row is not None and sum(f.width for f in row) + block.width <= 1.0:

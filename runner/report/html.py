@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import mimetypes
 import re
@@ -19,10 +20,12 @@ dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 0.3em 1em
 dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; }
 table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.85em; }
 table.small { font-size: 0.72em; } th, td { padding: 0.15em 0.5em; text-align: left; vertical-align: top; }
-thead tr { border-top: 2px solid #333; border-bottom: 1px solid #333; } tbody tr:last-child { border-bottom: 2px solid #333; }
+thead tr { border-top: 2px solid #333; border-bottom: 1px solid #333; }
+tbody tr:last-child { border-bottom: 2px solid #333; }
 caption { caption-side: top; text-align: left; font-size: 0.9em; padding-bottom: 0.3em; }
 figure { margin: 1em auto; text-align: center; } figure img { max-width: 100%; }
-figcaption { font-size: 0.85em; text-align: left; } .pair { display: flex; gap: 1em; } .pair figure { flex: 1; margin: 1em 0; }
+figcaption { font-size: 0.85em; text-align: left; }
+.pair { display: flex; gap: 1em; } .pair figure { flex: 1; margin: 1em 0; }
 code { font-size: 0.9em; background: #f3f3f3; padding: 0 0.2em; } nav ol { font-size: 0.9em; }
 """
 
@@ -52,27 +55,46 @@ def figure(block: Figure, width: str) -> str:
 
 
 def table(block: Table) -> str:
-    caption = f"<caption><strong>Table {block.number}.</strong> {text(block.caption)}</caption>" if block.caption else ""
+    caption = (f"<caption><strong>Table {block.number}.</strong> {text(block.caption)}</caption>" if block.caption
+               else "")
     head = "".join(f"<th>{text(cell)}</th>" for cell in block.header)
     rows = "".join("<tr>" + "".join(f"<td>{text(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
     return (f'<table class="{"small" if block.small else ""}">{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table>")
 
 
+@functools.singledispatch
 def block_html(block) -> str:
-    if isinstance(block, list):
-        return '<div class="pair">' + "".join(figure(b, "auto") for b in block) + "</div>"
-    if isinstance(block, Figure):
-        return figure(block, f"{round(block.width * 100)}%")
-    if isinstance(block, Table):
-        return table(block)
-    if isinstance(block, Heading):
-        return f"<h3>{text(block.text)}</h3>"
-    if isinstance(block, Bullets):
-        return "<ul>" + "".join(f"<li>{text(item)}</li>" for item in block.items) + "</ul>"
-    if isinstance(block, Paragraph):
-        return f"<p>{text(block.text)}</p>"
+    """A block as HTML, by its type (each type registers its form below)."""
     raise TypeError(f"no HTML form for {type(block).__name__}")
+
+
+@block_html.register
+def _(block: list) -> str:  # figures side by side (document.layout)
+    return '<div class="pair">' + "".join(figure(b, "auto") for b in block) + "</div>"
+
+
+@block_html.register
+def _(block: Figure) -> str:
+    return figure(block, f"{round(block.width * 100)}%")
+
+
+block_html.register(Table, table)
+
+
+@block_html.register
+def _(block: Heading) -> str:
+    return f"<h3>{text(block.text)}</h3>"
+
+
+@block_html.register
+def _(block: Bullets) -> str:
+    return "<ul>" + "".join(f"<li>{text(item)}</li>" for item in block.items) + "</ul>"
+
+
+@block_html.register
+def _(block: Paragraph) -> str:
+    return f"<p>{text(block.text)}</p>"
 
 
 def anchor(number: str) -> str:

@@ -2,11 +2,14 @@
 README), and the whole document for `-o report.md` (images linked where the runs keep them)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+from ..results import DASH, number_text
 from .collect import Runs
 from .document import Bullets, Document, Figure, Heading, Paragraph, Section, Table
+from .templates import own_result_text
 
 
 def cell(value: str) -> str:
@@ -25,16 +28,15 @@ def results_table(runs: Runs) -> str:
     rows = []
     for name, spec in runs.items():
         if not spec.trained:
-            own = spec.headline()
-            rows.append([name, str(len(spec.runs)), f"– ({own[0]} {own[1]:.1%})" if own else
-                         "– (evaluates another spec's model)", "–", "–", "–"])
+            own = own_result_text(spec)
+            rows.append([name, str(len(spec.runs)), f"{DASH} ({own})" if own else
+                         f"{DASH} (evaluates another spec's model)", DASH, DASH, DASH])
             continue
         mean, sd = spec.mean_sd()
-        seconds, _ = spec.mean_sd("seconds")
-        speed, _ = spec.mean_sd("images_per_second")
         rows.append([name, str(len(spec.runs)), f"{mean:.1%}" + (f" ± {sd:.1%}" if sd is not None else ""),
                      ", ".join(f"{v:.1%}" for v in spec.values("test_accuracy")),
-                     f"{seconds:.0f}" if seconds is not None else "–", f"{speed:.0f}" if speed is not None else "–"])
+                     number_text(spec.mean_sd("seconds")[0], ".0f"),
+                     number_text(spec.mean_sd("images_per_second")[0], ".0f")])
     header = ["spec", "seeds", "test accuracy (mean ± sd)", "per seed", "seconds per run", "images/s"]
     return "\n".join(table_lines(header, rows)) + "\n"
 
@@ -52,20 +54,38 @@ def image_link(path: Path, folder: Path, workdir: Path, kept: str = "report-figu
     return os.path.relpath(path.resolve(), folder.resolve())
 
 
+@functools.singledispatch
 def block_lines(block, folder: Path, workdir: Path) -> list[str]:
-    if isinstance(block, Figure):
-        return [f"![Figure {block.number}]({image_link(block.path, folder, workdir)})", "",
-                f"*Figure {block.number}.* {block.caption}"]
-    if isinstance(block, Table):
-        return ([f"*Table {block.number}.* {block.caption}", ""] if block.caption else []) + \
-            table_lines(block.header, block.rows)
-    if isinstance(block, Heading):
-        return [f"### {block.text}"]
-    if isinstance(block, Bullets):
-        return [f"- {item}" for item in block.items]
-    if isinstance(block, Paragraph):
-        return [block.text]
+    """A block as Markdown lines, by its type (each type registers its form below); `folder` is
+    the Markdown file's, `workdir` where figures drawn for the report lie."""
     raise TypeError(f"no Markdown form for {type(block).__name__}")
+
+
+@block_lines.register
+def _(block: Figure, folder: Path, workdir: Path) -> list[str]:
+    return [f"![Figure {block.number}]({image_link(block.path, folder, workdir)})", "",
+            f"*Figure {block.number}.* {block.caption}"]
+
+
+@block_lines.register
+def _(block: Table, folder: Path, workdir: Path) -> list[str]:
+    return ([f"*Table {block.number}.* {block.caption}", ""] if block.caption else []) + \
+        table_lines(block.header, block.rows)
+
+
+@block_lines.register
+def _(block: Heading, folder: Path, workdir: Path) -> list[str]:
+    return [f"### {block.text}"]
+
+
+@block_lines.register
+def _(block: Bullets, folder: Path, workdir: Path) -> list[str]:
+    return [f"- {item}" for item in block.items]
+
+
+@block_lines.register
+def _(block: Paragraph, folder: Path, workdir: Path) -> list[str]:
+    return [block.text]
 
 
 def section_lines(section: Section, folder: Path, workdir: Path) -> list[str]:

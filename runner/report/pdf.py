@@ -6,6 +6,7 @@ run or a template holds (`#`, `*`, `_`, `$`, `<`) can change the document's layo
 """
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -70,23 +71,44 @@ def figure(block: Figure, images: dict[Path, str], width: str) -> str:
             f"numbering: none, caption: {caption})")
 
 
+@functools.singledispatch
 def block_source(block, images) -> str:
-    if isinstance(block, list):  # figures side by side, each its share of the line
-        rest = round(1 - sum(b.width for b in block), 3)  # an empty column keeps each figure at its width
-        columns = ", ".join([f"{b.width}fr" for b in block] + ([f"{rest}fr"] if rest > 0.02 else []))
-        cells = ", ".join([figure(b, images, "100%") for b in block] + (["[]"] if rest > 0.02 else []))
-        return f"#grid(columns: ({columns},), column-gutter: 10pt, align: top, {cells})\n"
-    if isinstance(block, Figure):
-        return "#" + figure(block, images, f"{round(block.width * 100)}%") + "\n"
-    if isinstance(block, Table):
-        return table(block)
-    if isinstance(block, Heading):
-        return f"#heading(level: 2, numbering: none, {content(block.text)})\n"
-    if isinstance(block, Bullets):
-        return "#list(" + ", ".join(content(item) for item in block.items) + ")\n"
-    if isinstance(block, Paragraph):
-        return f"#{content(block.text)}\n"
+    """A block as Typst source, by its type (each type registers its form below); `images` maps
+    a figure's path to its copy's name below Typst's root."""
     raise TypeError(f"no PDF form for {type(block).__name__}")
+
+
+@block_source.register
+def _(block: list, images) -> str:  # figures side by side, each its share of the line
+    rest = round(1 - sum(b.width for b in block), 3)  # an empty column keeps each figure at its width
+    columns = ", ".join([f"{b.width}fr" for b in block] + ([f"{rest}fr"] if rest > 0.02 else []))
+    cells = ", ".join([figure(b, images, "100%") for b in block] + (["[]"] if rest > 0.02 else []))
+    return f"#grid(columns: ({columns},), column-gutter: 10pt, align: top, {cells})\n"
+
+
+@block_source.register
+def _(block: Figure, images) -> str:
+    return "#" + figure(block, images, f"{round(block.width * 100)}%") + "\n"
+
+
+@block_source.register
+def _(block: Table, images) -> str:
+    return table(block)
+
+
+@block_source.register
+def _(block: Heading, images) -> str:
+    return f"#heading(level: 2, numbering: none, {content(block.text)})\n"
+
+
+@block_source.register
+def _(block: Bullets, images) -> str:
+    return "#list(" + ", ".join(content(item) for item in block.items) + ")\n"
+
+
+@block_source.register
+def _(block: Paragraph, images) -> str:
+    return f"#{content(block.text)}\n"
 
 
 def section_source(section: Section, images) -> str:

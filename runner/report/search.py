@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .. import artifacts
 from ..errors import RunnerError
-from ..suite.search import mean_sd, best_trial, open_study, studies, trials_table
-from ..training import figures  # headless matplotlib
+from ..suite.search import best_trial, mean_sd, open_study, studies, trials_table
+from ..training import figures  # noqa: F401  (sets the headless backend before Optuna draws)
 from .document import Figure, Paragraph, Section, Table
 
 
@@ -59,6 +59,5 @@ def _figures(study, folder: Path) -> list:
         figure = axes.get_figure()
         path = folder / f"search-{study.study_name}-{name}.png"  # the writers keep figures by file name
         artifacts.save_figure(path, figure)
-        figures.close(figure)
         found.append(Figure(path, f"{study.study_name}: {caption}.", width=0.5))
     return found

@@ -39,7 +39,8 @@ def _model(spec: dict) -> dict[str, str]:
     model = dict(spec.get("model", {}))
     rows = {"model": model.pop("name", "?")}
     for key, value in model.items():
-        rows[f"model: {key.replace('_', ' ')}"] = "/".join(map(str, value)) if isinstance(value, list) else _number(value)
+        rows[f"model: {key.replace('_', ' ')}"] = ("/".join(map(str, value)) if isinstance(value, list)
+                                                   else _number(value))
     return rows
 
 
@@ -56,7 +57,8 @@ def rows_of(spec: SpecRuns, catalogue) -> dict[str, str]:
         **_model(table),
         "augmentation (in order)": _transforms(table),
         "optimizer": optimizer,
-        "learning rate": f"peak {_number(train.get('lr'))}" + (f", linear warmup over the first {warmup:.0%}" if warmup else "")
+        "learning rate": f"peak {_number(train.get('lr'))}"
+                         + (f", linear warmup over the first {warmup:.0%}" if warmup else "")
                          + {"constant": ", then constant", "linear": ", then linear decay to 0",
                             "cosine": ", then cosine decay to 0"}.get(schedule, f", then {schedule}"),
         "weight decay": _number(train.get("weight_decay", 0)),

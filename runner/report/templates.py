@@ -25,6 +25,7 @@ import string
 import sys
 from pathlib import Path
 
+from ..results import headline
 from .collect import Runs, SpecRuns
 from .compare import compare
 
@@ -59,6 +60,17 @@ class Comparisons(Fields):
 
 def accuracy_text(mean: float, sd: float | None, seeds: int) -> str:
     return f"{mean:.1%}" + (f" ± {sd:.1%} ({seeds} seeds)" if sd is not None else " (1 seed)")
+
+
+def own_result_text(spec: SpecRuns) -> str | None:
+    """An evaluate-only spec's own result, mean over its runs, as its plugin's headline gives it:
+    "fooled 98.0%", or "saliency-perturbation correlation 0.452" for a value that is no fraction;
+    None without one."""
+    own = spec.headline()
+    if not own:
+        return None
+    figure = headline(spec.representative)
+    return f"{own[0]} {figure.value_text(own[1])}" if figure else None
 
 
 def spec_fields(spec: SpecRuns) -> dict:
@@ -115,8 +127,8 @@ def fill_text(text: str, fields: Fields, what: str, where: str = "") -> str:
         missing = missing_fields(paragraph, fields)
         if missing:
             names = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            print(f"report: {where}left out a paragraph of {what} ({paragraph.strip()[:40]!r}...): no value for {names}",
-                  file=sys.stderr)
+            print(f"report: {where}left out a paragraph of {what} ({paragraph.strip()[:40]!r}...): "
+                  f"no value for {names}", file=sys.stderr)
         else:
             kept.append(paragraph.format_map(fields).strip())
     return "\n\n".join(kept)

@@ -11,13 +11,15 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import tomli_w
 
-from . import schema
-from .schema import plugin_files
 from ..errors import SpecError
+from . import schema
+from .known import SpecCatalogue
+from .overrides import Override, of
+from .schema import plugin_files
 
 # A spec folder's file that is no spec: what `runner report` prints about the specs (runner/report/config.py).
 REPORT_CONFIG = "report.toml"
@@ -45,7 +47,7 @@ class Spec:
     path: Path
     values: dict
     chain: list[Path] = field(default_factory=list)  # the file and every file it extends
-    overrides: list[str] = field(default_factory=list)  # the --set texts applied, in order
+    overrides: list[Override] = field(default_factory=list)  # those applied, in order (runner/spec/overrides.py)
     unused_overrides: list[str] = field(default_factory=list)  # plugin settings for a plugin it does not use
     reads: dict[str, str] = field(default_factory=dict)  # specs whose runs its plugins read -> the setting naming each
 
@@ -87,7 +89,8 @@ class Spec:
         return self.set_by(key) or str(self.path)
 
     def set_by(self, key: str | None) -> str | None:
-        """The --set naming a key, else the last file of the chain holding it; None for a default."""
+        """The override naming a key (its `where`: "--set train.lr=0.05", "--quick (...)"), else the
+        last file of the chain holding it; None for a default."""
         return _origin(key, self.chain, self.overrides)
 
 
@@ -138,7 +141,8 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Path]]:
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise SpecError("expected a path or a list of paths", file=path, key="extends")
-    merged, chain = {}, []
+    merged: dict = {}
+    chain: list[Path] = []
     for parent in parents:
         parent_path = path.parent / parent
         if not parent_path.is_file():
@@ -190,7 +194,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def read(path, overrides=(), default_plugins=()) -> tuple[dict, list[Path], list[str]]:
+def read(path: Path | str, overrides: Iterable[Override | str] = (),
+         default_plugins: Iterable[str] = ()) -> tuple[dict, list[Path], list[str]]:
     """The merged raw table of a spec, its chain of files, and the overrides it had no use for.
 
     An override of a plugin's setting (plugins.fgsm.max_steps=5) applies only where the spec uses
@@ -200,7 +205,7 @@ def read(path, overrides=(), default_plugins=()) -> tuple[dict, list[Path], list
     path = Path(path)
     table, chain = _resolve(path, ())
     unused = []
-    for text in overrides:
+    for text in (o.text for o in of(overrides)):
         parts, value = parse_override(text)
         plugins = table.get("plugins")
         if (len(parts) > 2 and parts[0] == "plugins" and parts[2] != "enabled" and parts[1] not in default_plugins
@@ -241,9 +246,9 @@ def validate(path, table: dict, catalogue, chain=()) -> Spec:
                             file=file, key=prefix.rstrip("."))
         if name not in catalogue.plugins:
             raise SpecError(f"unknown plugin {name!r}{schema.suggestion(name, catalogue.plugins)}", file=file,
-                            key="plugins." + name,
-                            allowed=sorted(catalogue.plugins))
-        values["plugins"][name] = schema.validate_table(settings, catalogue.table_schema(name), file=file, prefix=prefix)
+                            key="plugins." + name, allowed=sorted(catalogue.plugins))
+        values["plugins"][name] = schema.validate_table(settings, catalogue.table_schema(name), file=file,
+                                                        prefix=prefix)
     # Plugins that are on unless a spec turns them off (`[plugins.<name>] enabled = false`).
     for name in sorted(catalogue.default_enabled()):
         if name not in values["plugins"]:
@@ -315,7 +320,7 @@ def _check_model_from_run(table: dict, values: dict, source: tuple[str, str], fi
 
 
 def _validated_search(search, values: dict, catalogue, file: Path, chain) -> dict:
-    """[search] (runner/search.py): its settings, then each dotted key a space over a setting the
+    """[search] (runner/suite/search.py): its settings, then each dotted key a space over a setting the
     resolved spec has, its bounds or choices valid values of that setting. A bad space fails when
     the spec loads, not trials later, naming the file that holds it."""
     if not isinstance(search, dict):
@@ -415,9 +420,10 @@ def _check_optimizer(train: dict, file: Path) -> None:
 
 
 
-def load(path, catalogue, overrides=()) -> Spec:
+def load(path: Path | str, catalogue: SpecCatalogue, overrides: Iterable[Override | str] = ()) -> Spec:
     """Read, merge and validate a spec; plugin files it names join the catalogue (runner/plugin_host/catalogue.py:
     `Catalogue.default()`) first."""
+    overrides = of(overrides)
     table, chain, unused = read(path, overrides, catalogue.default_enabled())
     catalogue.add_spec_files(Path(path), table)
     try:
@@ -432,7 +438,7 @@ def load(path, catalogue, overrides=()) -> Spec:
     except SpecError as exc:
         origin = _origin(exc.key, [], overrides)  # a --set, else the spec given (not the base holding a default)
         raise exc.in_file(origin or Path(path)) from None
-    spec.overrides = [text for text in overrides if text not in unused]
+    spec.overrides = [o for o in overrides if o.text not in unused]
     spec.unused_overrides = unused
     return spec
 
@@ -468,11 +474,11 @@ def _origin(key: str | None, chain: list[Path], overrides) -> str | None:
     if not key:
         return None
     parts = key.split(".")
-    for text in reversed(list(overrides)):
-        if "=" in text and text.split("=", 1)[0].strip().split(".")[:len(parts)] == parts:
-            return f"--set {text}"
+    for override in reversed(of(overrides)):
+        if override.key.split(".")[:len(parts)] == parts:
+            return override.where
     for file in reversed(chain):
-        node = _parse(file)
+        node: object = _parse(file)  # a table, then whatever the key's parts lead to
         for part in parts:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:

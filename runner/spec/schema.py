@@ -6,6 +6,7 @@ file, key, what is allowed.
 """
 from __future__ import annotations
 
+import builtins
 import difflib
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +23,16 @@ class Setting:
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
-    type: type | tuple | None = None  # a tuple of types where a key takes several (compile: bool or a mode)
-    item: type | None = None  # element type for list settings; min and max then bound each element
+    type: builtins.type | tuple | None = None  # a tuple of types where a key takes several (compile: bool or a mode)
+    item: builtins.type | None = None  # element type for list settings; min and max then bound each element
     length: tuple[int, int] | None = None  # fewest and most elements of a list setting
     quick: Any = None  # the value under --quick, where the default would make a smoke test slow
     # The value names specs (a name or a list) whose runs the plugin reads: "model" (their trained
-    # model) or "run" (their files). The suite runs those specs first (runner/sources.py).
+    # model) or "run" (their files). The suite runs those specs first (runner/training/sources.py).
     reads: str | None = None
 
     @property
-    def kind(self) -> type:
+    def kind(self) -> builtins.type | tuple:
         return self.type or type(self.default)
 
 
@@ -140,6 +141,9 @@ TRAIN = {
                        "also replays each step as a CUDA graph on a GPU, for steps bound by kernel launches "
                        "(compiling costs tens of seconds)",
                        choices=COMPILE_MODES, type=(bool, str)),
+    "step": Setting("eager", "how each training step runs: \"eager\" (op by op from Python) or \"graph\" (on "
+                    "static tensors, captured once as CUDA graphs and replayed on a GPU: for steps bound by kernel "
+                    "launches; on the CPU the same code runs uncaptured)", choices=("eager", "graph")),
     "log_every": Setting(10, "iterations between progress/log updates", min=1),
     "checkpoint_epochs": Setting(1, "save a resumable checkpoint every N epochs (0: never)", min=0),
 }
@@ -148,7 +152,7 @@ EVAL = {
     "batch_size": Setting(1000, "images per evaluation batch", min=1),
 }
 
-# [search]: a hyperparameter study over the spec (`runner SPEC --search`, runner/search.py). Only
+# [search]: a hyperparameter study over the spec (`runner SPEC --search`, runner/suite/search.py). Only
 # a spec that has the table gets it (so every other spec resolves as before), and a run without
 # --search ignores it. Its dotted keys ("train.lr" = { log = [1e-4, 1e-1] }) are the spaces, checked
 # against the resolved spec in spec.py; these are its settings.

@@ -23,6 +23,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import RunnerError
@@ -49,7 +50,7 @@ def parse_resources(text: str) -> dict[str, float]:
     return resources
 
 
-def resources_for(job: Job, per_run: dict[str, float], cluster_has_gpus: bool) -> dict[str, float]:
+def resources_for(job: Job, per_run: Mapping[str, float], cluster_has_gpus: bool) -> dict[str, float]:
     """What one run asks a worker for: per_run, plus GPU=1 when it runs on CUDA (unless per_run names GPU)."""
     needs = dict(per_run)
     on_gpu = str(job.device).startswith("cuda") or (job.device == "auto" and cluster_has_gpus)
@@ -94,7 +95,8 @@ class DaskExecutor:
             client = Client(self.scheduler, timeout=CONNECT_SECONDS)
         except (OSError, TimeoutError) as exc:
             raise RunnerError(f"cannot reach the Dask scheduler at {self.scheduler} ({exc}); start one with "
-                              f"`dask scheduler` and workers with `dask worker {self.scheduler} --resources CPU=1`") from exc
+                              f"`dask scheduler` and workers with "
+                              f"`dask worker {self.scheduler} --resources CPU=1`") from exc
         try:
             return self._run(client, as_completed, plan, options, on_event)
         finally:

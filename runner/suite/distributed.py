@@ -21,16 +21,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from .. import artifacts, errors
+from ..data import resolve as resolve_data
 from ..errors import RunnerError
 from ..plugin_host.catalogue import Catalogue
-from ..training.builders import locate_data, resolve_device
+from ..spec.loading import Spec
+from ..training.builders import resolve_device
 from ..training.checkpoint import latest as latest_checkpoint
 from ..training.flow import execute
-from ..spec.loading import Spec
 
 # What torchrun (torch.distributed.run) sets in every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -53,7 +55,7 @@ def _check_trainable(spec: Spec, world: int, option: str) -> None:
         raise RunnerError(f"train.batch_size {spec['train']['batch_size']} must divide by {option} {world}")
 
 
-def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=None, quick=False) -> dict:
+def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data=None, quick=False) -> dict:
     """Data-parallel training of one spec in nproc processes on this machine (ignite.distributed:
     gloo on CPU, nccl on GPUs, one GPU per process). Each process takes batch_size / nproc images
     of every batch; gradients are averaged, so the run follows the same recipe. Returns the summary.
@@ -69,7 +71,7 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
         raise RunnerError(f"--nproc-per-node {nproc} needs {nproc} GPUs; torch sees {torch.cuda.device_count()}")
     # Find (and unpack) the data here, once: missing data fails before any process starts, and
     # the processes do not race to unpack the same cache.
-    locate_data(spec, data_source)
+    data = resolve_data(data, spec)
     run_dir = artifacts.new_run_dir(Path(out), spec.name, spec.seed)
     # Ignite's default rendezvous port is a fixed 2222: a second data-parallel run on this machine,
     # or a rerun while the last one's port lingers, would fail to meet there. MASTER_PORT still wins.
@@ -77,7 +79,7 @@ def execute_distributed(spec: Spec, nproc: int, *, out="artifacts", data_source=
     with tempfile.TemporaryDirectory(prefix="runner-errors-") as errors_dir:
         try:
             with idist.Parallel(backend=backend_for(spec), nproc_per_node=nproc, master_port=port) as parallel:
-                parallel.run(_distributed_worker, spec, run_dir, data_source, quick, Path(errors_dir))
+                parallel.run(_distributed_worker, spec, run_dir, data, quick, Path(errors_dir))
         except Exception as exc:  # torch.multiprocessing's: it carries a process's traceback as text only
             # The failed process left its RunnerError: raise that (the lowest rank's), so the
             # command reports it, and exits with its code, as a run in one process would.
@@ -106,7 +108,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source, quick: bool, errors_dir: Path) -> None:
+def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data, quick: bool, errors_dir: Path) -> None:
     import pickle
 
     import ignite.distributed as idist
@@ -117,7 +119,7 @@ def _distributed_worker(local_rank: int, spec: Spec, run_dir: Path, data_source,
     try:
         catalogue = Catalogue.default()
         catalogue.add_spec_files(spec.path, spec.values)
-        execute(spec, catalogue, run_dir=run_dir, data_source=data_source, quick=quick, show_progress=False,
+        execute(spec, catalogue, run_dir=run_dir, data=data, quick=quick, show_progress=False,
                 rank=idist.get_rank(), world=idist.get_world_size())
         _free_data_parallel_model()
     except RunnerError as exc:
@@ -151,7 +153,7 @@ def _no_live_plots(spec: Spec) -> None:
     spec.values.get("plugins", {}).get("visdom", {})["enabled"] = False
 
 
-def execute_under_torchrun(specs: list[Spec], *, out="artifacts", data_source=None, quick=False,
+def execute_under_torchrun(specs: list[Spec], *, out="artifacts", data=None, quick=False,
                            resume=False) -> list[dict]:
     """Train each spec in turn data-parallel across the processes torchrun started, this one among
     them; returns their summaries (every process gets rank 0's). A failed run raises: the other
@@ -169,7 +171,7 @@ def execute_under_torchrun(specs: list[Spec], *, out="artifacts", data_source=No
     # Inside a SLURM job ignite would take the ranks from SLURM's variables, which count srun's
     # tasks (one torchrun per node), not torchrun's processes, and refuse to start: torchrun's count.
     with _hidden("SLURM_JOB_ID"), idist.Parallel(backend=backends.pop()) as parallel:
-        parallel.run(_torchrun_worker, specs, out, data_source, quick, resume, summaries)
+        parallel.run(_torchrun_worker, specs, out, data, quick, resume, summaries)
     return summaries
 
 
@@ -184,7 +186,7 @@ def _hidden(variable: str):
             os.environ[variable] = value
 
 
-def _torchrun_worker(local_rank: int, specs: list[Spec], out, data_source, quick: bool, resume: bool,
+def _torchrun_worker(local_rank: int, specs: list[Spec], out, data, quick: bool, resume: bool,
                      summaries: list) -> None:
     import ignite.distributed as idist
 
@@ -195,18 +197,18 @@ def _torchrun_worker(local_rank: int, specs: list[Spec], out, data_source, quick
     for spec in specs:
         if rank:
             _no_live_plots(spec)
-        run_dir, resuming = _agree_on_run_dir(spec, out, data_source, quick, resume)
+        run_dir, resuming = _agree_on_run_dir(spec, out, data, quick, resume)
         catalogue = Catalogue.default()
         catalogue.add_spec_files(spec.path, spec.values)
-        execute(spec, catalogue, out=out, data_source=data_source, quick=quick, show_progress=False,
+        execute(spec, catalogue, out=out, data=data, quick=quick, show_progress=False,
                 run_dir=None if resuming else run_dir, resume_dir=run_dir if resuming else None,
                 rank=rank, world=world)
         _free_data_parallel_model()
         summary = artifacts.read_summary(run_dir) if rank == 0 else None
-        summaries.append(json.loads(idist.broadcast(json.dumps(summary), src=0, safe_mode=True)))
+        summaries.append(_from_rank_0(summary))
 
 
-def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -> tuple[Path, bool]:
+def _agree_on_run_dir(spec: Spec, out, data, quick: bool, resume: bool) -> tuple[Path, bool]:
     """The run folder every process uses, chosen by rank 0, and whether the run resumes there.
 
     Every process checks what it needs before any trains, so a problem on one machine (its data
@@ -218,7 +220,7 @@ def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -
 
     def find_data():
         if idist.get_local_rank() == 0:  # once per machine: its processes would unpack the same cache
-            locate_data(spec, data_source)
+            resolve_data(data, spec)
 
     choice = {}
 
@@ -228,7 +230,7 @@ def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -
 
     _check_everywhere(find_data)
     _check_everywhere(choose)
-    choice = json.loads(idist.broadcast(json.dumps(choice), src=0, safe_mode=True))
+    choice = _from_rank_0(choice)
     run_dir, resuming = Path(choice["run_dir"]), choice["resuming"]
 
     def sees_checkpoint():
@@ -240,6 +242,13 @@ def _agree_on_run_dir(spec: Spec, out, data_source, quick: bool, resume: bool) -
     return run_dir, resuming
 
 
+def _from_rank_0(value: Any) -> Any:
+    """Rank 0's `value` in every process (through JSON, a string being what idist broadcasts as is)."""
+    import ignite.distributed as idist
+
+    return json.loads(cast(str, idist.broadcast(json.dumps(value), src=0, safe_mode=True)))
+
+
 def _check_everywhere(check) -> None:
     """check() in every process; when it raised a RunnerError in any, the lowest rank's is raised in all."""
     import ignite.distributed as idist
@@ -249,7 +258,7 @@ def _check_everywhere(check) -> None:
         check()
     except RunnerError as exc:
         problem = {"rank": idist.get_rank(), "kind": type(exc).__name__, "message": str(exc)}
-    _raise_first(idist.all_gather(json.dumps(problem)))
+    _raise_first(cast(list[str], idist.all_gather(json.dumps(problem))))  # all_gather of a str: a list of str
 
 
 def _choose_run_dir(spec: Spec, out, quick: bool, resume: bool) -> dict:
@@ -280,7 +289,7 @@ def _raise_first(gathered: list[str]) -> None:
 
 
 class DataParallel:
-    """An executor (runner/executors.py) that trains each job in turn data-parallel: in `nproc`
+    """An executor (runner/suite/executors.py) that trains each job in turn data-parallel: in `nproc`
     processes started here, or, under torchrun, in the processes torchrun started, this one among
     them. A failure ends the command, as torchrun ends every process when one fails."""
 
@@ -292,12 +301,12 @@ class DataParallel:
 
         specs = [load_spec(job.path, self.catalogue, job.overrides) for job in plan.jobs]
         if launched_by_torchrun():
-            summaries = execute_under_torchrun(specs, out=options.out, data_source=options.data, quick=options.quick,
+            summaries = execute_under_torchrun(specs, out=options.out, data=options.data, quick=options.quick,
                                                resume=options.resume)
         else:
             if options.resume:
                 raise RunnerError("--nproc-per-node runs one spec at a time and from the start: drop --resume")
-            summaries = [execute_distributed(spec, self.nproc, out=options.out, data_source=options.data,
+            summaries = [execute_distributed(spec, self.nproc, out=options.out, data=options.data,
                                              quick=options.quick) for spec in specs]
         outcomes = [Outcome(job, "ran", summary) for job, summary in zip(plan.jobs, summaries)]
         for outcome in outcomes:

@@ -1,11 +1,11 @@
 """Run a Plan: one interface, `run(plan, options, on_event) -> [Outcome]`, several executors.
 
 - InProcess: the jobs one after another in this process (a single run, or no --jobs).
-- ProcessPool: up to N jobs at once in N warm worker processes (runner/worker.py), each calling
+- ProcessPool: up to N jobs at once in N warm worker processes (runner/suite/worker.py), each calling
   the run API (run_job, below) and sending back its Outcome. One small CIFAR-10 run leaves a GPU
   mostly idle, so runs side by side finish a suite several times sooner; on a CPU the workers
   share out the cores.
-- runner/distributed.py trains one job data-parallel; runner/dask_executor.py runs a plan on a
+- runner/suite/distributed.py trains one job data-parallel; runner/suite/dask_executor.py runs a plan on a
   Dask cluster.
 
 Every executor starts a job once all jobs of the specs it requires have completed, and reports a
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import IO, Callable, Iterable, Protocol
 
 from .. import artifacts
 from ..errors import DataError, DivergedError, RunnerError
@@ -75,7 +75,8 @@ class ProcessPool:
         workers = [Worker(threads_per_process(self.jobs)) for _ in range(min(self.jobs, len(plan.jobs)))]
         for number, worker in enumerate(workers):
             worker.gpu = gpu_for_worker(number, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        idle, running = list(reversed(workers)), {}  # running: Worker -> (job, log)
+        idle = list(reversed(workers))
+        running: dict[Worker, tuple[Job, Path]] = {}
         outcomes: list[Outcome] = []
         failed: set[str] = set()
         try:
@@ -137,9 +138,12 @@ class Worker:
         # Replies come on a pipe of their own: what the worker prints outside a job (a plugin that
         # prints on import, say) goes to our stderr and cannot be mistaken for a reply.
         read, write = os.pipe()
-        self.process = subprocess.Popen([sys.executable, "-m", "runner.suite.worker", "--replies", str(write), *threads_arg],
-                                        stdin=subprocess.PIPE, stdout=2, pass_fds=(write,), text=True, bufsize=1)
+        command = [sys.executable, "-m", "runner.suite.worker", "--replies", str(write), *threads_arg]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=2, pass_fds=(write,), text=True,
+                                        bufsize=1)
         os.close(write)  # the worker holds the only write end: its death ends our reads
+        assert self.process.stdin is not None  # stdin=PIPE
+        self.requests: IO[str] = self.process.stdin  # one JSON job a line
         self.replies = os.fdopen(read)
         self.reply: dict | None = None
         self.exit_code: int | None = None
@@ -154,8 +158,8 @@ class Worker:
             message["env"] = {"CUDA_VISIBLE_DEVICES": self.gpu}
         self.jobs += 1
         try:
-            self.process.stdin.write(json.dumps(message) + "\n")
-            self.process.stdin.flush()
+            self.requests.write(json.dumps(message) + "\n")
+            self.requests.flush()
         except OSError:  # it died since it was last seen alive: the reader finds the end of its replies
             pass
         self._reader = threading.Thread(target=self._wait_for_reply, daemon=True)
@@ -203,7 +207,7 @@ class Worker:
         if interrupt and self.alive:
             self.process.terminate()
         try:
-            self.process.stdin.close()  # end of input: the worker exits
+            self.requests.close()  # end of input: the worker exits
         except OSError:
             pass
 
@@ -274,8 +278,8 @@ def execute_job(job: Job, options: RunOptions, catalogue=None):
     spec = load_spec(job.path, catalogue, job.overrides)
     unfinished = resumable(spec, options, catalogue) if options.resume else None
     if unfinished:
-        return resume(unfinished, catalogue, data_source=options.data, show_progress=options.progress)
-    return execute(spec, catalogue, out=options.out, data_source=options.data, quick=options.quick,
+        return resume(unfinished, catalogue, data=options.data, show_progress=options.progress)
+    return execute(spec, catalogue, out=options.out, data=options.data, quick=options.quick,
                    show_progress=options.progress)
 
 
@@ -313,7 +317,7 @@ def spec_differences(run_dir, spec, catalogue) -> list[str]:
             return [f"{path} is unreadable"]
 
 
-def blocked_outcome(job: Job, failed: set[str]) -> Outcome:
+def blocked_outcome(job: Job, failed: Iterable[str]) -> Outcome:
     names = ", ".join(sorted(failed))
     return Outcome(job, "not run", error=f"it needs {names}, whose run failed", exit_code=RunnerError.exit_code)
 

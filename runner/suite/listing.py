@@ -14,14 +14,14 @@ from .. import artifacts
 from ..errors import RunnerError
 from ..progress import duration
 from ..results import headline
-
+from ..spec.overrides import Override, shown
+from ..spec.overrides import read as read_overrides
 
 # ---- runner show --------------------------------------------------------------------------------
 
-def resolved_with_origins(spec, quick_count: int = 0) -> str:
+def resolved_with_origins(spec) -> str:
     """The resolved spec as TOML, each value with a comment saying who set it: a --set, --quick,
     the spec file, a file it extends, or the default."""
-    quick = set(spec.overrides[:quick_count])
     chain = " <- ".join(_short(p) for p in reversed(spec.chain)) or _short(spec.path)
     lines = [f"# {spec.name}: resolved from {chain}"]
     if spec.get("question"):
@@ -31,9 +31,8 @@ def resolved_with_origins(spec, quick_count: int = 0) -> str:
         found = spec.set_by(key)
         if found is None:
             return "the file's name" if key == "name" else "default"
-        if found.startswith("--set "):
-            text = found[len("--set "):]
-            return f"--quick ({text})" if text in quick else found
+        if found.startswith("--"):  # an override's own account: runner/spec/overrides.py
+            return found
         return _short(found) if Path(found).resolve() == Path(spec.path).resolve() else f"{_short(found)} (extends)"
 
     def table(values: dict, prefix: str) -> None:
@@ -81,7 +80,7 @@ class RunInfo:
     seed: int | None
     status: str
     summary: dict = field(default_factory=dict)
-    overrides: list = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)
     started: str = ""  # YYYY-MM-DD HH:MM:SS
     wall: float | None = None
 
@@ -92,8 +91,12 @@ class RunInfo:
 
 
 def read_run(run_dir: Path) -> RunInfo:
-    status = artifacts.read_status(run_dir)
-    summary = artifacts.read_summary(run_dir)
+    """A run folder's row. artifacts.Unreadable when its status.json is garbage, or its summary.json
+    is, or is missing from a run marked complete: such a run is no result to list or average."""
+    status = artifacts.read_status(run_dir, strict=True)
+    summary = artifacts.read_json(run_dir / "summary.json")
+    if status["status"] == "complete" and not summary:
+        raise artifacts.Unreadable(run_dir / "summary.json", "is missing, yet the run is marked complete")
     found = artifacts.RUN_ID.fullmatch(run_dir.name)
     started = (f"{found[1][:4]}-{found[1][4:6]}-{found[1][6:8]} {found[1][9:11]}:{found[1][11:13]}:{found[1][13:15]}"
                if found else "")
@@ -105,7 +108,7 @@ def read_run(run_dir: Path) -> RunInfo:
         except ValueError:
             wall = None
     return RunInfo(dir=run_dir, spec=run_dir.parent.name, seed=artifacts.run_seed(run_dir), status=status["status"],
-                   summary=summary, overrides=list(summary.get("overrides", status.get("overrides", []))),
+                   summary=summary, overrides=read_overrides(summary.get("overrides", status.get("overrides", []))),
                    started=started, wall=wall)
 
 
@@ -120,36 +123,36 @@ def find_runs(out, specs=None, statuses=None) -> list[RunInfo]:
             continue
         for run_dir in spec_dir.iterdir():
             if (run_dir / artifacts.STATUS_FILE).is_file():
-                info = read_run(run_dir)
-                if not statuses or info.status in statuses:
+                info = _readable(run_dir)
+                if info is not None and (not statuses or info.status in statuses):
                     runs.append(info)
     return sorted(runs, key=lambda info: (info.started, info.dir.name))
 
 
+def _readable(run_dir: Path) -> RunInfo | None:
+    """read_run, or None after saying on stderr which file is unreadable."""
+    try:
+        return read_run(run_dir)
+    except artifacts.Unreadable as exc:
+        artifacts.skipped(exc)
+        return None
+
+
 def runs_table(runs: list[RunInfo]) -> str:
     rows = [(f"{info.spec}/{info.dir.name}", str(info.seed), info.status, info.result,
-             " ".join(_user_overrides(info.overrides)) or "-", info.started, duration(info.wall) if info.wall else "-")
+             " ".join(shown(info.overrides)) or "-", info.started, duration(info.wall) if info.wall else "-")
             for info in runs]
     return _table(("run", "seed", "status", "result", "overrides", "started", "wall"), rows)
-
-
-def _user_overrides(overrides) -> list[str]:
-    """The --set texts worth a column: seed has its own, and --quick's are one word."""
-    from .plan import QUICK
-
-    texts = [text for text in overrides if not text.startswith("seed=")]
-    quick = [text for text in texts if text in QUICK]
-    return (["--quick"] if quick else []) + [text for text in texts if text not in QUICK]
 
 
 def runs_of(targets, out) -> list[RunInfo]:
     """The runs a `runner compare` argument names: a run folder, a folder of runs, or a spec (its
     file or name: its completed runs in OUT)."""
-    runs = []
+    runs: list[RunInfo] = []
     for target in targets:
         path = Path(target)
         if (path / artifacts.STATUS_FILE).is_file():
-            runs.append(read_run(path))
+            runs += filter(None, [_readable(path)])
         elif path.is_dir() and any((child / artifacts.STATUS_FILE).is_file() for child in path.iterdir()
                                    if child.is_dir()):
             runs += find_runs(path.parent, specs=[path.name])  # one spec's folder of runs
@@ -168,9 +171,9 @@ def runs_of(targets, out) -> list[RunInfo]:
 def compare_table(runs: list[RunInfo]) -> str:
     """One row per group of runs that share every setting but the seed: the settings in which the
     groups differ, then the result (mean ± sd over seeds), seconds and the runs."""
+    runs, flat = _with_specs(runs)
     if not runs:
         return "no runs to compare"
-    flat = [_flatten(_spec_table(info.dir)) for info in runs]
     keys = sorted({key for values in flat for key in values})
     # The spec's name heads each row; its question and seed would only repeat what the name says.
     differing = ["name"] + [key for key in keys if key not in ("name", "question", "seed")
@@ -181,26 +184,42 @@ def compare_table(runs: list[RunInfo]) -> str:
     rows = []
     for group_key, members in groups.items():
         figures = [headline(info.summary) for info in members]
-        values = [f.value for f in figures if f and f.value is not None]
+        measured = [f.value for f in figures if f and f.value is not None]
         name = next((f.name for f in figures if f), "result")
-        result = "-" if not values else (f"{name} {statistics.mean(values):.4f}" + (
-            f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""))
+        result = "-" if not measured else (f"{name} {statistics.mean(measured):.4f}" + (
+            f" ± {statistics.stdev(measured):.4f}" if len(measured) > 1 else ""))
         seconds = [f.seconds for f in figures if f and f.seconds]
         rows.append((*group_key, result, str(len(members)),
                      ",".join(str(info.seed) for info in members),
                      duration(statistics.mean(seconds)) if seconds else "-",
-                     " ".join(sorted({t for info in members for t in _user_overrides(info.overrides)})) or "-"))
+                     " ".join(sorted({t for info in members for t in shown(info.overrides)})) or "-"))
     header = ("spec", *differing[1:], "result (mean ± sd)", "runs", "seeds", "seconds", "overrides")
     note = (f"{len(runs)} runs in {len(groups)} groups" + (f", differing in: {', '.join(differing[1:])}"
                                                           if differing[1:] else ", the same settings but the seed"))
     return note + "\n" + _table(header, rows)
 
 
+def _with_specs(runs: list[RunInfo]) -> tuple[list[RunInfo], list[dict]]:
+    """The runs whose spec.toml reads, each with its settings flat; the others are told and left out."""
+    kept, flat = [], []
+    for info in runs:
+        try:
+            flat.append(_flatten(_spec_table(info.dir)))
+            kept.append(info)
+        except artifacts.Unreadable as exc:
+            artifacts.skipped(exc)
+    return kept, flat
+
+
 def _spec_table(run_dir: Path) -> dict:
+    """A run's resolved spec.toml; {} without one, artifacts.Unreadable when it is not TOML."""
+    path = run_dir / "spec.toml"
     try:
-        return tomllib.loads((run_dir / "spec.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise artifacts.Unreadable(path, f"is not TOML ({exc})") from None
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -222,7 +241,8 @@ def _toml_or_none(value) -> str:
 def outcome_table(outcomes) -> str:
     """One line per run (its own result: an attack's fooled share, not its source model's accuracy),
     then the mean and spread over seeds of each spec (and sweep point) that ran several."""
-    rows, by_group = [], {}
+    rows: list[tuple[str, ...]] = []
+    by_group: dict[tuple[str, tuple[str, ...], str], list[float]] = {}  # (spec, sweep, measure) -> values over seeds
     outcomes = sorted(outcomes, key=lambda o: (o.job.name, o.job.seed, o.job.sweep))
     swept = any(outcome.job.sweep for outcome in outcomes)
     for outcome in outcomes:

@@ -1,6 +1,6 @@
 """What a command line asks to run: the jobs, their dependency order, and which are up to date.
 
-Planning only; runner/executors.py runs a Plan. A Job is one run of one spec (a seed, a sweep
+Planning only; runner/suite/executors.py runs a Plan. A Job is one run of one spec (a seed, a sweep
 point) described by plain values, so it travels to a worker process or a cluster and is loaded
 there exactly as here (executors.run_job), and its Outcome travels back.
 """
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import itertools
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts
 from ..errors import RunnerError, SpecError
-
-# --quick's run settings: a few iterations on a subset (a plugin may add its own quick values).
-# All 12 steps warm the learning rate up: at the full rate after one step, a deep net without
-# BatchNorm blows up, which says nothing of its full run (200 steps of warmup).
-QUICK = ("train.iterations=12", "data.train_limit=1200", "data.test_limit=500", "train.log_every=4",
-         "train.warmup=1.0")
+from ..spec.overrides import QUICK, Override, of
 
 
 @dataclass(frozen=True)
@@ -26,12 +22,16 @@ class Job:
     """One run to do: a spec file and the overrides it is loaded with (seed, --quick's, --set)."""
 
     path: str
-    overrides: tuple[str, ...]
+    overrides: tuple[Override, ...]
     name: str
     seed: int
     requires: frozenset = frozenset()  # names of the specs it needs (their models, their attacks)
     sweep: tuple[str, ...] = ()  # the --set values that make it one point of a sweep
     device: str = "auto"  # the spec's device setting
+
+    def __post_init__(self):
+        # `key=value` texts (a script's or a test's Job) become Overrides of origin "set".
+        object.__setattr__(self, "overrides", tuple(of(self.overrides)))
 
     @property
     def label(self) -> str:
@@ -79,12 +79,13 @@ class Outcome:
 
 
 def job_to_json(job: Job) -> dict:
-    return {**job.__dict__, "overrides": list(job.overrides), "requires": sorted(job.requires), "sweep": list(job.sweep)}
+    return {**job.__dict__, "overrides": [o.to_json() for o in job.overrides], "requires": sorted(job.requires),
+            "sweep": list(job.sweep)}
 
 
 def job_from_json(data: dict) -> Job:
-    return Job(data["path"], tuple(data["overrides"]), data["name"], data["seed"], frozenset(data["requires"]),
-               tuple(data["sweep"]), data["device"])
+    return Job(data["path"], tuple(Override.from_json(o) for o in data["overrides"]), data["name"], data["seed"],
+               frozenset(data["requires"]), tuple(data["sweep"]), data["device"])
 
 
 @dataclass
@@ -135,11 +136,15 @@ def _declares_search(path: Path) -> bool:
         return False  # loading it reports the problem, with its line
 
 
-def sweep_points(overrides: list[str]) -> list[list[str]]:
-    """Each combination of the swept values: `train.lr=0.01,0.05` gives two points, two such keys a
-    grid. A TOML array (`model.widths=[16,32]`) is one value; `[16,32],[64,128]` is two."""
-    choices = [[f"{text.split('=', 1)[0]}={value}" for value in split_values(text.split("=", 1)[1])]
-               if "=" in text else [text] for text in overrides]
+def sweep_points(overrides) -> list[list[Override]]:
+    """Each combination of the swept values: `train.lr=0.01,0.05` gives two points (each value an
+    Override of origin "sweep"), two such keys a grid. A TOML array (`model.widths=[16,32]`) is
+    one value; `[16,32],[64,128]` is two. Overrides given as Overrides keep their origin."""
+    choices = []
+    for override in of(overrides):
+        values = split_values(override.value)
+        origin = "sweep" if len(values) > 1 and override.origin == "set" else override.origin
+        choices.append([Override(override.key, value, origin) for value in values] if len(values) > 1 else [override])
     return [list(point) for point in itertools.product(*choices)]
 
 
@@ -175,10 +180,9 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
 
     log = log or (lambda line: print(line, file=sys.stderr))
     files = expand_specs(paths)
-    seed_overrides = [[f"seed={seed}"] for seed in seeds] if seeds else [[]]
-    device_override = [f'device="{device}"'] if device else []
-    points = sweep_points(list(overrides))
-    swept = [text for text in overrides if len(split_values(text.split("=", 1)[-1])) > 1]
+    seed_overrides = [[Override("seed", str(seed), "seed")] for seed in seeds] if seeds else [[]]
+    device_override = [Override("device", f'"{device}"', "device")] if device else []
+    points = sweep_points(overrides)
     loaded = []  # (job, spec)
     for path in files:
         quick = quick_overrides(path, catalogue) if options.quick else []
@@ -186,9 +190,9 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
             for seed in seed_overrides:
                 every = quick + point + device_override + seed
                 spec = load_spec(path, catalogue, every)
-                sweep = tuple(text for text in point if text.split("=", 1)[0] in {s.split("=", 1)[0] for s in swept})
+                sweep = tuple(o.text for o in point if o.origin == "sweep")
                 loaded.append((_job(spec, every, sweep), spec))
-    check_overrides_used([spec for _, spec in loaded], [p for point in points for p in point])
+    check_overrides_used([spec for _, spec in loaded], [o.text for point in points for o in point])
     if with_deps:
         given = {Path(p).resolve() for p in files}
         by_path = {spec.path.resolve(): spec for _, spec in loaded}
@@ -220,17 +224,35 @@ def build(paths, catalogue, *, options: RunOptions, overrides=(), seeds=None, wi
     return plan, [spec for _, spec in loaded]
 
 
-_SPECS: dict = {}
+_SPECS: dict = {}  # (catalogue id, file, overrides) -> (the catalogue, weakly; the files' stamps; the spec)
 
 
 def load_spec(path, catalogue, overrides=()):
-    """spec.load, once per file and overrides in this process: planning asks for a spec many times."""
+    """spec.load, once per catalogue, file and overrides while the spec's files are unchanged:
+    planning asks for a spec many times. An entry holds its catalogue weakly (an id alone could
+    be a later catalogue's, with other plugins) and the stamps of every file the spec read, so an
+    edited file is read afresh."""
     from ..spec.loading import load
 
-    key = (str(Path(path).resolve()), tuple(overrides), id(catalogue))
-    if key not in _SPECS:
-        _SPECS[key] = load(path, catalogue, list(overrides))
-    return _SPECS[key]
+    overrides = tuple(of(overrides))
+    key = (id(catalogue), str(Path(path).resolve()), overrides)
+    cached = _SPECS.get(key)
+    if cached is not None and cached[0]() is catalogue and cached[1] == _stamps(cached[2].chain):
+        return cached[2]
+    spec = load(path, catalogue, list(overrides))
+    _SPECS[key] = (weakref.ref(catalogue), _stamps(spec.chain), spec)
+    return spec
+
+
+def _stamps(files) -> tuple:
+    stamps: list[tuple[str, int | None, int | None]] = []  # (file, mtime, size); None: unreadable
+    for file in files:
+        try:
+            stat = Path(file).stat()
+            stamps.append((str(file), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append((str(file), None, None))
+    return tuple(stamps)
 
 
 def forget_loaded_specs() -> None:
@@ -309,7 +331,7 @@ def required_files(spec) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def quick_overrides(path, catalogue) -> list[str]:
+def quick_overrides(path, catalogue) -> list[Override]:
     """--quick's overrides: the run's (an evaluate-only spec stays evaluate-only), then each enabled
     plugin's settings that name a quick value (an attack's step cap, say)."""
     import json
@@ -320,10 +342,11 @@ def quick_overrides(path, catalogue) -> list[str]:
     catalogue.add_spec_files(Path(path), table)
     plugins = {name: settings for name, settings in table.get("plugins", {}).items() if isinstance(settings, dict)}
     keep_zero = table.get("train", {}).get("iterations") == 0 or catalogue.model_source(plugins)
-    overrides = [o for o in QUICK if not (keep_zero and o.startswith("train.iterations="))]
+    overrides = [Override.parse(o, "quick") for o in QUICK if not (keep_zero and o.startswith("train.iterations="))]
     for name, settings in table.get("plugins", {}).items():
         if isinstance(settings, dict) and settings.get("enabled", True):
-            overrides += [f"plugins.{name}.{key}={json.dumps(setting.quick)}"  # JSON scalars are TOML too
+            # JSON scalars are TOML too.
+            overrides += [Override(f"plugins.{name}.{key}", json.dumps(setting.quick), "quick")
                           for key, setting in catalogue.settings_of(name).items() if setting.quick is not None]
     return overrides
 

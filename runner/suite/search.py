@@ -8,7 +8,7 @@ metric. Each trial's run folder is OUT/<spec>/<run id> like any run's, its summa
 overrides and `search` = {study, trial, validation_accuracy, pruned_at}, so `runner ls`, `compare`
 and `show` list trials unchanged.
 
-Inside a trial's run (runner/trial.py, which runner/run.py calls), the last
+Inside a trial's run (runner/training/trial.py, which runner/training/flow.py calls), the last
 `search.validation` training images are held out: the run trains on the rest, and every
 `search.every` iterations an Ignite evaluator measures the held-out accuracy, reports it to the
 trial (reopened from the storage that RUNNER_SEARCH names) and stops training cleanly when the
@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artifacts
 from ..errors import RunnerError, SpecError
+from ..spec.overrides import of
 from ..training.trial import ENV, PRUNERS, open_storage, storage_path  # noqa: F401 (tests set PRUNERS)
 
 DEFAULT_TEST_SEEDS = (0, 1, 2)
@@ -306,7 +306,7 @@ def run_search(path, catalogue, options, *, overrides=(), trials=None, jobs=1, s
     log(f"[{spec.name}] study {where}: {counted(study)} of {target} trials done")
     logs = Path(options.out) / "_logs"
     slots = Slots(jobs, catalogue, executor, scheduler, resources)
-    running: dict[int, object] = {}  # trial number -> optuna Trial
+    running: dict[int, optuna.trial.Trial] = {}  # trial number -> its trial
     failure = None
     TrialState = optuna.trial.TrialState
     try:
@@ -314,18 +314,12 @@ def run_search(path, catalogue, options, *, overrides=(), trials=None, jobs=1, s
             while failure is None and len(running) < jobs and counted(study) + len(running) < target:
                 study.sampler = make_sampler(settings, _sampler_offset(study))
                 trial = study.ask()
-                trial.set_user_attr("pid", os.getpid())
-                trial.set_user_attr("host", socket.gethostname())
-                values = suggest(trial, settings)
-                trial.set_user_attr("overrides", values)
                 running[trial.number] = trial
-                job = plan_one(path, catalogue, options, search_overrides + values, seeds, device).jobs[0]
-                env = {"storage": str(storage_path(options.out, spec.name).resolve()), "study": spec.name,
-                       "trial_id": trial._trial_id, "number": trial.number, "role": "trial"}
-                log(f"[{spec.name}] trial {trial.number}: {' '.join(values)}")
+                values = suggest(trial, settings)
+                job = plan_one(path, catalogue, options, search_overrides + of(values, "search"), seeds, device).jobs[0]
                 if jobs > 1 or executor != "local":
                     logs.mkdir(parents=True, exist_ok=True)
-                slots.start(trial.number, job, options, env, logs / f"{spec.name}-trial{trial.number}.log")
+                _start_trial(trial, values, job, spec.name, slots, options, logs, log)
             if not running:
                 break
             for number in list(running):
@@ -336,7 +330,7 @@ def run_search(path, catalogue, options, *, overrides=(), trials=None, jobs=1, s
             if running:
                 time.sleep(POLL_SECONDS)
     except BaseException:
-        for number, trial in running.items():  # stopped: these are tried again when the command is rerun
+        for trial in running.values():  # stopped: these are tried again when the command is rerun
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         slots.stop()
@@ -346,6 +340,17 @@ def run_search(path, catalogue, options, *, overrides=(), trials=None, jobs=1, s
     if failure is not None:
         raise failure
     return study
+
+
+def _start_trial(trial, values: list[str], job, name: str, slots, options, logs: Path, log) -> None:
+    """Record who runs the trial and its settings on it, and start its job in a free slot."""
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("overrides", values)
+    env = {"storage": str(storage_path(options.out, name).resolve()), "study": name,
+           "trial_id": trial._trial_id, "number": trial.number, "role": "trial"}
+    log(f"[{name}] trial {trial.number}: {' '.join(values)}")
+    slots.start(trial.number, job, options, env, logs / f"{name}-trial{trial.number}.log")
 
 
 def _same_study(study, where: Path, quick: bool, overrides: list[str]) -> None:
@@ -415,7 +420,7 @@ def measure_best(path, catalogue, options, *, overrides=(), seeds=DEFAULT_TEST_S
     study = open_study(options.out, spec.name, create=False)
     best = best_trial(study)
     values = best.user_attrs.get("overrides", [])
-    plan = plan_one(path, catalogue, options, list(overrides) + values, list(seeds), device)
+    plan = plan_one(path, catalogue, options, list(overrides) + of(values, "search"), list(seeds), device)
     log(f"[{spec.name}] the best trial, {best.number} ({best.value:.4f}), on the test set over seeds "
         f"{','.join(map(str, seeds))}: {' '.join(values)}")
     with _environment({"study": spec.name, "role": "test", "best_trial": best.number}):
@@ -497,7 +502,7 @@ def show(target, out=None) -> str:
                           f"{target.stem}; `runner SPEC --search` makes one)")
     study = open_study(spec_dir.parent, spec_dir.name, create=False)
     TrialState = _states()
-    states = {}
+    states: dict[str, int] = {}  # state -> trials in it
     for t in study.get_trials(deepcopy=False):
         state = "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower()
         states[state] = states.get(state, 0) + 1

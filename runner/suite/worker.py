@@ -5,7 +5,7 @@ long as a quick run itself. A worker pays it once (and starts paying it before i
 arrives) and then runs job after job through the run API (executors.run_job), with its output in the
 job's log.
 
-Protocol (runner/executors.py is the other end): one JSON message per line on stdin,
+Protocol (runner/suite/executors.py is the other end): one JSON message per line on stdin,
 {"job": {...}, "options": {...}, "log": PATH, "env": {...}}; one JSON line back per job,
 {"outcome": {...}}, on the pipe whose file descriptor `--replies` names, never on stdout, which
 anything may print to. End of stdin ends it. "env" (optional) is set before the job runs: the
@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -72,11 +73,18 @@ def warm_up(threads: int | None) -> None:
     Catalogue.default()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.suite.worker")
     parser.add_argument("--replies", type=int, required=True, help="file descriptor of the pipe for the replies")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (executors.threads_per_process)")
     options = parser.parse_args()
+    # The suite stops a worker with SIGTERM (executors.Worker.stop): its run unwinds as on Ctrl-C,
+    # so the run folder says "interrupted" and keeps its metrics.
+    signal.signal(signal.SIGTERM, _interrupt)
     replies = os.fdopen(options.replies, "w", buffering=1)
     try:
         warm_up(options.threads)

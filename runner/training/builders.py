@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import data
+from ..errors import RunnerError, SpecError
+from . import captured
 from .engine import create_evaluator, create_trainer, make_optimizer, make_scheduler, resolve_precision
-from ..errors import DataError, RunnerError, SpecError
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -29,19 +29,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def locate_data(spec, source: str | None) -> Path:
-    """The folder holding CIFAR-10 for a run of spec; a bad data.root is named as the spec's."""
-    try:
-        return data.locate(data.resolve_source(source, spec.data.root or None))
-    except DataError as exc:
-        if data.resolve_source(source, None) is None and spec.data.root:
-            raise DataError(f"{exc} (data.root of {spec.path})") from exc
-        raise
-
-
-def load_data(spec, source: str | None, device: torch.device):
+def load_data(spec, source: data.DataSource, device: torch.device):
     """(train images, train labels, test images, test labels, class names), tensors on the device."""
-    directory = locate_data(spec, source)
+    directory = source.folder
     train_x, train_y = data.load_batches(directory, spec.data.train)
     test_x, test_y = data.load_batches(directory, spec.data.test)
     if spec.data.train_limit:
@@ -90,7 +80,10 @@ def build_model(spec, catalogue, run=None, base: nn.Module | None = None) -> nn.
 def build_engines(run) -> None:
     """Optimizer, schedule, trainer and evaluator for run.model, set on the run."""
     train = run.spec.train
+    captured.check_settings(train, run.world, run.spec.origin("train.step"))
     run.optimizer = make_optimizer(run.model.parameters(), train)
+    if train["step"] == "graph":
+        captured.graph_safe_optimizer(run.optimizer, run.device)
     run.scheduler = make_scheduler(run.optimizer, train)
     precision = resolve_precision(train["precision"], run.device)
     # The wrappers (DistributedDataParallel, compiled) only run forward passes; run.model stays
@@ -102,9 +95,14 @@ def build_engines(run) -> None:
                                                       if run.device.type == "cuda" else None)
     if train["compile"]:
         forward = torch.compile(forward, mode=None if train["compile"] is True else train["compile"])
-    run.trainer = create_trainer(run.model, run.optimizer, run.scheduler, run.train_pipeline,
-                                 label_smoothing=train["label_smoothing"], channels_last=train["channels_last"],
-                                 precision=precision, forward=forward, clip_grad_norm=train["clip_grad_norm"])
+    settings = {"label_smoothing": train["label_smoothing"], "channels_last": train["channels_last"],
+                "precision": precision, "clip_grad_norm": train["clip_grad_norm"]}
+    if train["step"] == "graph":
+        run.trainer = captured.create_graph_trainer(run.model, run.optimizer, run.scheduler, run.train_pipeline,
+                                                    **settings)
+    else:
+        run.trainer = create_trainer(run.model, run.optimizer, run.scheduler, run.train_pipeline, forward=forward,
+                                     **settings)
     run.evaluator = create_evaluator(run.model, run.eval_pipeline, num_classes=len(run.class_names),
                                      channels_last=train["channels_last"], precision=precision, forward=forward)
     for engine in (run.trainer, run.evaluator):

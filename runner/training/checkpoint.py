@@ -15,7 +15,21 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from .. import artifacts
+from ..errors import RunnerError
+
 PATTERN = "checkpoint_*.pt"
+
+
+class Saver(DiskSaver):
+    """ignite's DiskSaver (atomic), whose failed write names the checkpoint file, as the run's own
+    writes do (artifacts.WriteError)."""
+
+    def __call__(self, checkpoint, filename, metadata=None) -> None:
+        try:
+            super().__call__(checkpoint, filename, metadata)
+        except OSError as exc:
+            raise artifacts.WriteError(Path(self.dirname) / filename, exc) from exc
 
 
 class RandomState:
@@ -68,7 +82,7 @@ def attach(run) -> int:
     if every and run.rank == 0:
         # Two kept: Checkpoint removes the oldest before it writes the next, so with one a Ctrl-C
         # during that write would leave none (the write itself is atomic: a file there is whole).
-        saver = Checkpoint(objects, DiskSaver(run.dir, require_empty=False, atomic=True), n_saved=2,
+        saver = Checkpoint(objects, Saver(run.dir, require_empty=False, atomic=True), n_saved=2,
                            global_step_transform=lambda engine, event: engine.state.iteration)
         # Not after the last epoch: model.pt follows at once.
         at = Events.EPOCH_COMPLETED(event_filter=lambda engine, epoch: epoch % every == 0
@@ -78,7 +92,19 @@ def attach(run) -> int:
     path = latest(run.dir)
     if path is None:
         return 0
-    # Written by this program (RNG states, metrics lists): not only tensors, so not weights_only.
-    Checkpoint.load_objects(objects, torch.load(path, map_location=run.device, weights_only=False))
+    Checkpoint.load_objects(objects, _load(path, run.device))
     print(f"[{run.spec.name}] resumed at iteration {run.trainer.state.iteration}", file=sys.stderr)
     return run.trainer.state.iteration
+
+
+def _load(path: Path, device) -> dict:
+    """A checkpoint's objects; a file cut short or overwritten is an error that says what to do."""
+    try:
+        # Written by this program (RNG states, metrics lists): not only tensors, so not weights_only.
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        older = "the one before it" if len(list(path.parent.glob(PATTERN))) > 1 else "the start"
+        raise RunnerError(
+            f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cut short'}); "
+            f"delete it and resume from {older} (rm {path} && runner resume {path.parent}), "
+            f"or run the spec afresh (runner SPEC --force)") from exc

@@ -70,10 +70,11 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for forward passes; weights, gradients and the optimizer stay fp32."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast for forward passes; weights, gradients and the optimizer stay fp32. A captured
+    step turns autocast's cache of cast weights off (cache=False): the graph would keep stale casts."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -85,6 +86,7 @@ def create_trainer(model, optimizer, scheduler, pipeline, *, label_smoothing=0.0
     The step's output keeps loss and the count of correct predictions as device tensors: no
     host sync per step; whoever logs them decides when to read. `forward` is the callable that
     runs the model (a torch.compile'd wrapper of it, say); it defaults to the model itself.
+    The same step captured as CUDA graphs: runner/training/captured.py (train.step = "graph").
     """
     forward = forward or model
 
@@ -134,10 +136,10 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
         images, labels = batch
         if accuracy is None:
             # Not summed across processes: in a data-parallel run each one evaluates the whole test set.
-            local = {"sync_on_compute": False}
             accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro",
-                                                                      **local).to(labels.device)
-            confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes, **local).to(labels.device)
+                                                                      sync_on_compute=False).to(labels.device)
+            confusion = torchmetrics.classification.MulticlassConfusionMatrix(
+                num_classes, sync_on_compute=False).to(labels.device)
         with torch.inference_mode(), autocast(labels.device, precision):
             logits = forward(prepare(images, pipeline, channels_last))
         accuracy.update(logits, labels)
@@ -150,7 +152,7 @@ def create_evaluator(model, pipeline, *, num_classes=10, channels_last=True, pre
     def reset(engine):
         model.eval()
         pipeline.eval()
-        if accuracy is not None:
+        if accuracy is not None and confusion is not None:  # made together, at the first batch
             accuracy.reset()
             confusion.reset()
 

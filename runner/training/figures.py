@@ -1,6 +1,8 @@
 """Matplotlib figures of a run, written off-screen."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
@@ -62,5 +64,22 @@ def running_accuracy_compared(metrics_files: dict[str, list], test_accuracy: dic
     return figure
 
 
+def image_grid(cells, columns: int, width: float, row_height: float, extra_height: float = 0.0,
+               fontsize: float = 7):
+    """Images in a grid, row by row, `columns` a row: each cell (image, title) or (image, title,
+    title colour), an image a (C, H, W) uint8 tensor. The figure is `width` inches wide and
+    `row_height` a grid row (plus `extra_height`, room for a title) high. Axes are hidden, and so
+    are the cells past the last image."""
+    rows = max(math.ceil(len(cells) / columns), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(width, rows * row_height + extra_height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, title, *color) in zip(axes.flat, cells):
+        ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")  # matplotlib wants an array
+        ax.set_title(title, fontsize=fontsize, color=color[0] if color else "black")
+    return figure
+
+
 def close(figure) -> None:
+    """Frees a figure that is not saved (runner.artifacts.save_figure closes those it writes)."""
     plt.close(figure)

@@ -3,12 +3,13 @@
     seed -> data -> transforms -> model (+ change_model) -> engines -> handlers
     (+ attach) -> checkpoint -> train -> evaluate -> results (+ run_finished) -> artifacts
 
-The parts are built in runner/builders.py, the core's handlers are in runner/handlers.py,
-checkpoints in runner/checkpoint.py, data-parallel launches in runner/distributed.py.
+The parts are built in runner/training/builders.py, the core's handlers are in runner/training/handlers.py,
+checkpoints in runner/training/checkpoint.py, data-parallel launches in runner/suite/distributed.py.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -18,80 +19,147 @@ import torch
 from ignite.utils import manual_seed
 
 from .. import artifacts
-from . import checkpoint, figures, handlers, memory, sources, trial
-from .builders import build_engines, build_model, build_transforms, device_name, load_data, locate_data, resolve_device
-from .engine import EpochBatches
+from ..data import DataSource
+from ..data import resolve as resolve_data
 from ..errors import DivergedError, PluginError, RunnerError
+from ..plugin_host.catalogue import Catalogue
+from ..progress import notice
+from ..results import headline
+from ..spec.loading import Spec
+from . import checkpoint, figures, handlers, memory, sources, trial
+from .builders import build_engines, build_model, build_transforms, device_name, load_data, resolve_device
+from .engine import EpochBatches
 from .fingerprint import code_version, fingerprint
 from .machine_load import OtherWork
 from .metrics import MetricsLog, per_class
-from ..plugin_host.catalogue import Catalogue
-from ..results import headline
-from ..spec.loading import Spec
 from .state import Run
 
 
-def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data_source=None, quick=False,
+def execute(spec: Spec, catalogue: Catalogue, *, out="artifacts", data: str | DataSource | None = None, quick=False,
             show_progress=None, resume_dir=None, run_dir=None, rank=0, world=1) -> Run:
     """Train and evaluate one spec; returns the finished Run (its results and folder).
 
     With resume_dir, continue that run from its last checkpoint (its own spec.toml is the spec).
     rank/world: this process's place in a data-parallel run (see execute_distributed), whose
-    folder run_dir the caller made; only rank 0 writes to it.
+    folder run_dir the caller made; only rank 0 writes to it. data: --data's text, or a source
+    already resolved (runner.data.resolve), which the run then carries.
     """
     memory.keep_freed_memory()  # each step's activations reuse freed pages instead of new ones
     device = resolve_device(spec.device)
     if rank:
         # This machine's GPU for the process (ignite set it from LOCAL_RANK): across nodes, ranks outnumber GPUs.
         device = torch.device(device.type, torch.cuda.current_device()) if device.type == "cuda" else device
+    # Missing data, or a missing run of a spec it reads, fails before a run folder exists (or,
+    # resuming, before the run is marked running: it stays interrupted, to be resumed again).
+    source = resolve_data(data, spec)
     if not rank:
-        # Missing data, or a missing run of a spec it reads, fails before a run folder exists (or,
-        # resuming, before the run is marked running: it stays interrupted, to be resumed again).
-        data_source = str(locate_data(spec, data_source))
         given = resume_dir or run_dir
         sources.require_runs(spec, Path(given).parent.parent if given else out, quick)
     run_dir = Path(resume_dir or run_dir or artifacts.new_run_dir(Path(out), spec.name, spec.seed))
-    run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world)
+    run = Run(spec=spec, catalogue=catalogue, device=device, dir=run_dir, quick=quick, rank=rank, world=world,
+              data=source)
     if rank:
-        _train_and_evaluate(run, data_source, False)
+        _train_and_evaluate(run, False)
         return run
     if not resume_dir:
         artifacts.write_text(run_dir / "spec.toml", spec.dumps())
     # The data's folder is kept, so `runner resume` needs no --data.
-    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick, data=data_source, overrides=spec.overrides)
+    artifacts.set_status(run_dir, "running", pid=os.getpid(), quick=quick, data=str(source),
+                         overrides=[o.to_json() for o in spec.overrides])
     print(f"[{spec.name}] run folder {run_dir}", file=sys.stderr)
     try:
-        _train_and_evaluate(run, data_source, sys.stderr.isatty() if show_progress is None else show_progress)
-    except KeyboardInterrupt:
-        _write_partial(run)
-        artifacts.set_status(run_dir, "interrupted")
-        print(f"[{spec.name}] interrupted{_at_iteration(run)}; continue it with: runner resume {run_dir}",
-              file=sys.stderr)
-        raise
-    except DivergedError as exc:
-        _write_partial(run)
-        artifacts.set_status(run_dir, "diverged", error=str(exc))
-        raise
-    except torch.OutOfMemoryError as exc:
-        _write_partial(run)
-        artifacts.set_status(run_dir, "failed", error=f"out of memory: {exc}")
-        raise RunnerError(f"out of memory on {device}: lower train.batch_size or eval.batch_size "
-                          f"(--set train.batch_size=50), or use a smaller model") from exc
+        _train_and_evaluate(run, sys.stderr.isatty() if show_progress is None else show_progress)
+        artifacts.set_status(run_dir, trial.final_status(run))  # "pruned": a search trial its pruner stopped
     except BaseException as exc:
-        _write_partial(run)
-        artifacts.set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
-                             traceback=traceback.format_exc())
-        if isinstance(exc, PluginError) or not isinstance(exc, RunnerError):  # a bug's: where to look
-            try:
-                exc.details = run_dir / artifacts.STATUS_FILE  # the command line points there
-            except AttributeError:  # an exception type with __slots__
-                pass
-        raise
+        instead = _record_stop(run, exc)
+        if instead is None:
+            raise
+        raise instead from exc
     finally:
         if run.progress is not None:
             run.progress.close()
-    artifacts.set_status(run_dir, trial.final_status(run))  # "pruned": a search trial its pruner stopped
     return run
+
+
+def _record_stop(run: Run, exc: BaseException) -> BaseException | None:
+    """Keep the metrics of a run that stopped early and record why in its status.json
+    (interrupted, diverged or failed); the error to raise instead of exc, or None to raise exc."""
+    _write_partial(run)
+    if isinstance(exc, KeyboardInterrupt):
+        _mark(run, "interrupted")
+        notice(f"[{run.spec.name}] interrupted{_at_iteration(run)}; continue it with: runner resume {run.dir}")
+        return None
+    if isinstance(exc, DivergedError):
+        _mark(run, "diverged", error=str(exc))
+        return None
+    if isinstance(exc, torch.OutOfMemoryError):
+        _mark(run, "failed", error=f"out of memory: {exc}")
+        return RunnerError(f"out of memory on {run.device}: lower train.batch_size or eval.batch_size "
+                           f"(--set train.batch_size=50), or use a smaller model")
+    written = _write_error(exc, run.dir)
+    if written is not None:
+        return RunnerError(_write_advice(run, written, _mark(run, "failed", error=str(written))))
+    _mark(run, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    if isinstance(exc, PluginError) or not isinstance(exc, RunnerError):  # a bug's: where to look
+        try:
+            # The command line points there; any exception may carry it (RunnerError declares it).
+            exc.details = run.dir / artifacts.STATUS_FILE  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
+    return None
+
+
+def _mark(run: Run, status: str, **extra) -> bool:
+    """set_status, True if it was written: a status that cannot be must not hide why the run stopped."""
+    try:
+        artifacts.set_status(run.dir, status, **extra)
+        return True
+    except artifacts.WriteError:
+        return False
+
+
+def _write_error(exc: BaseException, run_dir: Path) -> "artifacts.WriteError | None":
+    """exc as a failed write of a run file: the runner's own (artifacts.WriteError), or a full disk
+    under another writer (a plugin's file, raised as it is or as the PluginError's cause)."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, artifacts.WriteError):
+            return error
+        if isinstance(error, OSError) and error.errno in artifacts.DISK_FULL:
+            return artifacts.WriteError(Path(error.filename) if error.filename else run_dir / "a run file", error)
+    return None
+
+
+def _write_advice(run: Run, error: "artifacts.WriteError", recorded: bool) -> str:
+    """One line: the file and folder, the room the run needs, and what to type next."""
+    status = "status.json says failed" if recorded else "status.json could not be written either"
+    if not error.disk_full:
+        return (f"{error}; make {error.path.parent} writable or give --out a folder you can write to, "
+                f"then run it again ({status})")
+    return (f"{error}; {_room(run, error.path.parent)}: free some space there and continue with "
+            f"`runner resume {run.dir}`, or run it again with --out on a disk with room ({status})")
+
+
+def _room(run: Run, folder: Path) -> str:
+    """'the run needs about 2.4 MB there (model.pt ..., ...) and 180 KB are free'."""
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} are free"
+    except OSError:
+        free = "the free space is unknown"
+    if run.model is None:
+        return free + " there"
+    model = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
+    # Two checkpoints kept while it trains (if it trains past one), each the weights and as much optimizer state.
+    epoch = getattr(getattr(run.trainer, "state", None), "epoch_length", None) or 1
+    every = run.spec.train.checkpoint_epochs
+    checkpoints = 4 * model if every and run.spec.train.iterations > every * epoch else 0
+    rest = 250_000 + 200 * run.spec.train.iterations  # figures, metrics.csv, a plot log
+    parts = [f"model.pt {_size(model)}"] + ([f"checkpoints {_size(checkpoints)}"] if checkpoints else [])
+    return (f"the run needs about {_size(model + checkpoints + rest)} there ({', '.join(parts)}, "
+            f"figures and metrics {_size(rest)}) and {free}")
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB"
 
 
 def _at_iteration(run: Run) -> str:
@@ -105,12 +173,13 @@ def _at_iteration(run: Run) -> str:
             + (f" (it goes on from the checkpoint at {saved})" if saved else " (no checkpoint yet: it starts over)"))
 
 
-def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
+def _train_and_evaluate(run: Run, interactive: bool) -> None:
     spec, train = run.spec, run.spec.train
     manual_seed(spec.seed)  # plugins' configure hooks ran when the spec loaded
+    assert run.data is not None  # execute() resolved it before the run began
 
     (run.train_images, run.train_labels, run.test_images, run.test_labels,
-     run.class_names) = load_data(spec, data_source, run.device)
+     run.class_names) = load_data(spec, run.data, run.device)
     searching = trial.SearchRun.from_environment(run)  # a trial of `runner SPEC --search`, else None
     if searching:
         searching.hold_out()  # before the transforms, whose statistics come from the training images
@@ -118,9 +187,12 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     run.train_pipeline.to(run.device)
     memory_format = torch.channels_last if train["channels_last"] else torch.contiguous_format
     base = sources.source_model(run)  # another run's trained model, where a plugin names one
-    run.model = build_model(spec, run.catalogue, run, base).to(run.device, memory_format=memory_format)
+    # Module.to takes memory_format (torch's docs), though its typed overloads leave it out.
+    run.model = build_model(spec, run.catalogue, run, base).to(  # type: ignore[call-overload]
+        run.device, memory_format=memory_format)
     build_engines(run)
 
+    assert run.train_images is not None and run.train_labels is not None  # loaded (and held out) above
     batches = EpochBatches(run.train_images, run.train_labels, train["batch_size"], shuffle=True,
                            shard=(run.rank, run.world))
     run.metrics = MetricsLog(train["iterations"], run.device, window=len(batches))
@@ -149,6 +221,7 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
     run.results["wall_seconds"] = round(time.perf_counter() - run.started, 3)
     _write_outputs(run)
     figure = headline(run.results)  # an attack's own result, not its source model's accuracy
+    assert figure is not None  # _summarize recorded test_accuracy
     work = "train" if figure.name == "test accuracy" else "took"
     rate = f" ({figure.per_second:.0f} images/s)" if figure.per_second else ""
     print(f"[{spec.name}] {figure.text()}  {work} {figure.seconds or 0:.1f}s{rate}  -> {run.dir}", file=sys.stderr)
@@ -157,6 +230,7 @@ def _train_and_evaluate(run: Run, data_source, interactive: bool) -> None:
 def _train(run: Run, batches, resumed_at: int) -> float:
     """Train to train.iterations; the seconds it took (a resumed run's include those before)."""
     iterations = run.spec.train.iterations
+    assert run.metrics is not None  # made before training starts
     started = time.perf_counter()
     if iterations and resumed_at < iterations:
         # Training batches all have one shape, so cuDNN's per-shape kernel search pays off; it
@@ -174,6 +248,7 @@ def _evaluate(run: Run) -> float:
     """Accuracy and confusion matrix on the test set; the seconds it took. Every process evaluates
     the whole test set with the same weights (and rank 0's BatchNorm statistics, which
     DistributedDataParallel broadcasts), so no gathering is needed."""
+    assert run.test_images is not None and run.test_labels is not None  # loaded before training
     started = time.perf_counter()
     run.evaluator.run(EpochBatches(run.test_images, run.test_labels, run.spec.eval.batch_size, shuffle=False))
     return time.perf_counter() - started
@@ -181,13 +256,14 @@ def _evaluate(run: Run) -> float:
 
 def _summarize(run: Run, train_seconds: float, eval_seconds: float, setup_seconds: float) -> None:
     """What summary.json says of the run, before plugins add theirs."""
+    assert run.metrics is not None and run.model is not None  # built before training
     spec, train, done = run.spec, run.spec.train, run.metrics.done
     table = run.metrics.table()
     run.results.update({
         "spec": spec.name,
         "spec_file": str(spec.path.resolve()),  # the report finds the spec's explanation beside it, from anywhere
         "seed": spec.seed,
-        "overrides": list(spec.overrides),  # the --set texts (seed, --quick's, a sweep's value) it was run with
+        "overrides": [o.to_json() for o in spec.overrides],  # each with its origin: runner/spec/overrides.py
         "quick": run.quick,
         "iterations": done,
         "batch_size": train["batch_size"],
@@ -213,6 +289,7 @@ def _summarize(run: Run, train_seconds: float, eval_seconds: float, setup_second
 
 
 def _write_outputs(run: Run) -> None:
+    assert run.metrics is not None and run.model is not None and run.eval_pipeline is not None  # built before training
     table = run.metrics.table()
     artifacts.write_text(run.dir / "metrics.csv", run.metrics.to_csv())
     artifacts.save_torch(run.dir / "model.pt", {
@@ -234,7 +311,7 @@ def _write_outputs(run: Run) -> None:
     checkpoint.remove(run.dir)  # model.pt holds the result; the checkpoints were for resuming
 
 
-def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=None) -> Run:
+def resume(run_dir, catalogue: Catalogue, *, data: str | DataSource | None = None, show_progress=None) -> Run:
     """Continue an unfinished run in its own folder, with the spec it was started with."""
     from ..spec.loading import load
 
@@ -247,7 +324,7 @@ def resume(run_dir, catalogue: Catalogue, *, data_source=None, show_progress=Non
     if not (run_dir / "spec.toml").is_file():
         raise RunnerError(f"{run_dir} is not a run folder (no spec.toml)")
     spec = load(run_dir / "spec.toml", catalogue)
-    return execute(spec, catalogue, out=run_dir.parent.parent, data_source=data_source or status.get("data"),
+    return execute(spec, catalogue, out=run_dir.parent.parent, data=data or status.get("data"),
                    quick=bool(status.get("quick")), show_progress=show_progress, resume_dir=run_dir)
 
 

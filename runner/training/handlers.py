@@ -24,19 +24,22 @@ def record_metrics(run) -> None:
 
             totals = idist.all_reduce(torch.stack([out["loss"].float(), out["correct"].float(),
                                                    torch.tensor(float(out["count"]), device=out["loss"].device)]))
+            assert isinstance(totals, torch.Tensor)  # all_reduce returns a tensor for a tensor
             metrics.record(engine.state.iteration, totals[0] / run.world, totals[1], totals[2])
             return
         metrics.record(engine.state.iteration, out["loss"], out["correct"], out["count"])
 
     @trainer.on(Events.ITERATION_COMPLETED(every=run.spec.train.log_every) | Events.COMPLETED)
     def check(engine):
-        loss = float(engine.state.output["loss"])  # one host read every log_every steps, not every step
+        # One host read every log_every steps, not every step: the loss (the whole batch's) and the
+        # running accuracy in one transfer.
+        loss, accuracy = metrics.latest(engine.state.iteration)
         if not math.isfinite(loss):
             raise DivergedError(f"loss became {loss} at iteration {engine.state.iteration}; "
                                 "lower train.lr, add warmup (train.warmup) or cap the gradient norm "
                                 "(train.clip_grad_norm)")
         engine.state.metrics["loss"] = loss
-        engine.state.metrics["accuracy"] = metrics.table_value("running_accuracy", engine.state.iteration)
+        engine.state.metrics["accuracy"] = accuracy
 
 
 def show_progress(run, interactive: bool) -> None:

@@ -30,7 +30,7 @@ class MetricsLog:
         self.loss = torch.full((iterations,), float("nan"), device=device)
         self.correct = torch.zeros(iterations, device=device)
         self.count = torch.zeros(iterations, device=device)
-        self.columns: dict[str, torch.Tensor] = {}
+        self.columns: dict[str | tuple[str, ...], torch.Tensor] = {}  # add: one name; add_many: a block of names
         self.plots: dict[str, LivePlot] = {}  # windows of plugin columns drawn live (plot())
         self.done = 0  # iterations recorded so far
         self.started = 0.0  # perf_counter at the start of this process's training
@@ -85,7 +85,8 @@ class MetricsLog:
     def running_accuracy(self) -> torch.Tensor:
         correct = torch.cumsum(self.correct.double(), 0)
         count = torch.cumsum(self.count.double(), 0)
-        shifted = lambda t: torch.cat([t.new_zeros(self.window), t[:-self.window]]) if len(t) > self.window else t.new_zeros(len(t))
+        shifted = lambda t: (torch.cat([t.new_zeros(self.window), t[:-self.window]]) if len(t) > self.window
+                             else t.new_zeros(len(t)))
         return ((correct - shifted(correct)) / (count - shifted(count)).clamp(min=1)).float()
 
     def table(self) -> dict[str, list[float]]:
@@ -115,6 +116,15 @@ class MetricsLog:
             names += list(key) if isinstance(key, tuple) else [key]
             values.append(column[i])
         return dict(zip(names, torch.cat([v.float().reshape(-1) for v in values]).tolist()))
+
+    def latest(self, iteration: int) -> tuple[float, float]:
+        """Loss and running accuracy at an iteration in one host transfer: what the progress display
+        and the divergence check read every log_every steps (a GPU waits for its queue at each read)."""
+        i = iteration - 1
+        loss, accuracy = self.loss[i], self.running_accuracy()[i]
+        if loss.device.type == "cpu":  # no transfer to save: two reads cost less than a stack
+            return float(loss), float(accuracy)
+        return tuple(torch.stack([loss, accuracy]).tolist())  # both fp32: the same floats
 
     def table_value(self, name: str, iteration: int) -> float:
         if name == "loss":
@@ -155,5 +165,6 @@ def per_class(confusion: list[list[int]] | None, class_names: list[str]) -> dict
         return None
     totals = [sum(row) for row in confusion]
     return {"classes": list(class_names),
-            "accuracy": [round(row[i] / total, 5) if total else None for i, (row, total) in enumerate(zip(confusion, totals))],
+            "accuracy": [round(row[i] / total, 5) if total else None
+                         for i, (row, total) in enumerate(zip(confusion, totals))],
             "confusion_matrix": [[int(v) for v in row] for row in confusion]}

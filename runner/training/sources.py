@@ -19,7 +19,6 @@ from torch import nn
 from .. import artifacts
 from ..errors import RunnerError
 
-
 # ---- finding runs --------------------------------------------------------------------------------
 
 def latest_run(run, spec_name: str) -> Path | None:
@@ -59,9 +58,9 @@ def completed_runs(run, names: list[str], skipped: list[str], label: str = ""):
 def load_trained(run_dir, catalogue=None, device="cpu") -> tuple[nn.Module, object]:
     """A finished run's model with its evaluation transforms in front: it takes pixel values 0-255.
     Returns (model in eval mode, the run's spec)."""
-    from .builders import build_model, build_transforms
     from ..plugin_host.catalogue import Catalogue
     from ..spec.loading import load
+    from .builders import build_model, build_transforms
 
     run_dir = Path(run_dir)
     catalogue = catalogue or Catalogue.default()
@@ -79,7 +78,9 @@ def load_trained(run_dir, catalogue=None, device="cpu") -> tuple[nn.Module, obje
     pipeline.load_state_dict(state["eval_pipeline"])
     # In the memory format it trained in: on a CPU channels_last runs convolutions faster.
     memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
-    return nn.Sequential(pipeline, model).to(device, memory_format=memory_format).eval(), spec
+    # Module.to takes memory_format (torch's docs), though its typed overloads leave it out.
+    net = nn.Sequential(pipeline, model).to(device, memory_format=memory_format)  # type: ignore[call-overload]
+    return net.eval(), spec
 
 
 def trained_model(run, run_dir) -> nn.Module:

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import MetricsLog
-from ..plugin_host.hooks import Hooks
+from ..data import DataSource
 from ..plugin_host.catalogue import Catalogue
+from ..plugin_host.hooks import Hooks
 from ..progress import Progress
 from ..spec.loading import Spec
+from .metrics import MetricsLog
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Run:
     device: torch.device
     dir: Path
     quick: bool = False
+    data: DataSource | None = None  # where its CIFAR-10 is (runner.data.resolve), resolved once
     model: nn.Module | None = None
     train_pipeline: nn.Module | None = None
     eval_pipeline: nn.Module | None = None
@@ -44,12 +46,12 @@ class Run:
     world: int = 1  # processes in the run
     started: float = field(default_factory=time.perf_counter)  # for setup_seconds and wall_seconds
     progress: Progress | None = None  # the training display, open while the trainer runs
-    # The enabled plugins' hooks for this run, each plugin with its settings and state (runner/hooks.py).
-    hooks: Hooks | None = None
+    # The enabled plugins' hooks for this run, each plugin with its settings and state
+    # (runner/plugin_host/hooks.py); made from the spec's enabled plugins.
+    hooks: Hooks = field(init=False)
 
     def __post_init__(self):
-        if self.hooks is None:
-            self.hooks = self.catalogue.hooks(self.spec.enabled_plugins())
+        self.hooks = self.catalogue.hooks(self.spec.enabled_plugins())
 
     def show_images(self, window: str, images, caption: str = "") -> None:
         """Show uint8 images (N, 3, H, W) live in one window (the show_images hook: Visdom, if on)."""

@@ -1,8 +1,8 @@
-"""A search trial's side of `runner SPEC --search` (runner/search.py runs the study): what one run
+"""A search trial's side of `runner SPEC --search` (runner/suite/search.py runs the study): what one run
 does when RUNNER_SEARCH names the study and trial it belongs to. Its last `search.validation`
 training images are held out; every `search.every` iterations an Ignite evaluator measures them,
 reports the accuracy to the trial and stops training cleanly when the pruner says so (status
-"pruned"). Lives below the executors, so runner/run.py can use it without importing the search's
+"pruned"). Lives below the executors, so runner/training/flow.py can use it without importing the search's
 planning; Optuna is imported only when a trial runs.
 """
 from __future__ import annotations
@@ -11,8 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
 
 ENV = "RUNNER_SEARCH"  # JSON naming the study, its storage and the trial a run belongs to
 # Under --quick (12 iterations on 1,200 images) a trial holds out at most 200 images and validates
@@ -63,7 +67,7 @@ class SearchRun:
     def __init__(self, run, context: dict):
         self.run, self.context = run, context
         self.settings = run.spec.values.get("search")
-        self.held_out = None
+        self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, labels), set by hold_out()
         self.validated_at = 0
         role = context.get("role", "trial")
         run.results["search"] = {"study": context["study"], "role": role}
@@ -134,6 +138,7 @@ class SearchRun:
     def accuracy(self, evaluator) -> float:
         from .engine import EpochBatches
 
+        assert self.held_out is not None  # attach() validates trials only, which hold_out() gave a set
         images, labels = self.held_out
         evaluator.run(EpochBatches(images, labels, self.run.spec.eval.batch_size, shuffle=False))
         return evaluator.state.metrics["accuracy"]
