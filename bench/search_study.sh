@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/cifar10/cifar-10-python.tar.xz}
 OUT=${OUT:-artifacts-search}
 JOBS=${JOBS:-2}
+mkdir -p "$OUT"
 
 study() {  # study SPEC OUT_FOLDER [runner options...]
     local spec=$1 out=$2
@@ -24,8 +25,10 @@ study() {  # study SPEC OUT_FOLDER [runner options...]
     runner search show "$out/$spec" | tee "$out/$spec.search.txt"
 }
 
-study search_p1_q4_crop "$OUT/pruned"
-study search_p1_q4_crop "$OUT/unpruned" --set 'search.pruner="none"'
+# Side by side, so that both studies share the machine alike (the times are compared).
+study search_p1_q4_crop "$OUT/pruned" > "$OUT/pruned.log" 2>&1 &
+study search_p1_q4_crop "$OUT/unpruned" --set 'search.pruner="none"' > "$OUT/unpruned.log" 2>&1 &
+wait
 study search_p2_q4_skip "$OUT/pruned"
 
 echo
