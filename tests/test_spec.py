@@ -347,3 +347,24 @@ def test_validate_says_ok_only_when_the_set_suits_the_spec(capsys):
     assert main(["validate", "--set", "plugins.grad_magnitude.every=5", str(SPECS / "p1_q1_raw.toml")]) == 2
     captured = capsys.readouterr()
     assert "ok" not in captured.out and "no spec given uses plugin 'grad_magnitude'" in captured.err
+
+
+def test_the_planning_cache_rereads_an_edited_spec_and_is_per_catalogue(tmp_path):
+    # Planning loads a spec many times and caches it: an edited file must be read afresh, and a
+    # later catalogue (whose id may be an earlier one's) must not get specs validated under another.
+    import os
+
+    from runner.plugin_host.catalogue import Catalogue
+    from runner.suite.plan import load_spec
+
+    spec = write(tmp_path, "mine.toml", f'extends = "{SPECS / "p1_q1_raw.toml"}"\n[train]\nlr = 0.02\n')
+    first = Catalogue.default()
+    assert load_spec(spec, first)["train"]["lr"] == 0.02
+    assert load_spec(spec, first) is load_spec(spec, first)  # unchanged: the same object
+    spec.write_text(spec.read_text().replace("lr = 0.02", "lr = 0.03"))
+    os.utime(spec, ns=(spec.stat().st_atime_ns, spec.stat().st_mtime_ns + 1_000_000))
+    assert load_spec(spec, first)["train"]["lr"] == 0.03
+    before = load_spec(spec, first)
+    del first
+    second = Catalogue.default()
+    assert load_spec(spec, second) is not before
