@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = str(Path(sys.executable).with_name("runner"))  # the console script the README's command runs
 
 
+def _foreground_job() -> None:
+    """In the child: the pty as its controlling terminal, and Ctrl-C's signal as a shell gives a
+    foreground job. A pytest started in the background (`pytest &` in a script) ignores SIGINT,
+    and an ignored signal stays ignored across exec: the command would never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """A command on a 120x40 pseudo-terminal; `screen` is everything it wrote."""
 
@@ -26,7 +35,7 @@ class Terminal:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, start_new_session=True,
-                                        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                        preexec_fn=_foreground_job)
         os.close(slave)
         self.screen = ""
 
