@@ -117,7 +117,9 @@ def sweeps_section(runs: Runs) -> Section:
             points.setdefault(tuple(sorted(summary["set"])), []).append(summary)
         keys = sorted({text.split("=", 1)[0] for point in points for text in point})
         rows = []
-        for point, members in sorted(points.items()):
+        for point, unordered in sorted(points.items()):
+            # By seed: runs started in the same second have no order of their own.
+            members = sorted(unordered, key=lambda m: str(m.get("seed")).zfill(12))
             values = dict(text.split("=", 1) for text in point)
             figures = [headline(m) for m in members]
             results = [f.value for f in figures if f and f.value is not None]
