@@ -45,7 +45,7 @@ def run(spec: str | Path, *, set: dict[str, Any] | None = None, data: str | Path
     if Path(spec).is_dir():
         raise RunnerError(f"{spec} is a folder: runner.run runs one spec file (call it for each spec, or run "
                           f"the suite with `runner {spec}`)")
-    suite.forget_loaded_specs()  # an edited spec file counts at the next call
+    suite.forget_loaded_specs()  # the last call's catalogue is gone: its cached specs would only hold memory
     catalogue = Catalogue.default()
     options = suite.RunOptions(out=str(out), data=None if data is None else str(data), quick=quick, resume=resume,
                                progress=progress)

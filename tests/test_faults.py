@@ -130,18 +130,23 @@ def test_status_json_has_room_kept_for_it_on_a_full_disk(monkeypatch, tmp_path):
     assert not room.exists()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 300 KB tmpfs, where this machine lets us mount one (CI's containers run as root)."""
-    mount = tmp_path / "tiny_disk"
+def _tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at `mount` with `options` for the test's length, where this machine lets us
+    mount one (CI's containers run as root); the test is skipped where it does not."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 300 KB tmpfs."""
+    yield from _tmpfs(tmp_path / "tiny_disk", "size=300k")
 
 
 def test_a_run_on_a_really_full_disk(tiny_disk, tmp_path, minimal_spec, synthetic_cifar):
@@ -423,16 +428,8 @@ def test_a_suite_stopped_with_sigterm_marks_its_workers_runs_interrupted(tmp_pat
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """A read-only tmpfs (as root, chmod would not stop our writes), where mounting one is allowed."""
-    mount = tmp_path / "read_only"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    """A read-only tmpfs (as root, chmod would not stop our writes)."""
+    yield from _tmpfs(tmp_path / "read_only", "size=64k,ro")
 
 
 @pytest.mark.parametrize("kind", ["read-only", "a file"])
