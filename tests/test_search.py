@@ -91,11 +91,25 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     assert f"best: trial {best.number}, value {best.value:.4f}" in shown
     assert f"--set model.widths={best.params['model.widths']}" in shown
     assert "parameter importances (fANOVA): " in shown
+    assert main(["search", "show", str(out / "searched")]) == 0
+    assert capsys.readouterr().out == shown  # the importances are seeded: the same text every time
+    # Tables show each space in a column, to 3 significant digits; the command keeps every digit.
+    header = next(line for line in shown.splitlines() if line.startswith("trial"))
+    assert header.split() == ["trial", "state", "value", "train.lr", "train.weight_decay", "model.widths", "run"]
+    assert f"{best.params['train.lr']:.3g}" in shown and f"train.lr={best.params['train.lr']!r}" in shown
+    from runner.report.collect import Runs
     from runner.report.search import report_sections
 
-    sections = report_sections(out, tmp_path / "work")
-    assert len(sections) == 1 and sections[0].title == "Search: searched"
-    assert sum(type(b).__name__ == "Figure" for b in sections[0].blocks) == 3
+    (section,) = report_sections(Runs([], quick=True, out=out, workdir=tmp_path / "work"))
+    assert section.title == "Search: searched"
+    assert sum(type(b).__name__ == "Figure" for b in section.blocks) == 3
+    text = section.blocks[0].text
+    assert "4 trials (4 complete; Optuna's TPE sampler and median pruner)" in text
+    assert "the last 200 and is judged" in text and f"The best, trial {best.number}, reaches {best.value:.1%}" in text
+    assert f"scores {tested[0]['test_accuracy']:.1%} (1 seed) on the test set" in text
+    table = section.blocks[1]
+    assert table.header[2] == "validation accuracy" and table.rows[0][2] == f"{best.value:.1%}"
+    assert report_sections(Runs([], quick=False, out=out, workdir=tmp_path / "work")) == []  # --quick's study only
 
 
 def test_a_pruned_trial_stops_cleanly(tmp_path, cifar_archive, monkeypatch, capsys):
@@ -112,6 +126,7 @@ def test_a_pruned_trial_stops_cleanly(tmp_path, cifar_archive, monkeypatch, caps
     capsys.readouterr()
     assert main(["ls", str(out), "--status", "pruned"]) == 0
     assert f"searched/{run_dir.name}  0     pruned" in capsys.readouterr().out
+    assert search.trials_table(study)[1][0][1] == "pruned at 2"
 
 
 def test_a_killed_study_continues_to_its_trial_count(tmp_path, cifar_archive):

@@ -153,3 +153,20 @@ def test_a_new_plugin_from_the_scaffold_in_a_terminal(tmp_path):
     again = Terminal([RUNNER, "new", "plugin", "demo"], cwd=tmp_path)
     assert again.wait(60) == 2
     assert "demo/demo.py" in again.screen and "Traceback" not in again.screen
+
+
+def test_search_show_of_the_example_study_in_a_terminal():
+    readme = (ROOT / "README.md").read_text()
+    assert "runner search show artifacts/example/search_p1_q4_crop" in readme
+    term = Terminal([RUNNER, "search", "show", "artifacts/example/search_p1_q4_crop"])
+    assert term.wait(120) == 0, term.screen[-3000:]
+    shown = [line for line in lines(term.screen) if line]
+    assert "Traceback" not in term.screen
+    assert shown[0].startswith("study search_p1_q4_crop in artifacts/example/search_p1_q4_crop/_search: 24 trials")
+    assert shown[1].split() == ["trial", "state", "value", "train.lr", "train.weight_decay", "train.label_smoothing",
+                                "run"]
+    assert shown[2].split()[:4] == ["4", "complete", "0.7570", "0.0859"]
+    # The study ran in another folder: the command to rerun names this checkout's spec.
+    assert any(line.startswith("rerun its values as an ordinary run: runner specs/search_p1_q4_crop.toml --set "
+                               "train.lr=0.08591315698733488") for line in shown)
+    assert "its test accuracy over seeds 0,1,2: 0.7394 ± 0.0051" in shown

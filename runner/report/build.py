@@ -59,7 +59,7 @@ def build(runs: Runs, catalogue, config: ReportConfig | None = None, where: Path
     sections += [s for s in contributed if not s.spec]
     from .search import report_sections as search_sections  # trials and their test runs: not sweeps
 
-    sections += search_sections(runs.out, runs.workdir, runs.quick)
+    sections += search_sections(runs)
     runs.sweeps = {name: kept for name, found in runs.sweeps.items()
                    if (kept := [s for s in found if not s.get("search")])}
     if runs.sweeps:

@@ -458,36 +458,79 @@ def mean_sd(values) -> str:
 # ---- runner search show, and the report --------------------------------------------------------
 
 def importances(study) -> dict[str, float]:
-    """Each space's importance for the metric (Optuna's fANOVA); {} with too few complete trials."""
+    """Each space's importance for the metric (Optuna's fANOVA, seeded so that `search show` and the
+    report agree run after run); {} with too few complete trials."""
     import optuna
 
     try:
-        return optuna.importance.get_param_importances(study)
+        return optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
     except (RuntimeError, ValueError):
         return {}
 
 
-def trials_table(study) -> list[list[str]]:
-    """One row per trial, best first: number, state, value, values, run folder."""
-    TrialState = _states()
-    sign = -1 if study.direction.name == "MAXIMIZE" else 1
-    rows = []
+def importance_evaluator():
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=0)
+
+
+def state_of(trial) -> str:
+    """"complete", "pruned at 700" (the iteration it last reported), "fail", "running", "interrupted"."""
+    if trial.user_attrs.get("interrupted"):
+        return "interrupted"
+    state = trial.state.name.lower()
+    if state == "pruned" and trial.intermediate_values:
+        return f"pruned at {max(trial.intermediate_values)}"
+    return state
+
+
+def states(study) -> dict[str, int]:
+    """State -> how many trials are in it ("pruned", not "pruned at 700")."""
+    found: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
-            continue
-        state = "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower()
-        rank = (0 if t.state == TrialState.COMPLETE else 1, sign * (t.value if t.value is not None else 0), t.number)
-        rows.append((rank, [str(t.number), state, "-" if t.value is None else f"{t.value:.4f}",
-                            " ".join(t.user_attrs.get("overrides", [])) or "-",
-                            _short(t.user_attrs.get("run_dir"))]))
-    return [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+        state = state_of(t).partition(" at ")[0]
+        found[state] = found.get(state, 0) + 1
+    return found
 
 
-def _short(path) -> str:
-    if not path:
-        return "-"
-    path = Path(path)
-    return f"{path.parent.name}/{path.name}"
+def value_text(value) -> str:
+    """A trial's value as tables show it: a float to 3 significant digits (the rerun command, from
+    the trial's overrides, keeps every digit)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trials_table(study, metric=lambda value: f"{value:.4f}") -> tuple[list[str], list[list[str]]]:
+    """The trials, best first (complete ones, then the rest by their last reported value): number,
+    state, the metric (formatted by `metric`), each space's value and the run's id."""
+    TrialState = _states()
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    keys = list(dict.fromkeys(key for t in trials for key in t.params))
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    ranked = sorted(trials, key=lambda t: (t.state != TrialState.COMPLETE, sign * (t.value or 0), t.number))
+    rows = [[str(t.number), state_of(t), "-" if t.value is None else metric(t.value),
+             *(value_text(t.params[key]) if key in t.params else "-" for key in keys),
+             Path(t.user_attrs["run_dir"]).name if t.user_attrs.get("run_dir") else "-"] for t in ranked]
+    return ["trial", "state", "value", *keys, "run"], rows
+
+
+def trial_folder(spec_dir: Path, trial) -> Path | None:
+    """The trial's run folder in `spec_dir`, wherever the study ran (a copied study's recorded
+    paths name the folder it ran in); None if it is not there."""
+    recorded = trial.user_attrs.get("run_dir")
+    if not recorded:
+        return None
+    here = Path(spec_dir) / Path(recorded).name
+    return here if here.is_dir() else None
+
+
+def spec_file(study) -> str:
+    """The searched spec's file as a command names it: as recorded, relative to the working folder
+    if it is in it; else specs/<name>.toml there (a study copied from another checkout)."""
+    recorded = study.user_attrs.get("spec_file", f"{study.study_name}.toml")
+    own = Path("specs") / Path(recorded).name
+    if Path(recorded).is_file() and (not own.is_file() or not Path(_relative(recorded)).is_absolute()):
+        return _relative(recorded)
+    return str(own) if own.is_file() else recorded
 
 
 def show(target, out=None) -> str:
@@ -502,30 +545,27 @@ def show(target, out=None) -> str:
                           f"{target.stem}; `runner SPEC --search` makes one)")
     study = open_study(spec_dir.parent, spec_dir.name, create=False)
     TrialState = _states()
-    states: dict[str, int] = {}  # state -> trials in it
-    for t in study.get_trials(deepcopy=False):
-        state = "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower()
-        states[state] = states.get(state, 0) + 1
-    lines = [f"study {study.study_name} in {spec_dir / '_search'}: {sum(states.values())} trials ("
-             + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + f"), {study.direction.name.lower()}"
+    found = states(study)
+    lines = [f"study {study.study_name} in {spec_dir / '_search'}: {sum(found.values())} trials ("
+             + ", ".join(f"{n} {s}" for s, n in sorted(found.items())) + f"), {study.direction.name.lower()}"
              + _wall(study)]
-    lines.append(_table(("trial", "state", "value", "values", "run"), trials_table(study)))
+    lines.append(_table(*trials_table(study)))
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return "\n".join(lines + ["no complete trial yet"])
     best = study.best_trial
-    spec_file = study.user_attrs.get("spec_file", f"{study.study_name}.toml")
-    lines += ["", f"best: trial {best.number}, value {best.value:.4f}  ({best.user_attrs.get('run_dir', '-')})",
+    command = spec_file(study)
+    lines += ["", f"best: trial {best.number}, value {best.value:.4f}  ({trial_folder(spec_dir, best) or '-'})",
               "rerun its values as an ordinary run: runner " + " ".join(
-                  [_relative(spec_file)] + [f"--set {text}" for text in best.user_attrs.get("overrides", [])])]
+                  [command] + [f"--set {text}" for text in best.user_attrs.get("overrides", [])])]
     tested = study.user_attrs.get("test")
     if tested and tested.get("trial") == best.number:
         lines.append(f"its test accuracy over seeds {','.join(map(str, tested['seeds']))}: "
                      f"{mean_sd(tested['test_accuracy'])}")
     else:
-        lines.append(f"its test accuracy: not measured yet (runner {_relative(spec_file)} --search-test)")
-    found = importances(study)
-    if found:
-        lines.append("parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in found.items()))
+        lines.append(f"its test accuracy: not measured yet (runner {command} --search-test)")
+    weights = importances(study)
+    if weights:
+        lines.append("parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()))
     return "\n".join(lines)
 
 
