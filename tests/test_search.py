@@ -101,7 +101,7 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     from runner.report.search import report_sections
 
     (section,) = report_sections(Runs([], quick=True, out=out, workdir=tmp_path / "work"))
-    assert section.title == "Search: searched"
+    assert section.title.startswith("Hyperparameter search: searched")
     assert sum(type(b).__name__ == "Figure" for b in section.blocks) == 3
     text = section.blocks[0].text
     assert "4 trials (4 complete; Optuna's TPE sampler and median pruner)" in text

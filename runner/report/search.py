@@ -42,7 +42,8 @@ def report_sections(runs: Runs) -> list:
                         "the last value they reported (a pruned trial's state names the iteration it stopped at).",
                         small=True)]
         blocks += _figures(study, runs.workdir / f"search-{spec_dir.name}")
-        sections.append(Section(f"Search: {spec_dir.name}", blocks))
+        title = f"Hyperparameter search: {spec_dir.name}" + (f" ({settings['title']})" if settings.get("title") else "")
+        sections.append(Section(title, blocks))
     return sections
 
 
