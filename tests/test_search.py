@@ -97,6 +97,16 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     header = next(line for line in shown.splitlines() if line.startswith("trial"))
     assert header.split() == ["trial", "state", "value", "train.lr", "train.weight_decay", "model.widths", "run"]
     assert f"{best.params['train.lr']:.3g}" in shown and f"train.lr={best.params['train.lr']!r}" in shown
+    # compare ranks the study: the best values' test run, then the trials by held-out accuracy.
+    assert main(["compare", str(out / "searched")]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows[0].split()[1:5] == ["test", "of", "trial", str(best.number)]
+    held_out = []
+    for row in rows[1:]:
+        trial = trials[int(row.split()[2])]
+        assert f" {trial.value:.4f} " in row
+        held_out.append(trial.value)
+    assert len(held_out) == 4 and held_out == sorted(held_out, reverse=True)
     from runner.report.collect import Runs
     from runner.report.search import report_sections
 

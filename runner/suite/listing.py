@@ -170,7 +170,10 @@ def runs_of(targets, out) -> list[RunInfo]:
 
 def compare_table(runs: list[RunInfo]) -> str:
     """One row per group of runs that share every setting but the seed: the settings in which the
-    groups differ, then the result (mean ± sd over seeds), seconds and the runs."""
+    groups differ, then the result (mean ± sd over seeds), seconds and the runs. A study's runs
+    (runner SPEC --search) are ranked: the best trial's test runs first, then the trials by the
+    held-out accuracy they were chosen by; a trial never groups with the test runs of its values,
+    which trained on more images."""
     runs, flat = _with_specs(runs)
     if not runs:
         return "no runs to compare"
@@ -178,9 +181,12 @@ def compare_table(runs: list[RunInfo]) -> str:
     # The spec's name heads each row; its question and seed would only repeat what the name says.
     differing = ["name"] + [key for key in keys if key not in ("name", "question", "seed")
                             and len({_toml_or_none(values.get(key)) for values in flat}) > 1]
+    searched = any(info.summary.get("search") for info in runs)
     groups: dict[tuple, list[RunInfo]] = {}
     for info, values in zip(runs, flat):
-        groups.setdefault((info.spec, *(_toml_or_none(values.get(key)) for key in differing[1:])), []).append(info)
+        key = (info.spec, *([search_role(info.summary)] if searched else []),
+               *(_toml_or_none(values.get(key)) for key in differing[1:]))
+        groups.setdefault(key, []).append(info)
     rows = []
     for group_key, members in groups.items():
         figures = [headline(info.summary) for info in members]
@@ -189,14 +195,43 @@ def compare_table(runs: list[RunInfo]) -> str:
         result = "-" if not measured else (f"{name} {statistics.mean(measured):.4f}" + (
             f" ± {statistics.stdev(measured):.4f}" if len(measured) > 1 else ""))
         seconds = [f.seconds for f in figures if f and f.seconds]
-        rows.append((*group_key, result, str(len(members)),
-                     ",".join(str(info.seed) for info in members),
+        held_out = [info.summary["search"].get("validation_accuracy") for info in members if searched]
+        rows.append((group_key[0], *(_short_number(text) for text in group_key[1:]),
+                     *([f"{held_out[0]:.4f}" if held_out and held_out[0] is not None else "-"] if searched else []),
+                     result, str(len(members)), ",".join(str(info.seed) for info in members),
                      duration(statistics.mean(seconds)) if seconds else "-",
                      " ".join(sorted({t for info in members for t in shown(info.overrides)})) or "-"))
-    header = ("spec", *differing[1:], "result (mean ± sd)", "runs", "seeds", "seconds", "overrides")
+    if searched:
+        rows.sort(key=_study_rank)
+    header = ("spec", *(["search"] if searched else []), *differing[1:], *(["held-out"] if searched else []),
+              "result (mean ± sd)", "runs", "seeds", "seconds", "overrides")
     note = (f"{len(runs)} runs in {len(groups)} groups" + (f", differing in: {', '.join(differing[1:])}"
                                                           if differing[1:] else ", the same settings but the seed"))
     return note + "\n" + _table(header, rows)
+
+
+def search_role(summary: dict) -> str:
+    """"trial 4", "test of trial 4" (the best trial's values on the test set), or "" (no study's run)."""
+    search = summary.get("search") or {}
+    if search.get("role") == "test":
+        return f"test of trial {search.get('best_trial', '?')}"
+    return f"trial {search['trial']}" if "trial" in search else ""
+
+
+def _study_rank(row: tuple) -> tuple:
+    """Test runs first, then trials by their held-out accuracy, best first; other runs last."""
+    role, held_out = row[1], row[-6]
+    kind = 0 if role.startswith("test") else 1 if role else 2
+    return kind, -float(held_out) if held_out != "-" else 0.0
+
+
+def _short_number(text: str) -> str:
+    """A setting's TOML text as a table shows it: a float to 4 significant digits."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:.4g}" if "." in text or "e" in text else text
 
 
 def _with_specs(runs: list[RunInfo]) -> tuple[list[RunInfo], list[dict]]:
