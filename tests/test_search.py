@@ -2,6 +2,7 @@
 cleanly, a killed study continues to its trial count, bad spaces fail when the spec loads."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,16 +98,22 @@ def test_seeded_study_pins_its_trials_and_shows_them(tmp_path, cifar_archive, ca
     header = next(line for line in shown.splitlines() if line.startswith("trial"))
     assert header.split() == ["trial", "state", "value", "train.lr", "train.weight_decay", "model.widths", "run"]
     assert f"{best.params['train.lr']:.3g}" in shown and f"train.lr={best.params['train.lr']!r}" in shown
-    # compare ranks the study: the best values' test run, then the trials by held-out accuracy.
+    # compare ranks the study: the best values' test run, then the trials by held-out accuracy, and
+    # a trial killed before it wrote a summary comes last.
+    killed = out / "searched" / "20990101-000000-s0"
+    killed.mkdir()
+    (killed / "spec.toml").write_bytes((Path(trials[0].user_attrs["run_dir"]) / "spec.toml").read_bytes())
+    (killed / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 1}))  # no such process
     assert main(["compare", str(out / "searched")]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert rows[0].split()[1:5] == ["test", "of", "trial", str(best.number)]
     held_out = []
-    for row in rows[1:]:
+    for row in rows[1:-1]:
         trial = trials[int(row.split()[2])]
         assert f" {trial.value:.4f} " in row
         held_out.append(trial.value)
     assert len(held_out) == 4 and held_out == sorted(held_out, reverse=True)
+    shutil.rmtree(killed)
     from runner.report.collect import Runs
     from runner.report.search import report_sections
 

@@ -195,7 +195,7 @@ def compare_table(runs: list[RunInfo]) -> str:
         result = "-" if not measured else (f"{name} {statistics.mean(measured):.4f}" + (
             f" ± {statistics.stdev(measured):.4f}" if len(measured) > 1 else ""))
         seconds = [f.seconds for f in figures if f and f.seconds]
-        held_out = [info.summary["search"].get("validation_accuracy") for info in members if searched]
+        held_out = [(info.summary.get("search") or {}).get("validation_accuracy") for info in members if searched]
         rows.append((group_key[0], *(_short_number(text) for text in group_key[1:]),
                      *([f"{held_out[0]:.4f}" if held_out and held_out[0] is not None else "-"] if searched else []),
                      result, str(len(members)), ",".join(str(info.seed) for info in members),
