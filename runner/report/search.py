@@ -74,11 +74,14 @@ def _summary(study, best, settings: dict, shown, runs: Runs, spec_dir: Path) -> 
             + (f"the last {held_out:,}" if held_out else "a held-out set")
             + " and is judged by its accuracy on those held-out images, never by the test set.")
     iterations = settings.get("train", {}).get("iterations")
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     if iterations and counts.get("pruned"):
         trained = sum(max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values
-                      else iterations for t in study.get_trials(deepcopy=False))
-        text += (f" Pruned trials stop early: the {total} trained {trained:,} of the {total * iterations:,} "
-                 "iterations they would have unpruned.")
+                      else iterations for t in finished)
+        text += (f" Pruned trials stop early: the {len(finished)} complete and pruned trials trained "
+                 f"{trained:,} of the {len(finished) * iterations:,} iterations they would have unpruned.")
+    if counts.get("interrupted"):
+        text += " An interrupted trial's process was stopped: the study tried its values again."
     text += (f" The best, trial {best.number}, reaches {shown(best.value)} with "
              + ", ".join(f"{key} {search.value_text(best.params[key])}" for key in keys) + ".")
     tested = study.user_attrs.get("test")
