@@ -88,7 +88,9 @@ def test_the_readme_first_command_draws_its_progress_in_a_terminal(tmp_path, cif
     assert "Traceback" not in term.screen
     # One bar over the whole run, redrawn in place, with rate, ETA, loss and accuracy.
     assert "\r" in term.screen and "12/12 [" in term.screen and "it/s" in term.screen
-    assert "loss=" in term.screen and "accuracy=" in term.screen and term.screen.count("0/12 [") == 1
+    assert "loss=" in term.screen and "accuracy=" in term.screen
+    # One bar: it starts once ("0/12 [", which a redraw at "10/12 [" also contains on a quiet machine).
+    assert len(re.findall(r"(?<!\d)0/12 \[", term.screen)) == 1
     assert "test accuracy" in term.screen
 
 
