@@ -32,12 +32,13 @@ def report_sections(runs: Runs) -> list:
             continue
         if bool(study.user_attrs.get("quick")) != runs.quick:
             continue
-        settings = _read(search.trial_folder(spec_dir, best), "spec.toml")
+        best_run = search.trial_folder(spec_dir, best)
+        settings = _read(best_run, "spec.toml")
         metric = settings.get("search", {}).get("metric", "value")
         shown = percent if metric.endswith("accuracy") else (lambda value: f"{value:.4f}")
-        header, rows = search.trials_table(study, shown)
-        header[2] = metric.replace("_", " ")
-        blocks = [Paragraph(_summary(study, best, settings, shown, runs, spec_dir)),
+        header, rows = search.trials_table(study, shown, metric.replace("_", " "))
+        held_out = _read(best_run, "summary.json").get("search", {}).get("validation_images")
+        blocks = [Paragraph(_summary(study, best, settings, held_out, shown, runs)),
                   Table(header, rows, f"{spec_dir.name}: the trials, complete ones best first, then the pruned by "
                         "the last value they reported (a pruned trial's state names the iteration it stopped at).",
                         small=True)]
@@ -58,9 +59,8 @@ def _read(folder: Path | None, name: str) -> dict:
         return {}
 
 
-def _summary(study, best, settings: dict, shown, runs: Runs, spec_dir: Path) -> str:
+def _summary(study, best, settings: dict, held_out: int | None, shown, runs: Runs) -> str:
     chosen = settings.get("search", {})
-    held_out = _read(search.trial_folder(spec_dir, best), "summary.json").get("search", {}).get("validation_images")
     counts = search.states(study)
     total = sum(counts.values())
     keys = list(best.params)
@@ -117,7 +117,7 @@ def _figures(study, folder: Path) -> list:
 
     from optuna.visualization import matplotlib as plots
 
-    complete = len(study.get_trials(deepcopy=False, states=(search.best_trial(study).state,)))
+    complete = search.states(study).get("complete", 0)
     folder.mkdir(parents=True, exist_ok=True)
     found = []
     for name, plot, caption, width in (

@@ -187,7 +187,7 @@ def compare_table(runs: list[RunInfo]) -> str:
         key = (info.spec, *([search_role(info.summary)] if searched else []),
                *(_toml_or_none(values.get(key)) for key in differing[1:]))
         groups.setdefault(key, []).append(info)
-    rows = []
+    ranked = []  # (rank, row)
     for group_key, members in groups.items():
         figures = [headline(info.summary) for info in members]
         measured = [f.value for f in figures if f and f.value is not None]
@@ -195,14 +195,14 @@ def compare_table(runs: list[RunInfo]) -> str:
         result = "-" if not measured else (f"{name} {statistics.mean(measured):.4f}" + (
             f" ± {statistics.stdev(measured):.4f}" if len(measured) > 1 else ""))
         seconds = [f.seconds for f in figures if f and f.seconds]
-        held_out = [(info.summary.get("search") or {}).get("validation_accuracy") for info in members if searched]
-        rows.append((group_key[0], *(_short_number(text) for text in group_key[1:]),
-                     *([f"{held_out[0]:.4f}" if held_out and held_out[0] is not None else "-"] if searched else []),
-                     result, str(len(members)), ",".join(str(info.seed) for info in members),
-                     duration(statistics.mean(seconds)) if seconds else "-",
-                     " ".join(sorted({t for info in members for t in shown(info.overrides)})) or "-"))
-    if searched:
-        rows.sort(key=_study_rank)
+        held_out = (members[0].summary.get("search") or {}).get("validation_accuracy")  # a trial's group is itself
+        ranked.append((_study_rank(group_key[1], held_out) if searched else (), (
+            group_key[0], *(_short_number(text) for text in group_key[1:]),
+            *([f"{held_out:.4f}" if held_out is not None else "-"] if searched else []),
+            result, str(len(members)), ",".join(str(info.seed) for info in members),
+            duration(statistics.mean(seconds)) if seconds else "-",
+            " ".join(sorted({t for info in members for t in shown(info.overrides)})) or "-")))
+    rows = [row for _, row in sorted(ranked, key=lambda pair: pair[0])]  # stable: run order without a study
     header = ("spec", *(["search"] if searched else []), *differing[1:], *(["held-out"] if searched else []),
               "result (mean ± sd)", "runs", "seeds", "seconds", "overrides")
     note = (f"{len(runs)} runs in {len(groups)} groups" + (f", differing in: {', '.join(differing[1:])}"
@@ -218,11 +218,10 @@ def search_role(summary: dict) -> str:
     return f"trial {search['trial']}" if "trial" in search else ""
 
 
-def _study_rank(row: tuple) -> tuple:
+def _study_rank(role: str, held_out: float | None) -> tuple:
     """Test runs first, then trials by their held-out accuracy, best first; other runs last."""
-    role, held_out = row[1], row[-6]
     kind = 0 if role.startswith("test") else 1 if role else 2
-    return kind, -float(held_out) if held_out != "-" else 0.0
+    return kind, -held_out if held_out is not None else 0.0
 
 
 def _short_number(text: str) -> str:

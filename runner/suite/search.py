@@ -474,22 +474,24 @@ def importance_evaluator():
     return FanovaImportanceEvaluator(seed=0)
 
 
+def _state(trial) -> str:
+    """"complete", "pruned", "fail", "running", or "interrupted" (a failed trial whose process was stopped)."""
+    return "interrupted" if trial.user_attrs.get("interrupted") else trial.state.name.lower()
+
+
 def state_of(trial) -> str:
-    """"complete", "pruned at 700" (the iteration it last reported), "fail", "running", "interrupted"."""
-    if trial.user_attrs.get("interrupted"):
-        return "interrupted"
-    state = trial.state.name.lower()
+    """Its state as tables show it: a pruned trial's with the iteration it last reported ("pruned at 700")."""
+    state = _state(trial)
     if state == "pruned" and trial.intermediate_values:
         return f"pruned at {max(trial.intermediate_values)}"
     return state
 
 
 def states(study) -> dict[str, int]:
-    """State -> how many trials are in it ("pruned", not "pruned at 700")."""
+    """State -> how many trials are in it."""
     found: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        state = state_of(t).partition(" at ")[0]
-        found[state] = found.get(state, 0) + 1
+        found[_state(t)] = found.get(_state(t), 0) + 1
     return found
 
 
@@ -499,9 +501,10 @@ def value_text(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def trials_table(study, metric=lambda value: f"{value:.4f}") -> tuple[list[str], list[list[str]]]:
+def trials_table(study, metric=lambda value: f"{value:.4f}", metric_name: str = "value"
+                 ) -> tuple[list[str], list[list[str]]]:
     """The trials, best first (complete ones, then the rest by their last reported value): number,
-    state, the metric (formatted by `metric`), each space's value and the run's id."""
+    state, the metric (formatted by `metric`, headed `metric_name`), each space's value and the run's id."""
     TrialState = _states()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     keys = list(dict.fromkeys(key for t in trials for key in t.params))
@@ -510,7 +513,7 @@ def trials_table(study, metric=lambda value: f"{value:.4f}") -> tuple[list[str],
     rows = [[str(t.number), state_of(t), "-" if t.value is None else metric(t.value),
              *(value_text(t.params[key]) if key in t.params else "-" for key in keys),
              Path(t.user_attrs["run_dir"]).name if t.user_attrs.get("run_dir") else "-"] for t in ranked]
-    return ["trial", "state", "value", *keys, "run"], rows
+    return ["trial", "state", metric_name, *keys, "run"], rows
 
 
 def trial_folder(spec_dir: Path, trial) -> Path | None:
@@ -527,9 +530,10 @@ def spec_file(study) -> str:
     """The searched spec's file as a command names it: as recorded, relative to the working folder
     if it is in it; else specs/<name>.toml there (a study copied from another checkout)."""
     recorded = study.user_attrs.get("spec_file", f"{study.study_name}.toml")
+    here = _relative(recorded)
+    if Path(recorded).is_file() and not Path(here).is_absolute():
+        return here
     own = Path("specs") / Path(recorded).name
-    if Path(recorded).is_file() and (not own.is_file() or not Path(_relative(recorded)).is_absolute()):
-        return _relative(recorded)
     return str(own) if own.is_file() else recorded
 
 
